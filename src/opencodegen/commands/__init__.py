@@ -1,0 +1,1 @@
+"""CLI sub-commands; every public module here defines `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""Benchmarks: HumanEval pass@k and MTPB, with resumable result files and reports."""

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from opencodegen.errors import DataError
+from opencodegen.evaluation.results import ResultStore
+
+
+def test_round_trip_and_resume(tmp_path):
+    path = tmp_path / "r.jsonl"
+    store = ResultStore(path, ["task_id", "sample"])
+    store.append({"task_id": "a", "sample": 0, "ok": True})
+    store.extend([{"task_id": "a", "sample": 1, "ok": False}])
+    again = ResultStore(path, ["task_id", "sample"])
+    assert ("a", 1) in again and ("a", 2) not in again
+    assert [r["ok"] for r in again.records] == [True, False]
+
+
+def test_torn_last_line_is_cut(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"k": 1}) + "\n" + '{"k": 2, "x"')
+    store = ResultStore(path, ["k"])
+    assert len(store) == 1
+    store.append({"k": 2})
+    assert [json.loads(line)["k"] for line in path.read_text().splitlines()] == [1, 2]
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"k": 1}\nnot json\n{"k": 3}\n')
+    with pytest.raises(DataError, match=":2"):
+        ResultStore(path, ["k"])
+
+
+def test_duplicate_and_missing_key(tmp_path):
+    store = ResultStore(tmp_path / "r.jsonl", ["k"])
+    store.append({"k": 1})
+    with pytest.raises(DataError, match="duplicate"):
+        store.append({"k": 1})
+    with pytest.raises(DataError, match="lacks key"):
+        store.append({"z": 1})
