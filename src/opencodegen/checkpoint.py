@@ -1,0 +1,326 @@
+"""Hugging Face CodeGen checkpoint directories in and out, and export to the GPT-J layout.
+
+The released weights fuse q, k, v into `attn.qkv_proj.weight` cut into mp_num=4 shards, each
+holding (Q, V, K) slices of d/4 rows; the model keeps a plain [q; k; v] `attn.qkv.weight`.
+The conversion happens here, tensor by tensor, so that loading never holds two copies of the
+weights: safetensors files are read with plain reads straight into the final tensors (an
+mmap would keep the file's pages resident beside them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from opencodegen.config import CodeGenConfig
+from opencodegen.errors import CheckpointError, ConfigError
+from opencodegen.model import CodeGenForCausalLM, rotary_table
+
+MP_NUM = 4
+_IGNORED_KEYS = re.compile(r"attn\.(causal_mask|masked_bias|bias)$")
+_SAFETENSORS_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+
+
+# ---- fused qkv layout ------------------------------------------------------------------------
+def qkv_from_released(w: torch.Tensor, mp_num: int = MP_NUM) -> torch.Tensor:
+    """Released [3d, d] (per shard: Q, V, K) -> plain [q; k; v]."""
+    d = w.shape[1]
+    shards = w.reshape(mp_num, 3, d // mp_num, d)
+    q, v, k = (shards[:, i].reshape(d, d) for i in range(3))
+    return torch.cat((q, k, v))
+
+
+def qkv_to_released(w: torch.Tensor, mp_num: int = MP_NUM) -> torch.Tensor:
+    """Plain [q; k; v] -> released [3d, d] layout (per shard: Q, V, K)."""
+    d = w.shape[1]
+    q, k, v = (part.reshape(mp_num, d // mp_num, d) for part in w.split(d))
+    return torch.stack((q, v, k), dim=1).reshape(3 * d, d)
+
+
+# ---- locating and reading files -------------------------------------------------------------
+def resolve_checkpoint(path_or_hub_id: str | os.PathLike[str]) -> Path:
+    """A local checkpoint directory, or a hub id downloaded (or taken from the local HF cache)."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    name = str(path_or_hub_id)
+    if path.exists():
+        raise CheckpointError(f"{path}: expected a checkpoint directory, found a file")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
+        try:
+            from huggingface_hub import list_repo_files, snapshot_download
+
+            try:
+                has_safetensors = any(f.endswith(".safetensors") for f in list_repo_files(name))
+            except Exception:  # offline: use whatever the local cache holds
+                has_safetensors = True
+            patterns = _HUB_PATTERNS if has_safetensors else [*_HUB_PATTERNS, "*.bin"]
+            return Path(snapshot_download(name, allow_patterns=patterns))
+        except Exception as exc:
+            raise CheckpointError(
+                f"{name!r} is no local directory, and fetching it from the Hugging Face hub failed "
+                f"({type(exc).__name__}: {exc}). If this machine is offline, pass a local checkpoint "
+                "directory (config.json + weights + tokenizer files)."
+            ) from None
+    raise CheckpointError(f"{path}: no such checkpoint directory")
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of a checkpoint: single or sharded safetensors, else .bin."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (directory / single).exists():
+            return [directory / single]
+        if (directory / index).exists():
+            try:
+                weight_map = json.loads((directory / index).read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{directory / index}: malformed shard index ({exc})") from None
+            files = [directory / name for name in dict.fromkeys(weight_map.values())]
+            missing = [f.name for f in files if not f.exists()]
+            if missing:
+                raise CheckpointError(f"{directory / index}: shard files missing: {', '.join(missing)}")
+            return files
+    raise CheckpointError(
+        f"{directory}: no weights found (model.safetensors, pytorch_model.bin or a sharded *.index.json)"
+    )
+
+
+def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) from a safetensors file with plain reads (format: u64 header length,
+    JSON header of dtype/shape/data_offsets, raw little-endian data)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > min(size - 8, 100 << 20):
+            raise CheckpointError(f"{path}: corrupt safetensors header (length {header_len})")
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from None
+        header.pop("__metadata__", None)
+        base = 8 + header_len
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            try:
+                dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+                shape = list(info["shape"])
+                start, end = info["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{path}: tensor {name!r}: unsupported or malformed entry {info!r:.120}") from None
+            if base + end > size:
+                raise CheckpointError(f"{path}: truncated file: tensor {name!r} ends past the end of the file")
+            buffer = torch.empty(end - start, dtype=torch.uint8)
+            f.seek(base + start)
+            if f.readinto(memoryview(buffer.numpy())) != end - start:
+                raise CheckpointError(f"{path}: short read of tensor {name!r}")
+            try:
+                yield name, buffer.view(dtype).reshape(shape)
+            except RuntimeError as exc:
+                raise CheckpointError(f"{path}: tensor {name!r}: size does not match shape {shape} ({exc})") from None
+
+
+def _read_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read PyTorch weights ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    yield from state.items()
+
+
+def read_tensors(files: list[Path]) -> Iterator[tuple[Path, str, torch.Tensor]]:
+    for path in files:
+        reader = _read_safetensors if path.suffix == ".safetensors" else _read_bin
+        for name, tensor in reader(path):
+            yield path, name, tensor
+
+
+# ---- loading -------------------------------------------------------------------------------
+def _internal_name(hf_name: str) -> str:
+    return hf_name.replace(".attn.qkv_proj.", ".attn.qkv.")
+
+
+def load_model(
+    path_or_hub_id: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> tuple[Path, CodeGenForCausalLM]:
+    """Load an HF CodeGen checkpoint; returns (directory, model in eval mode).
+
+    dtype None keeps the stored dtype, except float16 on CPU, which becomes float32.
+    """
+    directory = resolve_checkpoint(path_or_hub_id)
+    try:
+        config = CodeGenConfig.from_json_file(directory / "config.json")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    files = weight_files(directory)
+    target = parse_dtype(dtype) if dtype is not None else None
+    device = torch.device(device)
+
+    with torch.device("meta"):
+        model = CodeGenForCausalLM(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    for path, hf_name, tensor in read_tensors(files):
+        if _IGNORED_KEYS.search(hf_name):
+            continue
+        name = _internal_name(hf_name)
+        if name not in expected:
+            raise CheckpointError(f"{path}: unexpected key {hf_name!r} (not a CodeGen weight)")
+        if tuple(tensor.shape) != expected[name]:
+            raise CheckpointError(
+                f"{path}: {hf_name!r} has shape {list(tensor.shape)}, config.json implies {list(expected[name])}"
+            )
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: {hf_name!r} has dtype {tensor.dtype}, expected a floating type")
+        if target is None:
+            target = tensor.dtype if not (tensor.dtype == torch.float16 and device.type == "cpu") else torch.float32
+        if name.endswith("attn.qkv.weight"):
+            tensor = qkv_from_released(tensor)
+        state[name] = tensor.to(device=device, dtype=target)
+        del tensor
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(f"{directory}: {len(missing)} weights missing from {files[0].name}: {shown}")
+    model.load_state_dict(state, assign=True, strict=True)
+    model.register_buffer("rotary", rotary_table(config.n_positions, config.rotary_dim).to(device), persistent=False)
+    return directory, model.eval()
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    try:
+        return names[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
+
+
+# ---- saving --------------------------------------------------------------------------------
+def released_state_dict(model: CodeGenForCausalLM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The model's weights under the HF CodeGen names and layout."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith("attn.qkv.weight"):
+            name, tensor = name.replace(".attn.qkv.", ".attn.qkv_proj."), qkv_to_released(tensor)
+        out[name] = tensor.detach().to(dtype=dtype or tensor.dtype, device="cpu").contiguous()
+    return out
+
+
+def write_safetensors(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
+    """Write model.safetensors, or shards plus model.safetensors.index.json past max_shard_bytes."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for shard, name in zip(shards, names):
+        tmp = directory / (name + ".tmp")
+        save_file(shard, tmp, metadata={"format": "pt"})
+        os.replace(tmp, directory / name)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": {key: name for shard, name in zip(shards, names) for key in shard},
+        }
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def save_model(
+    model: CodeGenForCausalLM,
+    directory: str | os.PathLike[str],
+    dtype: torch.dtype | str | None = None,
+    max_shard_bytes: int = 4 << 30,
+) -> None:
+    """Save config.json + safetensors in the HF CodeGen layout (transformers loads it)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = parse_dtype(dtype) if dtype is not None else model.dtype
+    write_safetensors(released_state_dict(model, dtype), directory, max_shard_bytes)
+    model.config.save(directory, dtype=_DTYPE_NAMES.get(dtype))
+
+
+def export_gptj(
+    model: CodeGenForCausalLM,
+    directory: str | os.PathLike[str],
+    dtype: torch.dtype | str | None = None,
+    max_shard_bytes: int = 4 << 30,
+) -> None:
+    """Write the model as a GPTJForCausalLM checkpoint (separate q/k/v, same rotary and
+    parallel residual), the layout vLLM, TGI and CTranslate2 serve."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = parse_dtype(dtype) if dtype is not None else model.dtype
+    state = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to(dtype=dtype, device="cpu").contiguous()
+        if name.endswith("attn.qkv.weight"):
+            prefix = name.removesuffix("qkv.weight")
+            for part, chunk in zip(("q", "k", "v"), tensor.chunk(3)):
+                state[f"{prefix}{part}_proj.weight"] = chunk.contiguous()
+        else:
+            state[name] = tensor
+    write_safetensors(state, directory, max_shard_bytes)
+    c = model.config
+    config = {
+        "model_type": "gptj",
+        "architectures": ["GPTJForCausalLM"],
+        "vocab_size": c.vocab_size,
+        "n_positions": c.n_positions,
+        "n_embd": c.n_embd,
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "rotary_dim": c.rotary_dim,
+        "n_inner": c.n_inner,
+        "activation_function": c.activation_function,
+        "layer_norm_epsilon": c.layer_norm_epsilon,
+        "initializer_range": c.initializer_range,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "tie_word_embeddings": False,
+        "torch_dtype": _DTYPE_NAMES.get(dtype),
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

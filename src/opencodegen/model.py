@@ -1,0 +1,281 @@
+"""The whole CodeGen model (GPT-J style) in one file.
+
+    h = wte[input_ids]                      # no absolute position embedding
+    for each block:
+        a = ln_1(h)                         # one LayerNorm feeds both branches
+        h = h + attn(a) + mlp(a)            # parallel residual
+    logits = lm_head(ln_f(h))               # biased, not tied to wte
+
+Attention uses interleaved ("rotate every two") rotary embeddings on the first `rotary_dim`
+dimensions of each head of q and k. Internally q, k, v are fused in plain [q; k; v] order
+(`attn.qkv`); the released checkpoints' mp_num=4 Q,V,K layout is converted in checkpoint.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from opencodegen.config import CodeGenConfig
+
+
+class KVCache:
+    """Preallocated keys/values of every layer: [batch, n_head, max_len, head_dim] each.
+
+    All rows share one `length` (prompts are left-padded); padding is excluded through the
+    attention mask, which always covers the whole cached sequence plus the new tokens.
+    """
+
+    def __init__(self, config: CodeGenConfig, batch_size: int, max_len: int, dtype: torch.dtype, device):
+        shape = (batch_size, config.n_head, max_len, config.head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, H, T, D] after the cached tokens; return all keys and values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.max_len}")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """Keep (or repeat) batch rows, e.g. to drop finished sequences or fan one prompt out to n."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        return self
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+    past_key_values: KVCache | None = None
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def rotary_table(n_positions: int, rotary_dim: int) -> torch.Tensor:
+    """cos and sin of position * inv_freq, shape [n_positions, rotary_dim // 2, 2], fp32."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    angles = torch.arange(n_positions, dtype=torch.int64).float()[:, None] * inv_freq
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, table: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of the first rotary_dim dims; x is [B, H, T, D].
+
+    `table` is [B, 1, T, rotary_dim // 2, 2] (cos, sin). Computed in fp32 like the original.
+    """
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    pairs = rot.float().unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = table[..., 0], table[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: CodeGenConfig):
+        super().__init__()
+        self.n_head, self.head_dim, self.rotary_dim = config.n_head, config.head_dim, config.rotary_dim
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)  # plain [q; k; v] rows
+        self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.dropout = config.attn_pdrop
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = apply_rotary(q, rotary, self.rotary_dim)
+        k = apply_rotary(k, rotary, self.rotary_dim)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        # Scores and softmax in fp32, as the original; output cast back to the model dtype.
+        out = F.scaled_dot_product_attention(
+            q.float(),
+            k.float(),
+            v.float(),
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and T > 1,
+        ).to(x.dtype)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: CodeGenConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(config.n_embd, config.inner_dim)
+        self.fc_out = nn.Linear(config.inner_dim, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(gelu_tanh(self.fc_in(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: CodeGenConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = Attention(config)
+        self.mlp = MLP(config)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, h, rotary, mask, cache, layer):
+        a = self.ln_1(h)
+        return h + self.resid_dropout(self.attn(a, rotary, mask, cache, layer) + self.mlp(a))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: CodeGenConfig):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+
+class CodeGenForCausalLM(nn.Module):
+    """CodeGen language model: `model(input_ids, attention_mask).logits` is [B, T, vocab_size]."""
+
+    def __init__(self, config: CodeGenConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=True)
+        self.register_buffer("rotary", rotary_table(config.n_positions, config.rotary_dim), persistent=False)
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """GPT-2 style init; residual output projections scaled by 1/sqrt(2 n_layer)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if p.device.type == "meta":
+                continue
+            with torch.no_grad():
+                if name.endswith("bias"):
+                    p.zero_()
+                elif ".ln_" in name or name.startswith("transformer.ln_f"):
+                    p.fill_(1.0)
+                else:
+                    scale = std / math.sqrt(2 * self.config.n_layer) if name.endswith(
+                        ("out_proj.weight", "fc_out.weight")
+                    ) else std
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * scale)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return KVCache(self.config, batch_size, max_len, self.dtype, self.device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        num_logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        """Run the model on `input_ids` [B, T].
+
+        attention_mask [B, past + T] (1 = real token) marks left padding; positions then come
+        from its cumulative sum so padding never shifts real tokens. With `use_cache`, a cache
+        of capacity T is created when none is given. `num_logits_to_keep` > 0 computes logits
+        only for the last positions (prefill needs just one).
+        """
+        B, T = input_ids.shape
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = self.new_cache(B, T)
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.n_positions:
+            raise ValueError(f"sequence of {past + T} tokens exceeds n_positions={self.config.n_positions}")
+        if attention_mask is not None and attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask must be [batch, past + new] = {[B, past + T]}, got {list(attention_mask.shape)}")
+
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        rotary = self.rotary[position_ids].unsqueeze(1)  # [B, 1, T, r/2, 2]
+        mask = self._attention_mask(attention_mask, B, T, past, input_ids.device)
+
+        h = self.transformer.drop(self.transformer.wte(input_ids))
+        for i, block in enumerate(self.transformer.h):
+            if self.gradient_checkpointing and self.training:
+                h = checkpoint(block, h, rotary, mask, cache, i, use_reentrant=False)
+            else:
+                h = block(h, rotary, mask, cache, i)
+        if cache is not None:
+            cache.length = past + T
+        if num_logits_to_keep:
+            h = h[:, -num_logits_to_keep:]
+        logits = self.lm_head(self.transformer.ln_f(h))
+        return CausalLMOutput(logits=logits, past_key_values=cache)
+
+    @staticmethod
+    def _attention_mask(
+        attention_mask: torch.Tensor | None, B: int, T: int, past: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """Boolean [B, 1, T, past + T] mask (True = may attend), or None for plain causal."""
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if not padded and (past == 0 or T == 1):
+            return None  # SDPA's is_causal (T > 1, no past) or nothing to mask (single new token)
+        S = past + T
+        causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=past)
+        mask = causal.expand(B, 1, T, S)
+        if padded:
+            mask = mask & attention_mask.bool()[:, None, None, :]
+            # A padding query would see no key at all (NaN in SDPA); let it see itself.
+            own = torch.zeros(T, S, dtype=torch.bool, device=device)
+            own[:, past:] = torch.eye(T, dtype=torch.bool, device=device)
+            mask = mask | own
+        return mask
+
+    # ---- persistence: the HF layout lives in checkpoint.py ----------------------------------------
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None, **kwargs) -> None:
+        from opencodegen.checkpoint import save_model
+
+        save_model(self, directory, dtype=dtype, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device="cpu", dtype: torch.dtype | None = None) -> CodeGenForCausalLM:
+        from opencodegen.checkpoint import load_model
+
+        return load_model(path, device=device, dtype=dtype)[1]
