@@ -9,11 +9,12 @@ mmap would keep the file's pages resident beside them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -106,9 +107,14 @@ def weight_files(directory: Path) -> list[Path]:
     )
 
 
-def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) from a safetensors file with plain reads (format: u64 header length,
-    JSON header of dtype/shape/data_offsets, raw little-endian data)."""
+def _read_safetensors(path: Path, mappable: Callable[[str, torch.dtype], bool]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) from a safetensors file (format: u64 header length, JSON header of
+    dtype/shape/data_offsets, raw little-endian data).
+
+    Tensors for which `mappable(name, dtype)` holds are zero-copy views of a private memory map
+    of the file (pages load on first touch); the others, which the caller converts, are read
+    into fresh memory so that the file's pages never sit beside the converted copy.
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -123,19 +129,23 @@ def _read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             raise CheckpointError(f"{path}: corrupt safetensors header ({exc})") from None
         header.pop("__metadata__", None)
         base = 8 + header_len
+        mapped = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(str(path), False, size))
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             try:
                 dtype = _SAFETENSORS_DTYPES[info["dtype"]]
                 shape = list(info["shape"])
-                start, end = info["data_offsets"]
+                start, end = (base + offset for offset in info["data_offsets"])
             except (KeyError, TypeError, ValueError):
                 raise CheckpointError(f"{path}: tensor {name!r}: unsupported or malformed entry {info!r:.120}") from None
-            if base + end > size:
+            if end > size:
                 raise CheckpointError(f"{path}: truncated file: tensor {name!r} ends past the end of the file")
-            buffer = torch.empty(end - start, dtype=torch.uint8)
-            f.seek(base + start)
-            if f.readinto(memoryview(buffer.numpy())) != end - start:
-                raise CheckpointError(f"{path}: short read of tensor {name!r}")
+            if mappable(name, dtype) and start % dtype.itemsize == 0:
+                buffer = mapped[start:end]
+            else:
+                buffer = torch.empty(end - start, dtype=torch.uint8)
+                f.seek(start)
+                if f.readinto(memoryview(buffer.numpy())) != end - start:
+                    raise CheckpointError(f"{path}: short read of tensor {name!r}")
             try:
                 yield name, buffer.view(dtype).reshape(shape)
             except RuntimeError as exc:
@@ -155,10 +165,13 @@ def _read_bin(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     yield from state.items()
 
 
-def read_tensors(files: list[Path]) -> Iterator[tuple[Path, str, torch.Tensor]]:
+def read_tensors(
+    files: list[Path], mappable: Callable[[str, torch.dtype], bool] = lambda name, dtype: True
+) -> Iterator[tuple[Path, str, torch.Tensor]]:
+    """(file, name, tensor) of every stored tensor; see _read_safetensors for `mappable`."""
     for path in files:
-        reader = _read_safetensors if path.suffix == ".safetensors" else _read_bin
-        for name, tensor in reader(path):
+        tensors = _read_safetensors(path, mappable) if path.suffix == ".safetensors" else _read_bin(path)
+        for name, tensor in tensors:
             yield path, name, tensor
 
 
@@ -185,11 +198,18 @@ def load_model(
     target = parse_dtype(dtype) if dtype is not None else None
     device = torch.device(device)
 
-    with torch.device("meta"):
+    with _skip_init(), torch.device("meta"):
         model = CodeGenForCausalLM(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
-    for path, hf_name, tensor in read_tensors(files):
+
+    def resolved(stored: torch.dtype) -> torch.dtype:
+        return target or (torch.float32 if stored == torch.float16 and device.type == "cpu" else stored)
+
+    def mappable(hf_name: str, stored: torch.dtype) -> bool:  # used as stored: no conversion
+        return device.type == "cpu" and stored == resolved(stored) and not hf_name.endswith("qkv_proj.weight")
+
+    for path, hf_name, tensor in read_tensors(files, mappable):
         if _IGNORED_KEYS.search(hf_name):
             continue
         name = _internal_name(hf_name)
@@ -201,8 +221,7 @@ def load_model(
             )
         if not tensor.is_floating_point():
             raise CheckpointError(f"{path}: {hf_name!r} has dtype {tensor.dtype}, expected a floating type")
-        if target is None:
-            target = tensor.dtype if not (tensor.dtype == torch.float16 and device.type == "cpu") else torch.float32
+        target = resolved(tensor.dtype)
         if name.endswith("attn.qkv.weight"):
             tensor = qkv_from_released(tensor)
         state[name] = tensor.to(device=device, dtype=target)
@@ -214,6 +233,21 @@ def load_model(
     model.load_state_dict(state, assign=True, strict=True)
     model.register_buffer("rotary", rotary_table(config.n_positions, config.rotary_dim).to(device), persistent=False)
     return directory, model.eval()
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Make torch.nn's parameter initialisers no-ops while building a model whose weights are
+    loaded right after (on the meta device they would import torch._dynamo, seconds of start-up)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
 
 
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
