@@ -1,0 +1,67 @@
+"""`opencodegen init`: write a randomly initialised model directory (HF layout + tokenizer)."""
+
+from __future__ import annotations
+
+import argparse
+import sysconfig
+from pathlib import Path
+
+from opencodegen.tokenizer import WHITESPACE_TOKENS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "init",
+        help="create a randomly initialised CodeGen model directory (for tests, demos, training)",
+        description="Write config.json, model.safetensors and tokenizer files of a random model.",
+    )
+    p.add_argument("--preset", default="tiny", help="config preset (tiny, small, base, codegen-350M-mono, ...)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--tokenizer", type=Path, help="copy the tokenizer of this checkpoint directory")
+    source.add_argument(
+        "--train-tokenizer-on",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="train a byte-level BPE sized to the model's vocabulary on these files/directories "
+        "(default: the top-level modules of this Python's standard library)",
+    )
+    p.set_defaults(func=run)
+
+
+def default_corpus() -> list[Path]:
+    """The top-level modules of the running interpreter's standard library: present offline everywhere."""
+    return sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from opencodegen.config import CodeGenConfig
+    from opencodegen.errors import ConfigError
+    from opencodegen.model import CodeGenForCausalLM
+    from opencodegen.tokenizer import CodeGenTokenizer, train_tokenizer
+
+    config = CodeGenConfig.from_preset(args.preset)
+    if args.tokenizer is not None:
+        tokenizer = CodeGenTokenizer.from_pretrained(args.tokenizer)
+    else:
+        corpus = args.train_tokenizer_on or default_corpus()
+        tokenizer = train_tokenizer(corpus, vocab_size=config.vocab_size - len(WHITESPACE_TOKENS))
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(f"tokenizer has {len(tokenizer)} ids but preset {args.preset} has {config.vocab_size} rows")
+    config.eos_token_id = tokenizer.eos_token_id
+    config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+    torch.manual_seed(args.seed)
+    with torch.device("cpu"):
+        model = CodeGenForCausalLM(config)
+    model.reset_parameters(seed=args.seed)
+    model.save_pretrained(args.out, dtype=getattr(torch, args.dtype))
+    tokenizer.save_pretrained(args.out)
+    print(f"wrote a random {args.preset} model ({model.num_parameters() / 1e6:.1f}M parameters, "
+          f"tokenizer of {len(tokenizer)} ids) to {args.out}")
+    return 0
