@@ -6,8 +6,6 @@ import argparse
 import sysconfig
 from pathlib import Path
 
-from opencodegen.tokenizer import WHITESPACE_TOKENS
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -43,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from opencodegen.config import CodeGenConfig
     from opencodegen.errors import ConfigError
     from opencodegen.model import CodeGenForCausalLM
-    from opencodegen.tokenizer import CodeGenTokenizer, train_tokenizer
+    from opencodegen.tokenizer import WHITESPACE_TOKENS, CodeGenTokenizer, train_tokenizer
 
     config = CodeGenConfig.from_preset(args.preset)
     if args.tokenizer is not None:
