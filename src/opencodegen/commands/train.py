@@ -1,0 +1,42 @@
+"""`opencodegen train`: train or fine-tune a CodeGen model from a YAML/TOML run config."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a model (one process, or under torchrun with DDP / FSDP2)",
+        description="Train from a run config (see docs/training.md and configs/). Several processes: "
+        "torchrun --nproc_per_node N -m opencodegen.cli train --config FILE. Export a checkpoint as an HF "
+        "directory with `opencodegen convert checkpoint`.",
+    )
+    p.add_argument("--config", help="run config (.yaml, .yml or .toml); without it the defaults apply")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="settings over the config file, e.g. lr=1e-4 max_steps=200 model_overrides.n_layer=4")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="continue a run: 'auto' takes the newest good checkpoint of out_dir (or starts fresh), "
+                   "PATH a checkpoint or run directory")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import yaml
+
+    from opencodegen.training.config import TrainConfig
+
+    config = TrainConfig.load(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    from opencodegen.training.trainer import train
+
+    summary = train(config, resume=args.resume)
+    if summary["val"] is not None and os.environ.get("RANK", "0") == "0":
+        print(f"done: step {summary['step']}, validation loss {summary['val']['loss']:.4f}")
+    return 0

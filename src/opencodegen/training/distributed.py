@@ -1,0 +1,147 @@
+"""torch.distributed plumbing: process group from torchrun, DDP or FSDP2 wrapping, collectives.
+
+Launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) the process joins
+the group with NCCL on GPUs or gloo on CPUs. Started without torchrun it is one process; the
+"ddp" and "fsdp" strategies then run in a group of one, which behaves exactly like them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from opencodegen.errors import ConfigError
+
+
+@dataclass
+class DistEnv:
+    """Where this process stands: rank, world size, device, and the resolved strategy."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    strategy: str
+    owns_group: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(strategy: str = "auto", device: str = "auto", timeout_s: float = 1800) -> DistEnv:
+    """Join (or create) the process group and pick the device and strategy of this process."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for, but torch sees no CUDA device")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    owns_group = False
+    if launched_by_torchrun() and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+        owns_group = True
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if strategy == "auto":
+        strategy = "ddp" if world > 1 else "none"
+    if strategy == "none" and world > 1:
+        raise ConfigError(f"strategy 'none' cannot train with {world} processes; use ddp or fsdp")
+    if strategy in ("ddp", "fsdp") and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+        owns_group = True
+    return DistEnv(rank, world, local_rank, dev, strategy, owns_group)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, env: DistEnv, cpu_offload: bool = False) -> nn.Module:
+    """Wrap for the strategy: DDP, or FSDP2 `fully_shard` on every block and then the root."""
+    if env.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    if env.strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+        # FSDP2 warns that the root's output (logits, a view) must not be modified in place; the
+        # trainer never does.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+        mesh = init_device_mesh(env.device.type, (env.world_size,))
+        offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh, offload_policy=offload)
+        fully_shard(model, mesh=mesh, offload_policy=offload)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The CodeGenForCausalLM inside a DDP wrapper (FSDP2 modifies the module in place)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, env: DistEnv, enabled: bool) -> Iterator[None]:
+    """Reduce gradients across processes only when `enabled` (the last micro-batch of a step)."""
+    if env.strategy == "ddp" and not enabled:
+        with model.no_sync():
+            yield
+        return
+    if env.strategy == "fsdp":
+        model.set_requires_gradient_sync(enabled)
+    yield
+
+
+def all_reduce_mean(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Mean of `values` over the processes (every process gets it)."""
+    if env.active and env.world_size > 1:
+        values = values.detach().to(env.device, torch.float64)
+        dist.all_reduce(values)
+        values = values / env.world_size
+    return values.cpu()
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's `obj` on every process."""
+    if not (env.active and env.world_size > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every process's `obj`, in rank order, on every process."""
+    if not (env.active and env.world_size > 1):
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(env: DistEnv) -> None:
+    if env.active and env.world_size > 1:
+        dist.barrier()
