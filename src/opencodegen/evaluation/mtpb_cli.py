@@ -1,0 +1,189 @@
+"""`opencodegen eval mtpb` and `opencodegen eval mtpb-perplexity` (nested under `eval`).
+
+`add_mtpb_parsers(nested_subparsers)` adds both; heavy imports happen inside the runners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from opencodegen.errors import ConfigError
+
+
+def add_mtpb_parsers(sub: Any) -> None:
+    """Register the `mtpb` and `mtpb-perplexity` sub-commands on `eval`'s subparsers."""
+    p = sub.add_parser(
+        "mtpb",
+        help="MTPB multi-turn benchmark: write programs with a model (or score --programs) in the sandbox",
+        description="Multi-Turn Programming Benchmark (115 problems x 5 test cases). Generates programs "
+        "turn by turn (or all at once with --mode single, a reconstruction), runs each in the sandbox "
+        "and checks its last printed value. Resumable: rerun with the same --out to continue.",
+    )
+    _common(p)
+    p.add_argument("--mode", choices=["multi", "single", "both"], default="multi", help="multi-turn, single-turn or both")
+    p.add_argument("--n", type=int, default=1, help="samples per test case (default 1)")
+    p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p (default 0.95)")
+    p.add_argument("--programs", metavar="FILE.jsonl", help='score these programs instead of generating: rows {"id", "test", "program"}')
+    p.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: number of CPUs)")
+    p.set_defaults(func=run_mtpb)
+
+    q = sub.add_parser(
+        "mtpb-perplexity",
+        help="perplexity of MTPB turn prompts given the history, multi-turn vs single-turn",
+        description="The paper's prompt-perplexity analysis: NLL of the `# prompt` tokens when they are "
+        "interleaved with code (multi-turn) vs. written at once (single-turn), per problem.",
+    )
+    _common(q)
+    q.add_argument("--samples", metavar="FILE.jsonl", help="take the multi-turn code from an `eval mtpb` samples_multi.jsonl (sample 0)")
+    q.add_argument("--temperature", type=float, default=0.0, help="without --samples: temperature of the code turns (0 = greedy)")
+    q.set_defaults(func=run_perplexity)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", help="checkpoint directory or hub id")
+    p.add_argument("--data", metavar="FILE", help="mtpb.jsonl (default: cache, else download the pinned file)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory (resumable)")
+    p.add_argument("--limit", type=int, default=None, help="only the first K problems")
+    p.add_argument("--problems", metavar="IDS", help="comma-separated problem ids, e.g. 1,5,31")
+    p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: the checkpoint's)")
+
+
+def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    from opencodegen.evaluation.mtpb import load_mtpb
+    from opencodegen.evaluation.mtpb_run import select
+
+    benchmark = load_mtpb(args.data)
+    for warning in benchmark.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    ids = [i.strip() for i in args.problems.split(",") if i.strip()] if args.problems else None
+    return benchmark, select(benchmark, ids, args.limit)
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    import torch
+
+    import opencodegen
+
+    if not args.model:
+        raise ConfigError("--model DIR is required (or --programs FILE to score existing programs)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return opencodegen.load(args.model, device=device, dtype=args.dtype)
+
+
+def _model_id(model: str) -> str:
+    """A checkpoint directory as an absolute path (a hub id as given), to compare resumed runs."""
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
+def run_mtpb(args: argparse.Namespace) -> int:
+    from opencodegen.evaluation import mtpb_run
+
+    benchmark, problems = _benchmark(args)
+    out = Path(args.out)
+    by_id = benchmark.by_id()
+    if args.programs:
+        if args.model:
+            raise ConfigError("give either --model (generate) or --programs (score), not both")
+        mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()), "data_sha256": benchmark.sha256})
+        ids = {p.id for p in problems}
+        samples = [s for s in mtpb_run.load_programs(args.programs, by_id) if s["id"] in ids]
+        results = {"programs": mtpb_run.score(samples, by_id, "programs", out, args.workers)}
+        extra: dict[str, Any] = {"programs": args.programs}
+    else:
+        if args.n < 1:
+            raise ConfigError("--n must be at least 1")
+        from opencodegen.generation import Generator, SamplingParams
+
+        model, tokenizer = _load_model(args)
+        settings = {"model": _model_id(args.model), "n": args.n, "temperature": args.temperature,
+                    "top_p": args.top_p, "seed": args.seed, "data_sha256": benchmark.sha256}  # fmt: skip
+        mtpb_run.check_config(out, settings)
+        params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        generator = Generator(model, tokenizer)
+        modes = ["multi", "single"] if args.mode == "both" else [args.mode]
+        results = {}
+        for mode in modes:
+            samples = mtpb_run.generate(problems, generator, params, mode, out)
+            results[mode] = mtpb_run.score(samples, by_id, mode, out, args.workers)
+        extra = {"settings": settings}
+    summary = mtpb_run.write_summary(out, benchmark, results, extra)
+    for mode, numbers in summary["modes"].items():
+        print(f"MTPB {mode}: pass rate {numbers['pass_rate']:.2f}% over {numbers['problems']} problems "
+              f"({numbers['programs']} programs)")  # fmt: skip
+    print(f"wrote {out / 'summary.json'} and {out / 'mtpb_categories.png'}")
+    return 0
+
+
+def run_perplexity(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from opencodegen.evaluation.mtpb_generate import generate_multi_turn
+    from opencodegen.evaluation.mtpb_perplexity import problem_perplexity
+    from opencodegen.evaluation.mtpb_run import check_config
+    from opencodegen.evaluation.results import ResultStore
+
+    benchmark, problems = _benchmark(args)
+    model, tokenizer = _load_model(args)
+    out = Path(args.out)
+    samples = str(Path(args.samples).resolve()) if args.samples else None
+    check_config(out, {"model": _model_id(args.model), "samples": samples, "temperature": None if samples else args.temperature,
+                       "seed": None if samples else args.seed, "data_sha256": benchmark.sha256})  # fmt: skip
+    stored = _stored_completions(args.samples) if args.samples else None
+    store = ResultStore(out / "perplexity.jsonl", ["id"])
+    generator = params = None
+    if stored is None:
+        from opencodegen.generation import Generator, SamplingParams
+
+        generator = Generator(model, tokenizer)
+        params = SamplingParams(n=1, temperature=args.temperature, seed=args.seed)
+    for problem in tqdm(problems, desc="MTPB prompt perplexity", unit="problem"):
+        if (problem.id,) in store:
+            continue
+        if stored is not None:
+            completions = stored.get(problem.id, {})
+        else:
+            records = generate_multi_turn(generator, problem, params)
+            completions = {r["test"]: r["completions"] for r in records}
+        store.append({"id": problem.id, **problem_perplexity(model, tokenizer, problem, completions)})
+    ids = {p.id for p in problems}
+    rows = [r for r in store.records if r["id"] in ids]
+    summary = {"problems": len(rows), "source_of_code": args.samples or "generated"}
+    for mode in ("multi", "single"):
+        values = [r[mode] for r in rows if r[mode] is not None]
+        summary[f"{mode}_mean_perplexity"] = sum(values) / len(values) if values else None
+    summary["per_problem"] = {r["id"]: {"multi": r["multi"], "single": r["single"]} for r in rows}
+    (out / "perplexity_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"prompt perplexity over {len(rows)} problems: multi-turn {_fmt(summary['multi_mean_perplexity'])}, "
+          f"single-turn {_fmt(summary['single_mean_perplexity'])}")  # fmt: skip
+    print(f"wrote {out / 'perplexity_summary.json'}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _stored_completions(path: str) -> dict[str, dict[int, list[str]]]:
+    """{problem id: {test: code turns}} from sample 0 of an `eval mtpb` samples_multi.jsonl."""
+    from opencodegen.errors import DataError
+
+    found: dict[str, dict[int, list[str]]] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read samples file {path}: {exc}") from None
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            if row.get("mode", "multi") == "multi" and row["sample"] == 0:
+                found.setdefault(str(row["id"]), {})[int(row["test"])] = list(row["completions"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(f"{path}:{lineno}: not a samples_multi.jsonl row") from None
+    return found

@@ -1,0 +1,152 @@
+"""The resumable MTPB pipeline: generate programs, score them in the sandbox, summarize.
+
+Files under OUT:
+  samples_<mode>.jsonl   generated programs, one per (id, test, sample)
+  results_<mode>.jsonl   their scores (passed, status, captured output, error)
+  summary.json           pass_rate (%), per_problem, per_category, per_turns (+ every mode)
+  mtpb_categories.png    pass rate per category, multi- vs single-turn
+  config.json            the settings a resumed run must match
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from opencodegen.errors import DataError
+from opencodegen.evaluation.mtpb import SINGLE_TURN_NOTE, Benchmark, Problem
+from opencodegen.evaluation.mtpb_generate import GENERATORS
+from opencodegen.evaluation.mtpb_report import plot_comparison, summarize
+from opencodegen.evaluation.mtpb_scoring import score_programs
+from opencodegen.evaluation.results import ResultStore
+
+KEY = ("id", "test", "sample")
+SCORE_CHUNK = 32  # programs scored between two appends to the results file
+SCORE_PRELOAD = ("numpy", "pandas")  # imported once per sandbox worker, not once per program
+
+
+def _key(record: dict[str, Any]) -> tuple[str, int, int]:
+    return record["id"], record["test"], record["sample"]
+
+
+def check_config(out: Path, config: dict[str, Any]) -> None:
+    """Remember the run's settings; refuse to resume into OUT with different ones."""
+    path = out / "config.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v}
+        if changed:
+            details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise DataError(f"{out} holds a run with other settings ({details}); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def generate(
+    problems: Sequence[Problem], generator: Any, params: Any, mode: str, out: Path
+) -> list[dict[str, Any]]:
+    """Generated programs of `mode` for `problems`, resuming from OUT/samples_<mode>.jsonl."""
+    store = ResultStore(out / f"samples_{mode}.jsonl", KEY)
+    for problem in tqdm(problems, desc=f"MTPB {mode}-turn generation", unit="problem"):
+        wanted = [(problem.id, t, s) for t in problem.tests for s in range(params.n)]
+        if all(key in store for key in wanted):
+            continue
+        records = GENERATORS[mode](generator, problem, params)
+        store.extend(r for r in records if _key(r) not in store)
+    ids = {p.id for p in problems}
+    return [r for r in store.records if r["id"] in ids]
+
+
+def load_programs(path: str | Path, problems: dict[str, Problem]) -> list[dict[str, Any]]:
+    """Rows {"id", "test", "program"} of a JSONL file; repeated (id, test) rows are samples."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"programs file not found: {path}")
+    seen: Counter[tuple[str, int]] = Counter()
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pid, test, program = str(row["id"]), row["test"], row["program"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f'{path}:{lineno}: expected {{"id": ..., "test": 0-4, "program": "..."}}') from None
+        if pid not in problems:
+            raise DataError(f"{path}:{lineno}: unknown problem id {pid!r}")
+        if not isinstance(test, int) or test not in problems[pid].tests:
+            raise DataError(f"{path}:{lineno}: problem {pid} has no test case {test!r}")
+        if not isinstance(program, str):
+            raise DataError(f"{path}:{lineno}: program must be a string")
+        rows.append({"mode": "programs", "id": pid, "test": test, "sample": seen[pid, test], "program": program})
+        seen[pid, test] += 1
+    if not rows:
+        raise DataError(f"{path}: no programs")
+    return rows
+
+
+def score(
+    samples: Iterable[dict[str, Any]], problems: dict[str, Problem], mode: str, out: Path, workers: int | None
+) -> list[dict[str, Any]]:
+    """Scored records for `samples`, resuming from OUT/results_<mode>.jsonl."""
+    from opencodegen.execution import ExecutionPool
+
+    samples = list(samples)
+    store = ResultStore(out / f"results_{mode}.jsonl", KEY)
+    todo = [s for s in samples if _key(s) not in store]
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"MTPB {mode} scoring", unit="prog")
+    with bar, ExecutionPool(workers=workers, preload=SCORE_PRELOAD) as pool:
+        for start in range(0, len(todo), SCORE_CHUNK):
+            chunk = todo[start : start + SCORE_CHUNK]
+            items = [(s["program"], problems[s["id"]].expected(s["test"])) for s in chunk]
+            scores = score_programs(items, pool=pool, progress=bar.update)
+            store.extend(
+                {"id": s["id"], "test": s["test"], "sample": s["sample"], **sc.to_record(),
+                 "expected": problems[s["id"]].expected(s["test"]), "program": s["program"]}
+                for s, sc in zip(chunk, scores)
+            )  # fmt: skip
+    keys = {_key(s) for s in samples}
+    return [r for r in store.records if _key(r) in keys]
+
+
+def write_summary(
+    out: Path,
+    benchmark: Benchmark,
+    results: dict[str, list[dict[str, Any]]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """summary.json (the first mode's numbers at the top level, every mode under "modes") + PNG."""
+    problems = benchmark.by_id()
+    modes = {mode: summarize(records, problems) for mode, records in results.items()}
+    if "single" in modes:
+        modes["single"]["note"] = SINGLE_TURN_NOTE
+    primary = next(iter(modes))
+    summary = {
+        "benchmark": "MTPB",
+        "mode": primary,
+        **modes[primary],
+        "modes": modes,
+        "data": {"path": benchmark.source, "sha256": benchmark.sha256, "warnings": benchmark.warnings},
+        **(extra or {}),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_comparison(modes, out / "mtpb_categories.png")
+    return summary
+
+
+def select(benchmark: Benchmark, ids: Sequence[str] | None, limit: int | None) -> list[Problem]:
+    """The problems to run: the given ids (in benchmark order), then at most `limit` of them."""
+    problems = benchmark.problems
+    if ids:
+        known = benchmark.by_id()
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise DataError(f"unknown MTPB problem id(s): {', '.join(unknown)}")
+        problems = [p for p in problems if p.id in set(ids)]
+    return problems[:limit] if limit is not None else problems
+

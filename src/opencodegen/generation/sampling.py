@@ -1,0 +1,166 @@
+"""Sampling parameters and the next-token choice: greedy, temperature, top-k, top-p (nucleus).
+
+Randomness is per sequence: every sequence owns a ``torch.Generator`` seeded from (seed, sample
+index) that draws one uniform number per step in advance, and the token is found by inverting the
+cumulative distribution of the filtered probabilities. A sequence's draws therefore never depend
+on which other sequences share its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+import torch
+
+from opencodegen.errors import GenerationError
+from opencodegen.generation.stopping import preset_stops
+
+# Top-p needs the tokens in decreasing order only until their mass reaches p; a full sort of a
+# 50k vocabulary is slow on CPU, so look at the best _FIRST_K first and widen only when needed.
+_FIRST_K = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. Defaults equal CodeGen's reference sampler (T 0.2, top-p 0.95, no top-k).
+
+    temperature 0 means greedy. `stop`: strings that end a completion (not included in the text).
+    `truncate`: "codegen" (CodeGen's truncation rules), "humaneval" (the HumanEval stop list) or
+    None / "none". `logprobs`: None, or k >= 0 to return each chosen token's log-probability under
+    the model (before temperature and filtering) with the k most likely alternatives.
+    `truncate_prompt`: drop the oldest prompt tokens when prompt + max_new_tokens exceeds the
+    context, instead of raising GenerationError. `ignore_eos`: keep generating after EOS.
+    """
+
+    n: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    truncate: str | None = None
+    logprobs: int | None = None
+    truncate_prompt: bool = False
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise GenerationError(message)
+
+        def is_int(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        check(is_int(self.n) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}")
+        check(is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
+              f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        check(isinstance(self.temperature, (int, float)) and self.temperature >= 0,
+              f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
+        check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1,
+              f"top_p must be in (0, 1], got {self.top_p!r}")
+        check(is_int(self.top_k) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        check(self.seed is None or is_int(self.seed), f"seed must be an integer or None, got {self.seed!r}")
+        check(self.logprobs is None or (is_int(self.logprobs) and self.logprobs >= 0),
+              f"logprobs must be None or an integer >= 0, got {self.logprobs!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        check(all(isinstance(s, str) and s for s in stop), f"stop strings must be non-empty strings, got {stop!r}")
+        object.__setattr__(self, "stop", stop)
+        if self.truncate == "none":
+            object.__setattr__(self, "truncate", None)
+        preset_stops(self.truncate)  # raises on an unknown preset
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """The explicit stop strings plus those of the truncation preset."""
+        return tuple(dict.fromkeys(self.stop + preset_stops(self.truncate)))
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The request's seed, or a fresh random one."""
+    return secrets.randbits(63) if seed is None else seed
+
+
+def sequence_uniforms(seed: int, index: int, steps: int) -> torch.Tensor:
+    """The uniform draws in [0, 1) of sample `index` of a request with `seed` (float64, [steps])."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
+    generator = torch.Generator().manual_seed(mixed)
+    return torch.rand(steps, generator=generator, dtype=torch.float64)
+
+
+class TokenSampler:
+    """Chooses the next token of every row of a batch sampled with one `SamplingParams`.
+
+    Greedy takes the arg-max; otherwise `uniforms` [B] (float64 in [0, 1), one per row) pick the
+    token by inverting the cumulative distribution of the filtered probabilities. The top-p search
+    starts from the width the previous call needed (nucleus sizes change slowly from one step to
+    the next); that only saves time, the tokens kept are the same.
+    """
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self._width = _FIRST_K
+
+    def __call__(self, logits: torch.Tensor, uniforms: torch.Tensor | None) -> torch.Tensor:
+        """Next token of each row of `logits` [B, V] (already restricted to the usable vocabulary)."""
+        logits = logits.float().contiguous()  # rows in memory order: reductions and top-k are much faster
+        if self.params.greedy:
+            return logits.argmax(-1)
+        probs, ids = self._nucleus(logits / self.params.temperature)
+        cumulative = probs.double().cumsum(-1)
+        target = uniforms.to(cumulative.dtype)[:, None] * cumulative[:, -1:]
+        position = (cumulative <= target).sum(-1, keepdim=True).clamp_(max=ids.shape[-1] - 1)
+        return ids.gather(-1, position).squeeze(-1)
+
+    def _nucleus(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate (probabilities, token ids) of each row in decreasing order, zero past the cut.
+
+        `scores` [B, V] are logits / temperature. Top-k keeps the k best tokens; top-p then keeps the
+        smallest prefix whose mass reaches p (a token stays when the mass before it is < p). The
+        probabilities are renormalised over the top-k set, as in the reference warpers.
+        """
+        top_k, top_p = self.params.top_k, self.params.top_p
+        vocab = scores.shape[-1]
+        k = min(top_k, vocab) if top_k else vocab
+        if k == vocab and top_p >= 1:  # plain temperature sampling: any fixed order will do
+            return scores.softmax(-1), torch.arange(vocab, device=scores.device).expand_as(scores)
+        log_norm = (scores if k == vocab else scores.topk(k).values).logsumexp(-1, keepdim=True)
+        width = k if top_p >= 1 else min(k, self._width)
+        while True:
+            values, ids = scores.topk(width) if width < vocab else scores.sort(-1, descending=True)
+            probs = (values - log_norm).exp()
+            if top_p >= 1:
+                return probs, ids
+            mass = probs.cumsum(-1)
+            short = top_p - mass[:, -1]
+            if width == k or not bool((short > 0).any()):
+                keep = mass - probs < top_p
+                self._width = max(_FIRST_K, int(1.25 * keep.sum(-1).max().item()) + 1)
+                return probs * keep, ids
+            # The tokens left are no likelier than the last one seen: at least short / p_last more are needed.
+            needed = (short / probs[:, -1].clamp(min=1e-30)).max().item()
+            width = int(min(k, max(2 * width, width + 2 * needed)))
+
+
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """Next token of each row of `logits` [B, V] with a one-off `TokenSampler` (a decode loop keeps
+    one sampler instead, which reuses its top-p search width from step to step)."""
+    return TokenSampler(params)(logits, uniforms)
+
+
+def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, k: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Per row: log-probability of the chosen token and the k most likely (id, logprob) pairs."""
+    logp = torch.log_softmax(logits.float(), -1)
+    chosen_lp = logp.gather(-1, chosen[:, None]).squeeze(-1).tolist()
+    if k == 0:
+        return [(lp, []) for lp in chosen_lp]
+    top_lp, top_ids = logp.topk(min(k, logp.shape[-1]))
+    return [
+        (lp, list(zip(ids, lps)))
+        for lp, ids, lps in zip(chosen_lp, top_ids.tolist(), top_lp.tolist())
+    ]

@@ -1,0 +1,173 @@
+"""Request bodies of the HTTP API (pydantic, strict), their checks, and OpenAI-shaped errors.
+
+Every client mistake becomes an :class:`APIError`, answered as
+``{"error": {"message", "type", "param", "code"}}`` with a 4xx status, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+#: OpenAI accepts at most this many stop sequences.
+MAX_STOPS = 4
+#: Largest `logprobs` (alternatives per token) we return.
+MAX_LOGPROBS = 20
+#: Request bodies larger than this are refused before parsing.
+MAX_BODY_BYTES = 4 << 20
+
+
+class APIError(Exception):
+    """An error answered to the client as OpenAI's error JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class CompletionRequest(_Strict):
+    """POST /v1/completions (the legacy OpenAI completions API)."""
+
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(default=16, ge=0)
+    temperature: float | None = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
+    n: int | None = Field(default=1, ge=1, le=128)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool | None = False
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(1 << 63), lt=1 << 64)
+    user: str | None = None
+    # Known OpenAI fields we accept only at their neutral value (anything else is a clear 400).
+    best_of: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    suffix: str | None = None
+
+    def check(self) -> None:
+        """Rules across fields, and the OpenAI fields we accept only at their neutral value."""
+        stops = self.stop_list
+        if len(stops) > MAX_STOPS:
+            raise APIError(400, f"at most {MAX_STOPS} stop sequences are allowed, got {len(stops)}", param="stop")
+        if any(not s for s in stops):
+            raise APIError(400, "stop sequences must be non-empty strings", param="stop")
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise APIError(400, "prompt must not be an empty list", param="prompt")
+        if self.stream_options is not None and not self.stream:
+            raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
+        unsupported = {
+            "best_of": self.best_of not in (None, self.n),
+            "presence_penalty": bool(self.presence_penalty),
+            "frequency_penalty": bool(self.frequency_penalty),
+            "logit_bias": bool(self.logit_bias),
+            "suffix": self.suffix is not None,
+        }
+        for name, used in unsupported.items():
+            if used:
+                raise APIError(400, f"{name} is not supported by this server (leave it unset)", param=name,
+                               code="unsupported_parameter")  # fmt: skip
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def prompt_items(self) -> list[str | list[int]]:
+        """The prompts: strings or token-id lists, one per completion group."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class SessionCreate(_Strict):
+    """POST /v1/sessions: sampling settings of the session's turns."""
+
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=128, ge=1)
+    seed: int | None = Field(default=None, ge=0, lt=1 << 63)
+
+
+class TurnCreate(_Strict):
+    """POST /v1/sessions/{id}/turns: an instruction; `code` skips the model."""
+
+    instruction: str = Field(min_length=1, max_length=20_000)
+    code: str | None = Field(default=None, max_length=200_000)
+
+
+class TurnEdit(_Strict):
+    """PUT /v1/sessions/{id}/turns/{index}: the turn's new code."""
+
+    code: str = Field(max_length=200_000)
+
+
+def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
+    """Decode a JSON body into `model`, turning every problem into a 400 APIError."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"We could not parse the JSON body of your request ({exc}).", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+# What union-typed fields accept (pydantic would report one error per member of the union).
+_EXPECTED = {
+    "prompt": "a string, a list of strings, a list of token ids or a list of token-id lists",
+    "stop": f"a string or a list of at most {MAX_STOPS} strings",
+}
+
+
+def validation_error(exc: ValidationError) -> APIError:
+    """The first pydantic error as an OpenAI-style 400."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    param = loc[0] if loc else None
+    if param in _EXPECTED and err["type"] not in ("extra_forbidden", "missing"):
+        return APIError(400, f"Invalid value for {param}: expected {_EXPECTED[param]}", param=param,
+                        code="invalid_value")  # fmt: skip
+    if err["type"] == "extra_forbidden":
+        return APIError(400, f"Unrecognized request argument supplied: {'.'.join(loc)}", param=param,
+                        code="unknown_parameter")  # fmt: skip
+    if err["type"] == "missing":
+        return APIError(400, f"Missing required parameter: {'.'.join(loc)}", param=param, code="missing_parameter")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    where = f"{'.'.join(loc)}: " if loc else ""
+    return APIError(400, f"Invalid value for {where}{message}" if loc else message, param=param,
+                    code="invalid_value")  # fmt: skip
+

@@ -1,0 +1,3 @@
+"""Spin forever."""
+while True:
+    pass

@@ -1,0 +1,4 @@
+"""Allocate memory until something gives."""
+blocks = []
+while True:
+    blocks.append(bytearray(50 << 20))

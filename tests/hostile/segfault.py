@@ -1,0 +1,4 @@
+"""Crash the interpreter."""
+import ctypes
+
+ctypes.string_at(0)

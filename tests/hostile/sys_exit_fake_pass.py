@@ -1,0 +1,13 @@
+"""A HumanEval-style program whose completion exits with status 0 before the tests run."""
+# ruff: noqa: E402, I001  (laid out like a model completion)
+def add(a, b):
+    return a - b
+import sys
+sys.exit(0)
+
+
+def check(candidate):
+    assert candidate(1, 2) == 3
+
+
+check(add)

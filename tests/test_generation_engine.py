@@ -1,0 +1,176 @@
+"""The generation engine on a tiny random model: shared prefill, batching, seeds, stops, streaming, errors."""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from generation_helpers import make_model_dir, one_thread  # noqa: F401 (fixture)
+from opencodegen import load
+from opencodegen.errors import GenerationError
+from opencodegen.generation import Generator, SamplingParams, truncate_codegen
+
+PROMPTS = ["def add(a, b):\n    ", "import numpy as np\n", "class Point:\n", "x"]
+SAMPLE = SamplingParams(n=4, max_new_tokens=16, temperature=1.0, top_p=0.95, seed=11)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    return load(str(make_model_dir(tmp_path_factory.mktemp("tiny"))))
+
+
+@pytest.fixture()
+def gen(loaded):
+    return Generator(*loaded)
+
+
+def teacher_forced_logprobs(gen, prompt_ids, token_ids):
+    """Log-probabilities of `token_ids` after the prompt, from one full forward without a cache."""
+    ids = torch.tensor([prompt_ids + token_ids])
+    with torch.no_grad():
+        logits = gen.model(ids).logits[0, len(prompt_ids) - 1 : -1, : gen.vocab_limit]
+    return logits.log_softmax(-1).gather(-1, torch.tensor(token_ids)[:, None]).squeeze(-1)
+
+
+def count_prefills(gen, monkeypatch):
+    calls = []
+    original = gen._prefill
+    monkeypatch.setattr(gen, "_prefill", lambda ids: calls.append(ids) or original(ids))
+    return calls
+
+
+def test_n_samples_share_one_prefill_and_match_independent_runs(gen, monkeypatch):
+    calls = count_prefills(gen, monkeypatch)
+    params = dataclasses.replace(SAMPLE, logprobs=0, ignore_eos=True)
+    results = gen.generate(PROMPTS, params)
+    assert len(calls) == len(PROMPTS)  # one prefill per prompt, not per sample
+    for prompt, completions in zip(PROMPTS, results):
+        assert len(completions) == 4 and len({tuple(c.token_ids) for c in completions}) > 1
+        prompt_ids = gen.tokenizer.encode(prompt)
+        for c in completions:
+            assert len(c.token_ids) == 16 and c.finish_reason == "length"
+            got = torch.tensor([t.logprob for t in c.logprobs])
+            assert torch.allclose(got, teacher_forced_logprobs(gen, prompt_ids, c.token_ids), atol=1e-4)
+            assert c.text == gen.tokenizer.decode(c.token_ids)
+
+
+def test_a_sample_does_not_depend_on_its_batch(gen):
+    alone = gen.generate([PROMPTS[0]], SAMPLE)[0]
+    mixed = gen.generate([PROMPTS[2], PROMPTS[0], PROMPTS[3]], SAMPLE)[1]
+    assert [c.token_ids for c in alone] == [c.token_ids for c in mixed]
+    # sample j of n is the same sequence whatever n is
+    first = gen.generate([PROMPTS[0]], dataclasses.replace(SAMPLE, n=1))[0][0]
+    assert first.token_ids == alone[0].token_ids
+    other_seed = gen.generate([PROMPTS[0]], dataclasses.replace(SAMPLE, seed=12))[0]
+    assert [c.token_ids for c in other_seed] != [c.token_ids for c in alone]
+
+
+def test_small_cache_budget_splits_batches_and_reuses_the_prefill(loaded, monkeypatch):
+    whole = Generator(*loaded).generate(PROMPTS[:2], SAMPLE)
+    small = Generator(*loaded, max_cache_bytes=1)  # one row per batch
+    calls = count_prefills(small, monkeypatch)
+    progress = []
+    split = small.generate(PROMPTS[:2], SAMPLE, progress=progress.append)
+    assert len(calls) == 2 and sum(progress) == 8
+    assert [[c.token_ids for c in cs] for cs in split] == [[c.token_ids for c in cs] for cs in whole]
+
+
+def test_untrained_vocabulary_rows_are_never_sampled(loaded):
+    model, tok = loaded
+    boosted = copy.deepcopy(model)
+    with torch.no_grad():
+        boosted.lm_head.bias[len(tok):] += 100.0  # the untrained rows would win every draw
+    params = SamplingParams(n=4, max_new_tokens=12, temperature=1.0, top_p=1.0, seed=0, ignore_eos=True)
+    for p in (params, dataclasses.replace(params, temperature=0)):
+        for c in Generator(boosted, tok).generate(PROMPTS, p)[0]:
+            assert max(c.token_ids) < len(tok)
+    unmasked = Generator(boosted).generate_ids([tok.encode(PROMPTS[0])], params)[0]
+    assert all(min(c.token_ids) >= len(tok) for c in unmasked)  # without the tokenizer nothing masks them
+
+
+def test_stop_strings_cut_text_and_finished_rows_leave_the_batch(gen):
+    """Rows that stop early leave the batch; the others go on exactly as without stops."""
+    params = dataclasses.replace(SAMPLE, n=8, max_new_tokens=24, ignore_eos=True)
+    free = gen.generate([PROMPTS[1]], params)[0]
+    stop = "e"
+    assert sum(stop in c.text for c in free) >= 2
+    stopped = gen.generate([PROMPTS[1]], dataclasses.replace(params, stop=[stop]))[0]
+    for f, s in zip(free, stopped):
+        if stop in f.text:
+            assert s.text == f.text[: f.text.index(stop)] and s.finish_reason == "stop"
+            assert f.token_ids[: len(s.token_ids)] == s.token_ids and len(s.token_ids) < 24
+        else:
+            assert (s.text, s.token_ids, s.finish_reason) == (f.text, f.token_ids, "length")
+
+
+def test_codegen_truncation_in_the_engine(gen):
+    params = dataclasses.replace(SAMPLE, n=8, max_new_tokens=48, temperature=1.2, top_p=1.0, ignore_eos=True)
+    free = gen.generate([PROMPTS[0]], params)[0]
+    truncated = gen.generate([PROMPTS[0]], dataclasses.replace(params, truncate="codegen"))[0]
+    assert any(truncate_codegen(f.text) != f.text for f in free)
+    for f, t in zip(free, truncated):
+        assert t.text == truncate_codegen(f.text)
+        assert t.finish_reason == ("stop" if t.text != f.text else "length")
+        assert f.token_ids[: len(t.token_ids)] == t.token_ids
+
+
+def test_stream_yields_the_final_text(gen):
+    params = dataclasses.replace(SAMPLE, n=1, max_new_tokens=30, stop=["\n\n"])
+    [[full]] = gen.generate([PROMPTS[0]], params)
+    deltas = list(gen.stream(PROMPTS[0], params))
+    assert all(isinstance(d, str) and d for d in deltas) and "".join(deltas) == full.text
+    multi = dataclasses.replace(params, n=3)
+    texts = ["", "", ""]
+    for index, delta in gen.stream(PROMPTS[0], multi):
+        texts[index] += delta
+    assert texts == [c.text for c in gen.generate([PROMPTS[0]], multi)[0]]
+
+
+def test_logprobs_with_alternatives(gen):
+    [[c]] = gen.generate([PROMPTS[2]], SamplingParams(max_new_tokens=8, temperature=0, logprobs=3, ignore_eos=True))
+    for t in c.logprobs:
+        assert len(t.top) == 3 and t.top[0][0] == t.token_id  # greedy picks the most likely token
+        assert t.top[0][1] == pytest.approx(t.logprob) and t.top[0][1] >= t.top[1][1] >= t.top[2][1]
+
+
+def test_eos_is_not_part_of_the_completion(gen):
+    model, tok = gen.model, gen.tokenizer
+    boosted = copy.deepcopy(model)
+    with torch.no_grad():
+        boosted.lm_head.bias[tok.eos_token_id] += 100.0
+    [[c]] = Generator(boosted, tok).generate([PROMPTS[0]], SamplingParams(temperature=0))
+    assert (c.text, c.token_ids, c.finish_reason) == ("", [], "stop")
+
+
+def test_left_truncation_of_long_prompts(gen):
+    context = gen.model.config.n_positions
+    ids = (gen.tokenizer.encode("print(add(1, 2))\n") * 200)[: context + 20]
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    with pytest.raises(GenerationError, match=r"prompt 0 has \d+ tokens.*context of 512"):
+        gen.generate_ids([ids], params)
+    kept = gen.generate_ids([ids[-(context - 8):]], params)
+    assert gen.generate_ids([ids], dataclasses.replace(params, truncate_prompt=True)) == kept
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda g: g.generate([""], SamplingParams()), "prompt 0 is empty"),
+        (lambda g: g.generate(["ok", ""], SamplingParams()), "prompt 1 is empty"),
+        (lambda g: g.generate("a prompt", SamplingParams()), "list of strings"),
+        (lambda g: g.generate_ids([[1, 5000]], SamplingParams()), "token id 5000"),
+        (lambda g: g.generate(["x"], SamplingParams(max_new_tokens=512)), "leaves no room"),
+        (lambda g: g.generate(["x"], SamplingParams(n=0)), "n must be"),
+        (lambda g: g.generate(["x"], SamplingParams(top_p=1.5)), "top_p"),
+        (lambda g: g.generate(["x"], SamplingParams(temperature=-1)), "temperature"),
+        (lambda g: g.generate(["x"], SamplingParams(truncate="python")), "unknown truncation preset"),
+        (lambda g: Generator(g.model).generate_ids([[1]], SamplingParams(stop=["\n"])), "need a tokenizer"),
+    ],
+)
+def test_bad_input_raises_generation_error(gen, call, message):
+    with pytest.raises(GenerationError, match=message):
+        call(gen)

@@ -1,0 +1,52 @@
+"""`opencodegen serve`: argument errors are one clear line; the real command serves a model directory."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from generation_helpers import make_model_dir
+from opencodegen.cli import main
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main(["serve", "--model", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "--max-batch must be >= 1" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_answers_on_loopback(tmp_path):
+    model_dir = make_model_dir(tmp_path / "model")
+    port = free_port()
+    command = [sys.executable, "-m", "opencodegen.cli", "serve", "--model", str(model_dir), "--port", str(port),
+               "--api-key", "k", "--max-batch", "2"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                health = httpx.get(url + "/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert health.json()["model"] == "model"
+        headers = {"Authorization": "Bearer k"}
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, headers=headers, timeout=30)
+        assert r.status_code == 200 and r.json()["model"] == "model"
+        assert httpx.post(url + "/v1/completions", json={"prompt": "x"}, timeout=30).status_code == 401
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)
+    assert server.returncode == 0
