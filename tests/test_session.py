@@ -14,7 +14,7 @@ import pytest
 from execution_helpers import processes_with, wait_for
 from mtpb_helpers import FakeParams, ScriptedGenerator
 from opencodegen.errors import DataError, GenerationError
-from opencodegen.execution import run_program
+from opencodegen.execution import isolation_report, run_program
 from opencodegen.synthesis.history import PREFIX
 from opencodegen.synthesis.interpreter import Interpreter
 from opencodegen.synthesis.session import Session
@@ -130,6 +130,9 @@ print(json.dumps(obs))
 """
 
 
+@pytest.mark.skipif(
+    isolation_report()["mode"] == "none", reason="no sandbox here: hostile programs must not run unisolated"
+)
 def test_hostile_turn_is_contained_exactly_like_an_evaluation_job(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENCODEGEN_PROBE_SECRET", "s3cret")
     listener = socket.create_server(("127.0.0.1", 0))

@@ -208,8 +208,12 @@ def _probe(requested: str) -> Isolation:
     if requested == "none":
         return Isolation("none", "isolation='none' was requested")
     bwrap = shutil.which("bwrap")
+    hidden = [d for d in _python_dirs() if _under(d, ("/tmp", "/dev/shm"))]
     if bwrap is None:
         reason = "bubblewrap (bwrap) is not installed"
+    elif hidden:
+        reason = (f"the Python environment at {hidden[0]} lies under /tmp or /dev/shm, which the sandbox "
+                  "replaces by private ones; create the virtual environment elsewhere")
     else:
         plan = Isolation("bwrap-root" if os.geteuid() == 0 else "bwrap-user")
         try:
