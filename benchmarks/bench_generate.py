@@ -9,10 +9,13 @@ tokens (EOS is ignored). Reported, each as the best of --repeat runs:
   greedy      batch-1 greedy, end-to-end generated tokens/s; decode step = (greedy - prefill) / (new - 1)
   n=8         --n samples of one prompt (T 0.2, top-p 0.95, no top-k), generated tokens/s
   modes       our greedy with int8 weight-only and bf16 weights vs transformers fp32 greedy,
-              with their quality cost: max |logit - fp32 logit| over prompt + continuation
-              and greedy agreement with fp32 over the whole budget
+              with their quality cost: max |logit - fp32 logit| over prompt + continuation,
+              how many greedy tokens equal fp32's before the first difference, and how often
+              the arg-max agrees with fp32's along fp32's greedy path (random weights have
+              nearly flat logits, so near-ties make these agreement figures pessimistic)
 The decode bound is weight bytes read per token (all weights but the embedding, of which one row
-is read) divided by the bandwidth of a large memory copy measured here ((read + write) / time).
+is read) divided by the bandwidth of a large memory copy measured here ((read + write) / time);
+plain reads run faster than a copy, so a step can beat this bound.
 """
 
 from __future__ import annotations

@@ -48,6 +48,15 @@ def test_prompt_file_stop_and_truncate(model_dir, tmp_path, capsys):
     assert record["params"]["truncate"] == "humaneval"
 
 
+def test_int8_quantized_generation(model_dir, capsys):
+    record = run_json(capsys, "--model", model_dir, "--prompt", PROMPT, "--quantize", "int8", "--n", "2",
+                      "--max-new-tokens", "6", "--temperature", "0")
+    completions = record["completions"]
+    assert len(completions) == 2 and completions[0]["token_ids"] == completions[1]["token_ids"]  # greedy
+    assert main(["generate", "--model", model_dir, "--prompt", "x", "--quantize", "int8", "--dtype", "bfloat16"]) == 2
+    assert "quantize a float32 model" in capsys.readouterr().err
+
+
 def test_plain_and_stream_output(model_dir, capsys):
     common = ["generate", "--model", model_dir, "--prompt", PROMPT, "--seed", "2", "--max-new-tokens", "10"]
     assert main(common) == 0

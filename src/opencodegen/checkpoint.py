@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
-from opencodegen.model import CodeGenForCausalLM, rotary_table
+from opencodegen.model import CodeGenForCausalLM
 
 MP_NUM = 4
 _IGNORED_KEYS = re.compile(r"attn\.(causal_mask|masked_bias|bias)$")
@@ -231,7 +231,7 @@ def load_model(
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CheckpointError(f"{directory}: {len(missing)} weights missing from {files[0].name}: {shown}")
     model.load_state_dict(state, assign=True, strict=True)
-    model.register_buffer("rotary", rotary_table(config.n_positions, config.rotary_dim).to(device), persistent=False)
+    model.rotary = model.rotary.to(device)
     return directory, model.eval()
 
 

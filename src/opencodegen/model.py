@@ -96,9 +96,12 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 def rotary_table(n_positions: int, rotary_dim: int) -> torch.Tensor:
-    """cos and sin of position * inv_freq, shape [n_positions, rotary_dim // 2, 2], fp32."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
-    angles = torch.arange(n_positions, dtype=torch.int64).float()[:, None] * inv_freq
+    """cos and sin of position * inv_freq, shape [n_positions, rotary_dim // 2, 2], fp32.
+
+    Always computed on the CPU (also inside a meta-device context, where it would be empty)."""
+    steps = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float()
+    inv_freq = 1.0 / (10000 ** (steps / rotary_dim))
+    angles = torch.arange(n_positions, dtype=torch.int64, device="cpu").float()[:, None] * inv_freq
     return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
 

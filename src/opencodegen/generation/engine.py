@@ -76,7 +76,7 @@ class _Prefix:
         return self.cache.length
 
 
-class _Sequence:
+class SequenceState:
     """Book-keeping of one generated row: tokens, log-probs, decoded text and its stop state."""
 
     def __init__(self, prompt_index: int, index: int, generator: Generator, params: SamplingParams) -> None:
@@ -290,7 +290,7 @@ class Generator:
         uniforms = None
         if not params.greedy:
             uniforms = torch.stack([sequence_uniforms(seed, j, max_new) for _, j in batch]).to(device)
-        active = [_Sequence(p, j, self, params) for p, j in batch]
+        active = [SequenceState(p, j, self, params) for p, j in batch]
         sampler = TokenSampler(params)
 
         for step in range(max_new):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from opencodegen.generation.engine import Generator, StreamEvent
-from opencodegen.generation.engine import _Sequence as EngineSequence
+from opencodegen.generation.engine import SequenceState as EngineSequence
 from opencodegen.generation.sampling import (
     SamplingParams,
     resolve_seed,
