@@ -28,25 +28,10 @@ import torch.nn.functional as F
 
 from opencodegen.checkpoint import released_state_dict
 from opencodegen.config import CodeGenConfig
+from opencodegen.data.dataset import InMemorySequences
 from opencodegen.model import CodeGenForCausalLM
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-
-
-class Batches:
-    """The benchmark's batch as a dataset for the trainer."""
-
-    path, split, fingerprint = "benchmark", "train", "benchmark"
-
-    def __init__(self, rows: torch.Tensor) -> None:
-        self.rows = rows
-        self.seq_len = rows.shape[1] - 1
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, indices) -> torch.Tensor:
-        return self.rows[torch.as_tensor(indices, dtype=torch.long)]
 
 
 def stdlib_rows(count: int, seq_len: int) -> torch.Tensor:
@@ -91,7 +76,7 @@ def our_trainer(args, precision: str, rows: torch.Tensor, initial: dict[str, tor
         warmup_steps=0, min_lr_ratio=1.0, max_steps=1000, threads=args.threads, eval_every=0, save_every=0,
         tensorboard=False, export_final=False, shuffle=False, out_dir=out_dir,
     )
-    trainer = Trainer(config, train_dataset=Batches(rows))
+    trainer = Trainer(config, train_dataset=InMemorySequences(rows))
     trainer.raw_model.load_state_dict(initial)
     return trainer
 

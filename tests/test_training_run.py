@@ -22,6 +22,7 @@ import yaml
 from opencodegen.checkpoint import load_model
 from opencodegen.cli import main
 from opencodegen.data.build import BuildConfig, build_dataset
+from opencodegen.data.dataset import InMemorySequences
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.tokenizer import CodeGenTokenizer, train_tokenizer
 from opencodegen.training.checkpointing import find_checkpoint
@@ -218,28 +219,12 @@ def test_init_from_starts_a_new_stage(corpus, reference_run, tmp_path):
     assert (tmp_path / "stage2" / "checkpoints" / "step-00000003" / "tokenizer.json").is_file()
 
 
-class OneBatch:
-    """An in-memory dataset (the trainer's data interface) of fixed token rows."""
-
-    path, split, fingerprint = "memory", "train", "one-batch"
-
-    def __init__(self, rows: torch.Tensor) -> None:
-        self.rows = rows
-        self.seq_len = rows.shape[1] - 1
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, indices) -> torch.Tensor:
-        return self.rows[torch.as_tensor(indices, dtype=torch.long)]
-
-
 def test_tiny_model_overfits_one_batch(tmp_path):
     rows = torch.randint(0, 1024, (4, 33), generator=torch.Generator().manual_seed(0))
     config = TrainConfig(model="tiny", batch_size=4, micro_batch_size=4, lr=1e-2, warmup_steps=10, max_steps=50,
                          weight_decay=0.0, eval_every=0, log_every=10, save_every=0, export_final=False,
                          tensorboard=False, threads=1, out_dir=str(tmp_path / "overfit"))
-    trainer = Trainer(config, train_dataset=OneBatch(rows))
+    trainer = Trainer(config, train_dataset=InMemorySequences(rows))
     trainer.fit()
     losses = [r[2] for r in trajectory(tmp_path / "overfit")]
     assert losses[0] > 4.0 and losses[-1] < 0.05

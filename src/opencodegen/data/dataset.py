@@ -109,6 +109,24 @@ class PackedDataset:
         return torch.from_numpy(np.stack([self[int(i)] for i in indices]).astype(np.int64))
 
 
+class InMemorySequences:
+    """Token rows held in memory, with the reader interface of PackedDataset (for tests,
+    benchmarks and small fine-tuning sets). `rows` is [N, seq_len + 1]."""
+
+    path, split = "memory", "train"
+
+    def __init__(self, rows: torch.Tensor, fingerprint: str = "in-memory") -> None:
+        self.rows = rows
+        self.seq_len = rows.shape[1] - 1
+        self.fingerprint = fingerprint
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: np.ndarray | list[int]) -> torch.Tensor:
+        return self.rows[np.asarray(indices, dtype=np.int64)]
+
+
 class BatchIterator:
     """Deterministic, resumable batches of a `PackedDataset` for data-parallel training.
 
