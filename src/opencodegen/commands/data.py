@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser("build", help="filter, dedup, tokenize and pack a code corpus")
     b.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH",
-                   help="source directories, source files, .jsonl[.gz] or .parquet record files")
+                   help="source directories, source files, .jsonl[.gz] or .parquet record files, or the "
+                   "license-filtered offline corpus specs 'stdlib:' and 'installed:permissive' "
+                   "(report in licenses.json)")
     b.add_argument("--tokenizer", required=True, help="tokenizer directory (CodeGenTokenizer.from_pretrained)")
     b.add_argument("--out", required=True, help="output directory for shards and manifest.json")
     b.add_argument("--languages", help="comma-separated languages to keep (python,c,cpp,go,java,javascript,...)")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -22,9 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--train-tokenizer-on",
         nargs="+",
-        type=Path,
         metavar="PATH",
-        help="train a byte-level BPE sized to the model's vocabulary on these files/directories "
+        help="train a byte-level BPE sized to the model's vocabulary on these files/directories, or the "
+        "corpus specs 'stdlib:' and 'installed:permissive' of `data build` "
         "(default: the top-level modules of this Python's standard library)",
     )
     p.set_defaults(func=run)
@@ -33,6 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def default_corpus() -> list[Path]:
     """The top-level modules of the running interpreter's standard library: present offline everywhere."""
     return sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+
+
+def tokenizer_corpus(inputs: list[str]) -> list[Path] | Iterator[str | Path]:
+    """Paths for `train_tokenizer`; corpus specs become the texts `data build` reads for them."""
+    from opencodegen.data.installed import expand_inputs, is_spec
+    from opencodegen.data.sources import CorpusReader
+
+    plain = [Path(item) for item in inputs if not is_spec(item)]
+    specs = [item for item in inputs if is_spec(item)]
+    if not specs:
+        return plain
+    files, _ = expand_inputs(specs)
+    return itertools.chain(plain, (doc.text for doc in CorpusReader().read(files)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tokenizer is not None:
         tokenizer = CodeGenTokenizer.from_pretrained(args.tokenizer)
     else:
-        corpus = args.train_tokenizer_on or default_corpus()
+        corpus = tokenizer_corpus(args.train_tokenizer_on) if args.train_tokenizer_on else default_corpus()
         tokenizer = train_tokenizer(corpus, vocab_size=config.vocab_size - len(WHITESPACE_TOKENS))
     if len(tokenizer) > config.vocab_size:
         raise ConfigError(f"tokenizer has {len(tokenizer)} ids but preset {args.preset} has {config.vocab_size} rows")

@@ -26,11 +26,13 @@ from tqdm import tqdm
 
 from opencodegen.data.dedup import ExactDedup, NearDedup, minhash_signature
 from opencodegen.data.filters import FilterConfig, reject_reason
+from opencodegen.data.installed import expand_inputs, write_report
 from opencodegen.data.pack import FORMAT, MANIFEST, SequencePacker, ShardWriter, token_dtype
 from opencodegen.data.sources import CorpusReader, Document
 from opencodegen.errors import DataError
 
 TMP_TOKENS = ".build-tokens.tmp"
+LICENSES = "licenses.json"
 
 
 class Tokenizer(Protocol):
@@ -161,7 +163,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if (out / MANIFEST).exists() and not overwrite:
         raise DataError(f"{out} already holds a packed dataset (pass --overwrite to replace it)")
     out.mkdir(parents=True, exist_ok=True)
-    for old in [out / MANIFEST, *out.glob("*.bin"), *out.glob("*.bin.tmp")]:
+    for old in [out / MANIFEST, out / LICENSES, *out.glob("*.bin"), *out.glob("*.bin.tmp")]:
         old.unlink(missing_ok=True)
 
 
@@ -170,13 +172,16 @@ def build_dataset(config: BuildConfig, tokenizer_factory: Callable[[str], Tokeni
     """Build the packed dataset of `config` and return its manifest.
 
     `tokenizer_factory(config.tokenizer)` must be picklable (a module-level function) when
-    ``config.workers > 1``: every worker calls it once.
+    ``config.workers > 1``: every worker calls it once. Corpus specs among the inputs
+    (``stdlib:``, ``installed:permissive``) are expanded to files; their license report goes
+    to ``licenses.json`` beside the manifest.
     """
     if config.seq_len < 1:
         raise DataError(f"seq_len must be positive, got {config.seq_len}")
     if not 0.0 <= config.val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     out = Path(config.out)
+    inputs, licenses = expand_inputs(config.inputs)
     tokenizer = tokenizer_factory(config.tokenizer)
     dtype = token_dtype(len(tokenizer))
     reader = CorpusReader(text_field=config.text_field, lang_field=config.lang_field,
@@ -186,8 +191,8 @@ def build_dataset(config: BuildConfig, tokenizer_factory: Callable[[str], Tokeni
     tmp = out / TMP_TOKENS
     try:
         with open(tmp, "wb") as store:
-            lengths, per_language = _tokenize_corpus(reader, config, tokenizer_factory, tokenizer, dtype,
-                                                     store, progress)
+            lengths, per_language = _tokenize_corpus(reader, inputs, config, tokenizer_factory, tokenizer,
+                                                     dtype, store, progress)
         if len(lengths) == 0:
             raise DataError(f"no documents left to pack (skipped: {dict(sorted(reader.skipped.items()))})")
         splits = _pack(np.memmap(tmp, dtype=dtype, mode="r"), lengths, config, out, dtype, progress)
@@ -210,13 +215,16 @@ def build_dataset(config: BuildConfig, tokenizer_factory: Callable[[str], Tokeni
         "splits": splits,
         "args": asdict(config),
     }
+    if licenses is not None:
+        write_report(licenses, out / LICENSES)
+        manifest["licenses"] = LICENSES
     part = out / (MANIFEST + ".tmp")
     part.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(part, out / MANIFEST)
     return manifest
 
 
-def _tokenize_corpus(reader: CorpusReader, config: BuildConfig, factory: Callable[[str], Tokenizer],
+def _tokenize_corpus(reader: CorpusReader, inputs: list[str], config: BuildConfig, factory: Callable[[str], Tokenizer],
                      tokenizer: Tokenizer, dtype: np.dtype, store: BinaryIO,
                      progress: bool) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
     """Write the tokens of every kept document to `store`; returns their lengths and per-language counts."""
@@ -234,7 +242,7 @@ def _tokenize_corpus(reader: CorpusReader, config: BuildConfig, factory: Callabl
                 else:
                     yield doc
 
-        batches = _batches(unique(reader.read(config.inputs)))
+        batches = _batches(unique(reader.read(inputs)))
         num_perm = config.num_perm if near is not None else 0
         for batch, results in _processed(batches, config, factory, tokenizer, dtype, num_perm):
             for doc, (reason, ids, sig) in zip(batch, results):
