@@ -171,3 +171,11 @@ def test_presets_have_the_published_sizes():
     tiny = CodeGenConfig.from_preset("tiny")
     with torch.device("meta"):
         assert CodeGenForCausalLM(tiny).num_parameters() == tiny.num_parameters()
+
+
+def test_unusable_device_is_a_clear_error(good_dir):
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device 'cuda' requested"):
+            load_model(good_dir, device="cuda")
+    with pytest.raises(ConfigError, match="invalid device 'gpu0'"):
+        load_model(good_dir, device="gpu0")

@@ -196,7 +196,7 @@ def load_model(
         raise CheckpointError(str(exc)) from None
     files = weight_files(directory)
     target = parse_dtype(dtype) if dtype is not None else None
-    device = torch.device(device)
+    device = parse_device(device)
 
     with _skip_init(), torch.device("meta"):
         model = CodeGenForCausalLM(config)
@@ -248,6 +248,22 @@ def _skip_init() -> Iterator[None]:
     finally:
         for name, fn in saved.items():
             setattr(torch.nn.init, name, fn)
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """A torch.device that this machine can use, or a ConfigError saying why not."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"invalid device {str(device)!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"device {str(device)!r} requested, but {build}; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r} requested, but only {torch.cuda.device_count()} GPU(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested, but MPS is not available here")
+    return device
 
 
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
