@@ -235,11 +235,15 @@ def _warn_once(plan: Isolation) -> None:
         return
     _warned = True
     lines = "\n".join(f"  - NOT ISOLATED {item}" for item in NOT_ISOLATED)
+    advice = (
+        "Install bubblewrap (e.g. `apt install bubblewrap`) and allow user namespaces to isolate programs."
+        if shutil.which("bwrap") is None
+        else "Fix the reason above to isolate programs."
+    )
     log.warning(
         "\n%s\nUNTRUSTED CODE RUNS WITHOUT A SANDBOX: %s.\n%s\nOnly resource limits, a separate "
-        "session and a cleared environment apply. Install bubblewrap (e.g. `apt install bubblewrap`) "
-        "and allow user namespaces to isolate programs.\n%s",
-        "!" * 78, plan.reason, lines, "!" * 78,
+        "session and a cleared environment apply. %s\n%s",
+        "!" * 78, plan.reason, lines, advice, "!" * 78,
     )
 
 
