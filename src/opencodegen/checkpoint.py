@@ -250,8 +250,11 @@ def _skip_init() -> Iterator[None]:
             setattr(torch.nn.init, name, fn)
 
 
-def parse_device(device: str | torch.device) -> torch.device:
-    """A torch.device that this machine can use, or a ConfigError saying why not."""
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """A torch.device that this machine can use, or a ConfigError saying why not.
+    None picks the GPU when there is one, else the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(device)
     except RuntimeError as exc:
@@ -278,14 +281,31 @@ def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 # ---- saving --------------------------------------------------------------------------------
-def released_state_dict(model: CodeGenForCausalLM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The model's weights under the HF CodeGen names and layout."""
+def _exported_state(
+    model: CodeGenForCausalLM,
+    dtype: torch.dtype | None,
+    split_qkv: Callable[[str, torch.Tensor], dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """The weights on the CPU in `dtype` (default: as they are), each fused qkv replaced by
+    what `split_qkv(name, weight)` returns; every tensor contiguous, as safetensors needs."""
     out = {}
     for name, tensor in model.state_dict().items():
-        if name.endswith("attn.qkv.weight"):
-            name, tensor = name.replace(".attn.qkv.", ".attn.qkv_proj."), qkv_to_released(tensor)
-        out[name] = tensor.detach().to(dtype=dtype or tensor.dtype, device="cpu").contiguous()
+        tensor = tensor.detach().to(dtype=dtype or tensor.dtype, device="cpu")
+        parts = split_qkv(name, tensor) if name.endswith("attn.qkv.weight") else {name: tensor}
+        out.update((key, part.contiguous()) for key, part in parts.items())
     return out
+
+
+def released_state_dict(model: CodeGenForCausalLM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The model's weights under the HF CodeGen names and layout."""
+    return _exported_state(
+        model, dtype, lambda name, w: {name.replace(".attn.qkv.", ".attn.qkv_proj."): qkv_to_released(w)}
+    )
+
+
+def _gptj_qkv(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    prefix = name.removesuffix("qkv.weight")
+    return {f"{prefix}{part}_proj.weight": chunk for part, chunk in zip(("q", "k", "v"), weight.chunk(3))}
 
 
 def write_safetensors(state: dict[str, torch.Tensor], directory: Path, max_shard_bytes: int) -> None:
@@ -341,16 +361,7 @@ def export_gptj(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(dtype) if dtype is not None else model.dtype
-    state = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().to(dtype=dtype, device="cpu").contiguous()
-        if name.endswith("attn.qkv.weight"):
-            prefix = name.removesuffix("qkv.weight")
-            for part, chunk in zip(("q", "k", "v"), tensor.chunk(3)):
-                state[f"{prefix}{part}_proj.weight"] = chunk.contiguous()
-        else:
-            state[name] = tensor
-    write_safetensors(state, directory, max_shard_bytes)
+    write_safetensors(_exported_state(model, dtype, _gptj_qkv), directory, max_shard_bytes)
     c = model.config
     config = {
         "model_type": "gptj",

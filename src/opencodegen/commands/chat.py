@@ -51,14 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import functools
 
-    import torch
-
     import opencodegen
+    from opencodegen.checkpoint import parse_device
     from opencodegen.generation import Generator, SamplingParams
     from opencodegen.synthesis.interpreter import Interpreter
     from opencodegen.synthesis.session import Session
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = parse_device(args.device)
     model, tokenizer = opencodegen.load(args.model, device=device, dtype=args.dtype)
     params = SamplingParams(n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, truncate="codegen")  # fmt: skip

@@ -67,13 +67,12 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    import torch
-
     import opencodegen
+    from opencodegen.checkpoint import parse_device
 
     if not args.model:
         raise ConfigError("--model DIR is required (or --programs FILE to score existing programs)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = parse_device(args.device)
     return opencodegen.load(args.model, device=device, dtype=args.dtype)
 
 
