@@ -1,6 +1,7 @@
 """Generation speed: opencodegen's engine vs transformers' generate on the same random weights.
 
     python benchmarks/bench_generate.py [--quick] [--threads 2] [--repeat 2] [--json out.json]
+    python benchmarks/bench_generate.py --device cuda --dtype bf16 [--quick]
 
 Both run in this process, side by side, on one random checkpoint of the 350M shape (--quick: the
 "small" preset, shorter prompt and budget). Every generation produces exactly --new-tokens
@@ -8,14 +9,17 @@ tokens (EOS is ignored). Reported, each as the best of --repeat runs:
   prefill     time to the first token (generate with a budget of 1) for a --prompt-len prompt
   greedy      batch-1 greedy, end-to-end generated tokens/s; decode step = (greedy - prefill) / (new - 1)
   n=8         --n samples of one prompt (T 0.2, top-p 0.95, no top-k), generated tokens/s
-  modes       our greedy with int8 weight-only and bf16 weights vs transformers fp32 greedy,
-              with their quality cost: max |logit - fp32 logit| over prompt + continuation,
-              how many greedy tokens equal fp32's before the first difference, and how often
-              the arg-max agrees with fp32's along fp32's greedy path (random weights have
-              nearly flat logits, so near-ties make these agreement figures pessimistic)
-The decode bound is weight bytes read per token (all weights but the embedding, of which one row
-is read) divided by the bandwidth of a large memory copy measured here ((read + write) / time);
-plain reads run faster than a copy, so a step can beat this bound.
+  modes       our greedy with faster weights vs transformers greedy in --dtype (on CPU: int8
+              weight-only (fp32 only) and bf16; on CUDA: the half-precision dtypes other than
+              --dtype, no int8), with their quality cost against our --dtype model: max |logit - reference
+              logit| over prompt + continuation, how many greedy tokens equal the reference's
+              before the first difference, and how often the arg-max agrees with the reference's
+              along its greedy path (random weights have nearly flat logits, so near-ties make
+              these agreement figures pessimistic)
+Both models run on --device in --dtype (--threads only matters on CPU); on CUDA every timed region
+ends with a synchronize. The decode bound is weight bytes read per token (all weights but the
+embedding, of which one row is read) divided by the bandwidth of a large memory copy measured on
+the device ((read + write) / time); plain reads run faster than a copy, so a step can beat this bound.
 """
 
 from __future__ import annotations
@@ -30,21 +34,32 @@ from pathlib import Path
 
 import torch
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-def best_time(fn: Callable[[], object], repeat: int) -> float:
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
+    """Shortest wall time of `repeat` calls; device work is waited for inside the timed region."""
     times = []
     for _ in range(repeat):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def copy_bandwidth(nbytes: int = 1 << 30, repeat: int = 5) -> float:
-    """Bytes read + written per second when copying a buffer much larger than the caches."""
-    src = torch.ones(nbytes, dtype=torch.uint8)
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeat: int = 5) -> float:
+    """Bytes read + written per second when copying, on `device`, a buffer much larger than the caches."""
+    src = torch.ones(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    return 2 * nbytes / best_time(lambda: dst.copy_(src), repeat)
+    dst.copy_(src)  # warm-up
+    return 2 * nbytes / best_time(lambda: dst.copy_(src), repeat, device)
 
 
 def decode_weight_bytes(model: torch.nn.Module) -> int:
@@ -57,13 +72,21 @@ def decode_weight_bytes(model: torch.nn.Module) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model, short prompt and budget")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weights of both models")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (CPU only)")
     parser.add_argument("--prompt-len", type=int)
     parser.add_argument("--new-tokens", type=int)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (best is kept)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: torch {torch.__version__} sees no CUDA device "
+                     f"(built with CUDA {torch.version.cuda or 'none'})")
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    on_gpu = device.type == "cuda"
+    device_name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
     preset = "small" if args.quick else "codegen-350M-mono"
     prompt_len = args.prompt_len or (64 if args.quick else 256)
     new = args.new_tokens or (32 if args.quick else 128)
@@ -82,19 +105,20 @@ def main() -> None:
         config = CodeGenConfig.from_preset(preset)
         config.eos_token_id = min(config.eos_token_id, config.vocab_size - 1)
         CodeGenForCausalLM(config).save_pretrained(tmp)
-        ours = load_model(tmp)[1]
-        ref = transformers.CodeGenForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        ours = load_model(tmp, device=device, dtype=dtype)[1]
+        ref = transformers.CodeGenForCausalLM.from_pretrained(tmp, dtype=dtype).to(device).eval()
     vocab = ours.config.vocab_size
     prompt = torch.randint(0, min(vocab, 50000), (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
     print(f"{preset}: {ours.num_parameters() / 1e6:.0f}M parameters, prompt {prompt_len} tokens, "
-          f"{new} new tokens, {args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}")
+          f"{new} new tokens, {device_name} {args.dtype}, "
+          f"{'' if on_gpu else f'{args.threads} threads, '}torch {torch.__version__}, transformers {transformers.__version__}")
 
     def hf_generate(budget: int, **kwargs) -> torch.Tensor:
         config = transformers.GenerationConfig(
             max_new_tokens=budget, min_new_tokens=budget, eos_token_id=None, pad_token_id=0, **kwargs
         )
         with torch.inference_mode():
-            return ref.generate(input_ids=torch.tensor([prompt]), generation_config=config)
+            return ref.generate(input_ids=torch.tensor([prompt], device=device), generation_config=config)
 
     hf_greedy = dict(do_sample=False, num_beams=1)
     hf_sample = dict(do_sample=True, temperature=0.2, top_p=0.95, top_k=0, num_return_sequences=args.n)
@@ -109,32 +133,35 @@ def main() -> None:
     our_generate(ours, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
 
     rows: dict[str, dict[str, float]] = {}
-    bandwidth = copy_bandwidth()
+    bandwidth = copy_bandwidth(device)
     one = SamplingParams(temperature=0, max_new_tokens=1, ignore_eos=True)
-    prefill = {"transformers": best_time(lambda: hf_generate(1, **hf_greedy), args.repeat),
-               "ours": best_time(lambda: our_generate(ours, one), args.repeat)}
+    prefill = {"transformers": best_time(lambda: hf_generate(1, **hf_greedy), args.repeat, device),
+               "ours": best_time(lambda: our_generate(ours, one), args.repeat, device)}
     rows["prefill s"] = prefill
-    e2e = {"transformers": best_time(lambda: hf_generate(new, **hf_greedy), args.repeat),
-           "ours": best_time(lambda: our_generate(ours, greedy), args.repeat)}
+    e2e = {"transformers": best_time(lambda: hf_generate(new, **hf_greedy), args.repeat, device),
+           "ours": best_time(lambda: our_generate(ours, greedy), args.repeat, device)}
     rows["greedy tokens/s"] = {k: new / v for k, v in e2e.items()}
     step = {k: (e2e[k] - prefill[k]) / (new - 1) for k in e2e}
     rows["decode step ms"] = {k: v * 1e3 for k, v in step.items()}
     bound = decode_weight_bytes(ours) / bandwidth
     rows["step at % of bound"] = {k: 100 * bound / v for k, v in step.items()}
-    nsec = {"transformers": best_time(lambda: hf_generate(new, **hf_sample), args.repeat),
-            "ours": best_time(lambda: our_generate(ours, sample), args.repeat)}
+    nsec = {"transformers": best_time(lambda: hf_generate(new, **hf_sample), args.repeat, device),
+            "ours": best_time(lambda: our_generate(ours, sample), args.repeat, device)}
     rows[f"n={args.n} tokens/s"] = {k: args.n * new / v for k, v in nsec.items()}
 
-    # faster modes and their quality cost against our fp32 greedy
+    # faster modes and their quality cost against our --dtype greedy (int8: CPU and fp32 only)
     reference_ids = our_generate(ours, greedy)[0].token_ids
-    full = torch.tensor([prompt + reference_ids])
+    full = torch.tensor([prompt + reference_ids], device=device)
     with torch.inference_mode():
-        fp32_logits = ours(full).logits
-    modes = {"int8": quantize_int8(copy.deepcopy(ours)), "bf16": copy.deepcopy(ours).to(torch.bfloat16)}
+        fp32_logits = ours(full).logits.float()
+    modes = {"int8": quantize_int8(copy.deepcopy(ours))} if not on_gpu and args.dtype == "fp32" else {}
+    for name in ("bf16", "fp16"):
+        if name != args.dtype and (on_gpu or name == "bf16"):
+            modes[name] = copy.deepcopy(ours).to(DTYPES[name])
     quality = {}
     for name, model in modes.items():
         our_generate(model, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
-        seconds = best_time(lambda m=model: our_generate(m, greedy), args.repeat)
+        seconds = best_time(lambda m=model: our_generate(m, greedy), args.repeat, device)
         rows[f"{name} greedy tokens/s"] = {"ours": new / seconds, "transformers": rows["greedy tokens/s"]["transformers"]}
         ids = our_generate(model, greedy)[0].token_ids
         with torch.inference_mode():
@@ -150,7 +177,7 @@ def main() -> None:
         }
 
     print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write); decode reads "
-          f"{decode_weight_bytes(ours) / 1e9:.2f} GB of fp32 weights per token -> bound {bound * 1e3:.1f} ms/token\n")
+          f"{decode_weight_bytes(ours) / 1e9:.2f} GB of {args.dtype} weights per token -> bound {bound * 1e3:.1f} ms/token\n")
     print(f"| {'measure':<24} | {'transformers':>12} | {'opencodegen':>12} | {'ratio':>6} |")
     print(f"|{'-' * 26}|{'-' * 14}|{'-' * 14}|{'-' * 8}|")
     lower_is_better = ("prefill s", "decode step ms")
@@ -159,12 +186,14 @@ def main() -> None:
         print(f"| {name:<24} | {r['transformers']:>12.2f} | {r['ours']:>12.2f} | {ratio:>5.2f}x |")
     print("\nratio: how many times faster opencodegen is (for '% of bound': ours / theirs)")
     for name, q in quality.items():
-        print(f"{name}: max |logit error| {q['max_logit_error']:.4f} (fp32 logits up to {q['fp32_logit_range']:.1f}); "
-              f"greedy equal to fp32 for the first {q['greedy_prefix_equal_to_fp32']} of {q['of']} tokens; "
-              f"same arg-max as fp32 at {100 * q['top1_agreement_on_fp32_path']:.0f}% of the fp32 greedy positions")
+        print(f"{name}: max |logit error| {q['max_logit_error']:.4f} ({args.dtype} logits up to {q['fp32_logit_range']:.1f}); "
+              f"greedy equal to {args.dtype} for the first {q['greedy_prefix_equal_to_fp32']} of {q['of']} tokens; "
+              f"same arg-max as {args.dtype} at {100 * q['top1_agreement_on_fp32_path']:.0f}% of the "
+              f"{args.dtype} greedy positions")
     if args.json:
         args.json.write_text(json.dumps({"preset": preset, "prompt_len": prompt_len, "new_tokens": new,
-                                         "threads": args.threads, "bandwidth": bandwidth, "bound_s": bound,
+                                         "threads": args.threads, "device": device_name,
+                                         "dtype": args.dtype, "bandwidth": bandwidth, "bound_s": bound,
                                          "rows": rows, "quality": quality}, indent=2) + "\n")
 
 

@@ -10,7 +10,14 @@ import pytest
 from opencodegen.cli import main
 from opencodegen.commands.init import tokenizer_corpus
 from opencodegen.data import installed
-from opencodegen.data.installed import classify_license, expand_inputs, select_installed, stdlib_files
+from opencodegen.data.installed import (
+    classify_license,
+    expand_inputs,
+    is_heldout,
+    select_installed,
+    stdlib_files,
+    stdlib_split,
+)
 from opencodegen.errors import DataError
 
 MIT = "License :: OSI Approved :: MIT License"
@@ -101,6 +108,21 @@ def test_stdlib_files_leave_out_site_packages_and_tests():
     root = Path(sysconfig.get_paths()["stdlib"])
     assert root / "os.py" in files and root / "json" / "decoder.py" in files
     assert not any({"site-packages", "dist-packages", "test", "tests"} & set(f.parts) for f in files)
+
+
+def test_stdlib_heldout_split_is_whole_modules_and_stable():
+    root = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    every, train, held = (stdlib_split(part) for part in ("", "train", "heldout"))
+    assert sorted(train + held) == sorted(every) and not set(train) & set(held)
+    assert 0 < len(held) < len(every) / 5
+    top = {f.resolve().relative_to(root).parts[0].removesuffix(".py") for f in held}
+    assert not any(f.resolve().relative_to(root).parts[0].removesuffix(".py") in top for f in train)
+    # the choice is a hash of the name: fixed for every machine and Python version
+    assert [is_heldout(name) for name in ("pprint.py", "socket.py", "sqlite3/dump.py", "os.py", "json/decoder.py")] \
+        == [True, True, True, False, False]
+    assert not any(f.name.startswith("_sysconfigdata") for f in every)
+    files, report = expand_inputs(["stdlib:heldout"])
+    assert files == [str(f) for f in held] and report["stdlib:heldout"]["files"] == len(held)
 
 
 def test_expand_inputs_keeps_paths_and_rejects_unknown_specs(tmp_path):

@@ -105,7 +105,9 @@ def test_packing_round_trip_and_manifest(tmp_path):
     assert manifest["tokenizer"] == {"path": "bytes", "vocab_size": 257, "eos_token_id": EOS}
     assert manifest["seed"] == 3 and manifest["args"]["seq_len"] == SEQ
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [s["file"] for s in train["shards"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "train-token-counts.npy"]
+                                                           + [s["file"] for s in train["shards"]])
+    assert np.array_equal(np.load(out / train["token_counts"]), np.bincount(expected, minlength=257))
 
 
 def test_validation_split_is_document_level(tmp_path):
@@ -118,6 +120,24 @@ def test_validation_split_is_document_level(tmp_path):
         assert info["documents"] == len(docs) and info["tokens"] == len(expected)
         rows = shard_rows(out, manifest, split)
         assert np.array_equal(stream_of(rows), expected[: len(rows) * SEQ + 1])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_validation_inputs_form_the_validation_split(tmp_path, workers):
+    train = [f"train_{i} = {i}\n" for i in range(12)]
+    held = ["held_a = 'only here'\n", train[3], "held_b = 2\n", "y" * 1200]  # a duplicate and a rejected file
+    out, manifest = build(tmp_path, [write_jsonl(tmp_path / "t.jsonl", train)], workers=workers,
+                          val_inputs=[str(write_jsonl(tmp_path / "v.jsonl", held))], val_fraction=0.5)
+    val = np.concatenate([tokens_of(held[0]), tokens_of(held[2])])  # in input order, the duplicate dropped
+    rows = shard_rows(out, manifest, "val")
+    assert manifest["splits"]["val"]["documents"] == 2 and manifest["splits"]["val"]["tokens"] == len(val)
+    assert np.array_equal(stream_of(rows), val[: len(rows) * SEQ + 1])
+    order = np.random.default_rng(3).permutation(len(train) + 2)
+    expected = np.concatenate([tokens_of(train[i]) for i in order if i < len(train)])
+    assert manifest["splits"]["train"]["documents"] == len(train)
+    assert np.array_equal(np.load(out / "train-token-counts.npy"), np.bincount(expected, minlength=257))
+    rows = shard_rows(out, manifest, "train")
+    assert np.array_equal(stream_of(rows), expected[: len(rows) * SEQ + 1])
 
 
 def test_source_tree_with_languages_and_bad_files(tmp_path):

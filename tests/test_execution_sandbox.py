@@ -73,6 +73,15 @@ def test_stdin_files_and_working_directory(pool):
     assert lines[2].startswith("7 ['blob.bin', 'data', 'helper.py']")
 
 
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_jobs_see_only_the_job_environment(isolation):
+    with ExecutionPool(workers=1, isolation=isolation) as isolated:
+        result = isolated.run("import os\nprint(' '.join(sorted(os.environ)))")
+    names = set(result.stdout.split())
+    assert result.passed and set(sandbox_module.JOB_ENV) | {"HOME", "TMPDIR"} <= names
+    assert names <= set(sandbox_module.JOB_ENV) | {"HOME", "TMPDIR", "PWD"}  # not the server's own LD_BIND_NOW
+
+
 def test_bad_jobs_are_refused(pool):
     with pytest.raises(ValueError, match="relative path"):
         pool.run("pass", files={"../escape.txt": "x"})

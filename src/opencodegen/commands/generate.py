@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from opencodegen import default_model
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -15,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Sample completions of a prompt. Defaults follow CodeGen's reference sampler "
         "(temperature 0.2, top-p 0.95, 128 new tokens).",
     )
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    default_model.add_argument(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", type=Path, help="file holding the prompt ('-' reads standard input)")
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         top_k=args.top_k, seed=seed, stop=tuple(stops), truncate=args.truncate, logprobs=args.logprobs,
         truncate_prompt=args.truncate_prompt,
     )
+    args.model = default_model.resolve(args.model)
     model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
     if args.quantize:
         from opencodegen.generation.quantize import quantize_int8

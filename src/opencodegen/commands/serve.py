@@ -7,6 +7,8 @@ import ipaddress
 import os
 import sys
 
+from opencodegen import default_model
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="POST /v1/completions (streaming, stop, logprobs, n, seed), GET /v1/models, /health, "
         "/metrics, and the multi-turn synthesis page at /. Requests are continuously batched.",
     )
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    default_model.add_argument(p)
     p.add_argument("--host", default=LOOPBACK, help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("OPENCODEGEN_API_KEY"),
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
               "through the session page", file=sys.stderr)  # fmt: skip
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    args.model = default_model.resolve(args.model)
     model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
     app = create_app(

@@ -4,7 +4,8 @@ Steps: read documents (`sources`), drop exact duplicates (in the main process, b
 work), filter and tokenize in `workers` processes (each document gets EOS appended), drop
 near duplicates (optional, main process, in input order), store the tokens in a temporary
 file, shuffle the documents with `seed`, give the first ``val_fraction`` of them to the
-validation split, and pack each split (`pack`). The output depends only on the inputs and
+validation split (or, with `val_inputs`, exactly the documents of those inputs that do not
+duplicate a training document), and pack each split (`pack`). The output depends only on the inputs and
 the arguments, not on the number of workers. The manifest is written last, atomically.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 from array import array
@@ -33,6 +35,7 @@ from opencodegen.errors import DataError
 
 TMP_TOKENS = ".build-tokens.tmp"
 LICENSES = "licenses.json"
+TRAIN_COUNTS = "train-token-counts.npy"  # how often each token id occurs in the training split
 
 
 class Tokenizer(Protocol):
@@ -57,6 +60,7 @@ class BuildConfig:
     inputs: list[str]
     out: str
     tokenizer: str
+    val_inputs: list[str] = field(default_factory=list)
     languages: list[str] | None = None
     text_field: str = "content"
     lang_field: str | None = "lang"
@@ -163,7 +167,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if (out / MANIFEST).exists() and not overwrite:
         raise DataError(f"{out} already holds a packed dataset (pass --overwrite to replace it)")
     out.mkdir(parents=True, exist_ok=True)
-    for old in [out / MANIFEST, out / LICENSES, *out.glob("*.bin"), *out.glob("*.bin.tmp")]:
+    for old in [out / MANIFEST, out / LICENSES, out / TRAIN_COUNTS, *out.glob("*.bin"), *out.glob("*.bin.tmp")]:
         old.unlink(missing_ok=True)
 
 
@@ -182,6 +186,9 @@ def build_dataset(config: BuildConfig, tokenizer_factory: Callable[[str], Tokeni
         raise DataError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
     out = Path(config.out)
     inputs, licenses = expand_inputs(config.inputs)
+    val_inputs, val_licenses = expand_inputs(config.val_inputs)
+    if val_licenses is not None:
+        licenses = {**val_licenses, **(licenses or {})}
     tokenizer = tokenizer_factory(config.tokenizer)
     dtype = token_dtype(len(tokenizer))
     reader = CorpusReader(text_field=config.text_field, lang_field=config.lang_field,
@@ -191,11 +198,13 @@ def build_dataset(config: BuildConfig, tokenizer_factory: Callable[[str], Tokeni
     tmp = out / TMP_TOKENS
     try:
         with open(tmp, "wb") as store:
-            lengths, per_language = _tokenize_corpus(reader, inputs, config, tokenizer_factory, tokenizer,
-                                                     dtype, store, progress)
+            lengths, is_val, per_language = _tokenize_corpus(reader, inputs, val_inputs, config, tokenizer_factory,
+                                                             tokenizer, dtype, store, progress)
         if len(lengths) == 0:
             raise DataError(f"no documents left to pack (skipped: {dict(sorted(reader.skipped.items()))})")
-        splits = _pack(np.memmap(tmp, dtype=dtype, mode="r"), lengths, config, out, dtype, progress)
+        tokens = np.memmap(tmp, dtype=dtype, mode="r")
+        splits = _pack(tokens, lengths, is_val if val_inputs else None, config, out, dtype, progress)
+        _write_train_counts(tokens, lengths, splits, len(tokenizer), out)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -224,13 +233,16 @@ def build_dataset(config: BuildConfig, tokenizer_factory: Callable[[str], Tokeni
     return manifest
 
 
-def _tokenize_corpus(reader: CorpusReader, inputs: list[str], config: BuildConfig, factory: Callable[[str], Tokenizer],
-                     tokenizer: Tokenizer, dtype: np.dtype, store: BinaryIO,
-                     progress: bool) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
-    """Write the tokens of every kept document to `store`; returns their lengths and per-language counts."""
+def _tokenize_corpus(reader: CorpusReader, inputs: list[str], val_inputs: list[str], config: BuildConfig,
+                     factory: Callable[[str], Tokenizer], tokenizer: Tokenizer, dtype: np.dtype, store: BinaryIO,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, int]]]:
+    """Write the tokens of every kept document to `store`; returns their lengths, whether each came
+    from `val_inputs` (read after `inputs`, so a duplicate of a training document is dropped), and
+    per-language counts."""
     exact = ExactDedup()
     near = NearDedup(config.near_dedup_threshold, config.num_perm) if config.near_dedup else None
     lengths = array("q")
+    from_val = array("b")
     per_language: dict[str, dict[str, int]] = {}
     with tqdm(desc="documents", unit="doc", disable=not progress) as bar:
 
@@ -242,10 +254,23 @@ def _tokenize_corpus(reader: CorpusReader, inputs: list[str], config: BuildConfi
                 else:
                     yield doc
 
-        batches = _batches(unique(reader.read(inputs)))
+        # Results come back in input order: the documents after the first `train_docs` are validation ones.
+        train_docs = [math.inf]
+
+        def training_then_validation() -> Iterator[Document]:
+            count = 0
+            for doc in unique(reader.read(inputs)):
+                count += 1
+                yield doc
+            train_docs[0] = count
+            yield from unique(reader.read(val_inputs))
+
+        position = 0
+        batches = _batches(training_then_validation())
         num_perm = config.num_perm if near is not None else 0
         for batch, results in _processed(batches, config, factory, tokenizer, dtype, num_perm):
             for doc, (reason, ids, sig) in zip(batch, results):
+                position += 1
                 if reason is not None:
                     reader.skipped.skip(reason)
                 elif near is not None and near.is_duplicate(sig):
@@ -253,21 +278,27 @@ def _tokenize_corpus(reader: CorpusReader, inputs: list[str], config: BuildConfi
                 else:
                     store.write(ids.tobytes())
                     lengths.append(len(ids))
+                    from_val.append(position > train_docs[0])
                     entry = per_language.setdefault(doc.language or "unknown", {"documents": 0, "tokens": 0})
                     entry["documents"] += 1
                     entry["tokens"] += len(ids)
             bar.set_postfix(kept=len(lengths), refresh=False)
-    return np.frombuffer(lengths, dtype=np.int64), per_language
+    return np.frombuffer(lengths, dtype=np.int64), np.frombuffer(from_val, dtype=np.int8).astype(bool), per_language
 
 
-def _pack(tokens: np.ndarray, lengths: np.ndarray, config: BuildConfig, out: Path, dtype: np.dtype,
-          progress: bool) -> dict[str, dict]:
-    """Shuffle the documents, split off validation, and pack both splits."""
+def _pack(tokens: np.ndarray, lengths: np.ndarray, is_val: np.ndarray | None, config: BuildConfig, out: Path,
+          dtype: np.dtype, progress: bool) -> dict[str, dict]:
+    """Shuffle the documents, split off validation (the `is_val` ones, else a random
+    ``val_fraction``), and pack both splits."""
     n = len(lengths)
     order = np.random.default_rng(config.seed).permutation(n)
-    n_val = round(config.val_fraction * n)
-    if config.val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
+    if is_val is not None:  # training documents shuffled, validation documents in input order
+        order = np.concatenate([np.flatnonzero(is_val), order[~is_val[order]]])
+        n_val = int(is_val.sum())
+    else:
+        n_val = round(config.val_fraction * n)
+        if config.val_fraction > 0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
     starts = np.concatenate([[0], np.cumsum(lengths)])
     rows_per_shard = config.shard_tokens // config.seq_len
     splits = {}
@@ -278,9 +309,22 @@ def _pack(tokens: np.ndarray, lengths: np.ndarray, config: BuildConfig, out: Pat
             for i in docs:
                 packer.add(tokens[starts[i] : starts[i + 1]])
                 bar.update(int(lengths[i]))
-            splits[split] = {"documents": len(docs), **packer.finish()}
+            splits[split] = {"documents": len(docs), **packer.finish(), "document_ids": docs}
     if splits["train"]["sequences"] == 0:
         raise DataError(f"the training split has {splits['train']['tokens']} tokens, fewer than one "
                         f"sequence of {config.seq_len + 1}; lower --seq-len or add data")
     return splits
+
+
+def _write_train_counts(tokens: np.ndarray, lengths: np.ndarray, splits: dict[str, dict], vocab: int,
+                        out: Path) -> None:
+    """Save the token-id counts of the training documents (e.g. for a unigram baseline) and
+    drop the document lists `_pack` left in `splits`."""
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    counts = np.bincount(tokens, minlength=vocab).astype(np.int64)
+    for i in splits["val"].pop("document_ids"):
+        counts -= np.bincount(tokens[starts[i] : starts[i + 1]], minlength=vocab)
+    splits["train"].pop("document_ids")
+    np.save(out / TRAIN_COUNTS, counts)
+    splits["train"]["token_counts"] = TRAIN_COUNTS
 

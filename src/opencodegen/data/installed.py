@@ -2,6 +2,10 @@
 
 Input specs (for `opencodegen data build --input` and `opencodegen init --train-tokenizer-on`):
 ``stdlib:`` is the running interpreter's standard library (PSF-2.0) without site-packages;
+``stdlib:heldout`` is a fixed 5 % of its top-level modules and packages (whole packages, so no
+near-copy of a held-out file, like the generated codec tables of ``encodings``, is trained on;
+chosen by a hash of the name, so the same modules on every machine and Python version) and
+``stdlib:train`` the rest: a validation set of files that training never saw;
 ``installed:permissive`` is the ``.py`` files listed in the RECORD of every installed distribution
 whose license `classify_license` finds permissive. Test directories are left out of both.
 
@@ -18,6 +22,7 @@ License policy (conservative; a distribution is excluded unless it is clearly pe
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -55,7 +60,9 @@ LICENSE_NAMES: dict[str, str] = {
 
 TEST_DIRS = frozenset({"test", "tests", "testing", "idle_test"})
 PACKAGE_DIRS = frozenset({"site-packages", "dist-packages"})
-SPECS = ("stdlib:", "installed:permissive")
+SPECS = ("stdlib:", "stdlib:train", "stdlib:heldout", "installed:permissive")
+HELDOUT_PERCENT = 5
+GENERATED = "_sysconfigdata"  # the build's configuration, written by the build: not code anyone wrote
 
 
 @dataclass(frozen=True)
@@ -160,8 +167,26 @@ def stdlib_files(include_tests: bool = False) -> list[Path]:
             if d not in PACKAGE_DIRS and d != "__pycache__" and (here / d).resolve() not in packages
             and (include_tests or d not in TEST_DIRS)
         )
-        files.extend(here / f for f in sorted(filenames) if f.endswith(".py"))
+        files.extend(here / f for f in sorted(filenames) if f.endswith(".py") and not f.startswith(GENERATED))
     return files
+
+
+def is_heldout(relative: str) -> bool:
+    """Whether the stdlib file at `relative` (a POSIX path inside the standard library) is held out:
+    decided by its top-level module or package name."""
+    top = relative.split("/", 1)[0].removesuffix(".py")
+    digest = hashlib.sha256(top.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < HELDOUT_PERCENT
+
+
+def stdlib_split(part: str, include_tests: bool = False) -> list[Path]:
+    """The stdlib files of `part`: "" (all), "train" or "heldout"."""
+    files = stdlib_files(include_tests)
+    if not part:
+        return files
+    root = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    held = part == "heldout"
+    return [f for f in files if is_heldout(f.relative_to(root).as_posix()) == held]
 
 
 @dataclass
@@ -217,9 +242,11 @@ def expand_inputs(inputs: Sequence[str], include_tests: bool = False) -> tuple[l
         if item not in SPECS:
             raise DataError(f"unknown corpus spec {item!r} (known: {', '.join(SPECS)})")
         report = report if report is not None else {"policy": "permissive only; see opencodegen.data.installed"}
-        if item == "stdlib:":
-            files = stdlib_files(include_tests)
-            report["stdlib"] = {"root": sysconfig.get_paths()["stdlib"], "license": "PSF-2.0", "files": len(files)}
+        if item.startswith("stdlib:"):
+            part = item.removeprefix("stdlib:")
+            files = stdlib_split(part, include_tests)
+            entry = {"root": sysconfig.get_paths()["stdlib"], "license": "PSF-2.0", "files": len(files)}
+            report["stdlib" if not part else f"stdlib:{part}"] = entry
         else:
             selection = select_installed(include_tests=include_tests)
             files = selection.files

@@ -52,6 +52,15 @@ def program(problem: Problem, completion: str) -> str:
     return problem.prompt + completion + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
 
 
+def is_valid_python(source: str) -> bool:
+    """Whether `source` compiles (parsed only, never run)."""
+    try:
+        compile(source, "<sample>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
 # ----------------------------------------------------------------------------- problems
 
 
@@ -299,7 +308,9 @@ def execute_samples(
     last_flush = time.monotonic()
     with ExecutionPool(workers=workers) as pool, _progress(len(todo), "executing", "program", progress) as bar:
         for sample, result in zip(todo, pool.map(jobs)):
-            pending.append({**sample, "result": result_text(result), "passed": result.passed})
+            syntax_valid = is_valid_python(by_id[sample["task_id"]].prompt + sample["completion"])
+            pending.append({**sample, "result": result_text(result), "passed": result.passed,
+                            "syntax_valid": syntax_valid})
             bar.update(1)
             if len(pending) >= FLUSH_EVERY or time.monotonic() - last_flush > 1.0:
                 store.extend(pending)
@@ -311,12 +322,17 @@ def execute_samples(
 
 
 def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
-    """pass@k per temperature over the problems sampled at it, and the best temperature per k."""
+    """pass@k per temperature over the problems sampled at it, the best temperature per k, and
+    the fraction of samples whose prompt + completion is valid Python, per temperature."""
     counts: dict[Any, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    syntax: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
     for record in records:
         cell = counts[record.get("temperature")][record["task_id"]]
         cell[0] += 1
         cell[1] += bool(record["passed"])
+        if "syntax_valid" in record:  # absent in records of older versions
+            syntax[record.get("temperature")][0] += 1
+            syntax[record.get("temperature")][1] += bool(record["syntax_valid"])
     results, sizes, dropped = {}, {}, set()
     for temperature in sorted(counts, key=lambda t: (t is None, t)):
         table = counts[temperature]
@@ -330,8 +346,9 @@ def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[str,
     for metric in sorted({m for row in results.values() for m in row}, key=lambda m: int(m.split("@")[1])):
         name = max((t for t in results if metric in results[t]), key=lambda t: results[t][metric])
         best[metric], best_temperature[metric] = results[name][metric], name
+    syntax_valid = {NO_TEMPERATURE if t is None else str(t): valid / n for t, (n, valid) in syntax.items()}
     return {"benchmark": "humaneval", "results": results, "best": best, "best_temperature": best_temperature,
-            "counts": sizes, "dropped_k": sorted(dropped)}  # fmt: skip
+            "counts": sizes, "dropped_k": sorted(dropped), "syntax_valid": syntax_valid}  # fmt: skip
 
 
 def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:

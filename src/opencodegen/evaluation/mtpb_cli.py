@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from opencodegen import default_model
 from opencodegen.errors import ConfigError
 
 
@@ -45,7 +46,7 @@ def add_mtpb_parsers(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="DIR", help="checkpoint directory or hub id")
+    default_model.add_argument(p)
     p.add_argument("--data", metavar="FILE", help="mtpb.jsonl (default: cache, else download the pinned file)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (resumable)")
     p.add_argument("--limit", type=int, default=None, help="only the first K problems")
@@ -70,8 +71,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     import opencodegen
     from opencodegen.checkpoint import parse_device
 
-    if not args.model:
-        raise ConfigError("--model DIR is required (or --programs FILE to score existing programs)")
+    args.model = default_model.resolve(args.model)
     device = parse_device(args.device)
     return opencodegen.load(args.model, device=device, dtype=args.dtype)
 

@@ -21,7 +21,7 @@ Lifetime: in a sandbox this process is PID 1 of its pid namespace and bubblewrap
 the host dies (taking the namespace along). Without a sandbox it is a child subreaper that gets
 SIGHUP when the host dies and SIGTERM when the host stops it: either way it kills every process
 of its job, removes its scratch directory (as it does on any way out) and exits. A job child
-also dies with it (SIGKILL).
+also dies with it (SIGKILL): by its parent-death signal, or in a sandbox with the pid namespace.
 
 A program passes when its code ran to the end: the child then writes a report that starts with
 a nonce it reads only after the program finished. `sys.exit`, `os._exit`, closed descriptors or
@@ -137,17 +137,20 @@ def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple
     a job needs: only the descriptors under them change.
     """
     read, write, exit_now = os.read, os.write, os._exit  # kept before the program can patch them
+    own_ns = config["own_pid_namespace"]
     try:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the server (cleared by the uid drop)
-        if os.getppid() != config["pid"]:  # the server died before that
-            exit_now(SETUP_FAILED)
+        if not own_ns:  # in a pid namespace the kernel kills everything when the server (PID 1) dies
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the server (cleared by a uid drop)
+            if os.getppid() != config["pid"]:  # the server died before that
+                exit_now(SETUP_FAILED)
         os.setsid()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.closerange(len(fds), config["max_fd"])
-        _signal.signal(signal.SIGINT, signal.default_int_handler)  # the only ones the server changed
-        _signal.signal(signal.SIGTERM, _signal.SIG_DFL)
-        _signal.signal(signal.SIGHUP, _signal.SIG_DFL)
+        _signal.signal(signal.SIGINT, signal.default_int_handler)  # the signals the server changed
+        if not own_ns:  # see _die_with_host
+            _signal.signal(signal.SIGTERM, _signal.SIG_DFL)
+            _signal.signal(signal.SIGHUP, _signal.SIG_DFL)
         for which, value in limits:
             resource.setrlimit(which, value)
         uid = config["job_uid"]
@@ -566,6 +569,8 @@ def _set_up_site(path: list[str]) -> None:
 def _prepare(config: dict[str, Any]) -> None:
     """Set-up shared by the fork-server and the guard, before any job starts."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as PID 1, signals without a handler are dropped
+    for name in config["server_env"]:  # meant for the server alone
+        os.environ.pop(name, None)
     _prctl(PR_SET_DUMPABLE, 0)  # no ptrace or /proc/<pid>/mem access to this process from jobs
     config["pid"] = os.getpid()
     if not config["own_pid_namespace"]:

@@ -20,7 +20,9 @@ from opencodegen.execution.sandbox import (
     resolve_isolation,
 )
 
-BATCH = 8  # jobs sent to a worker at once
+BATCH = 2  # jobs sent to a worker at once (more: long jobs pile up on one worker)
+LOOKAHEAD = 256  # jobs per worker that `map` submits ahead of the result it waits for (a long job
+# must not starve the other workers)
 Job = tuple[dict[str, Any], "Future[ExecutionResult]"]
 
 
@@ -161,7 +163,7 @@ class ExecutionPool:
         """Results of `jobs` in their order, computed in parallel with a bounded look-ahead."""
         window: deque[Future[ExecutionResult]] = deque()
         pending = iter(jobs)
-        ahead = 2 * BATCH * self.size
+        ahead = LOOKAHEAD * self.size
         try:
             while True:
                 while len(window) < ahead and (job := next(pending, None)) is not None:

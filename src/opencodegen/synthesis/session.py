@@ -174,6 +174,7 @@ class Session:
     def export(self, path: str | os.PathLike[str]) -> Path:
         """Write the program as a runnable .py file."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.program(), encoding="utf-8")
         return path
 
@@ -190,6 +191,7 @@ class Session:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the session (turns, code, outputs, sampling settings) as JSON."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
         return path
 

@@ -45,6 +45,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     max_steps: int = 1000
+    max_time: float | None = None  # seconds of wall time for the run (resumes add up); see WarmupCosine
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.999
@@ -83,6 +84,8 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "save_every", "weight_decay", "grad_clip", "z_loss", "lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ConfigError(f"max_time must be a positive number of seconds, got {self.max_time}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0) or self.eps <= 0:

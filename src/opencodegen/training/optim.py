@@ -45,6 +45,9 @@ class WarmupCosine:
     """The learning rate of the update of step `s` (0-based): lr · (s+1)/warmup during warm-up,
     then a cosine from lr to lr · min_ratio at `total_steps`, constant after.
 
+    A run with a time budget (`max_time`) passes the fraction of it spent: the cosine then
+    follows the larger of the step and time fractions, so it reaches its end when the budget does.
+
     Stateless: the step counter of the run is the only state, so a resumed run follows the
     schedule of its current config.
     """
@@ -59,16 +62,16 @@ class WarmupCosine:
     def from_config(cls, config: TrainConfig) -> WarmupCosine:
         return cls(config.lr, config.warmup_steps, config.max_steps, config.min_lr_ratio)
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int, time_fraction: float = 0.0) -> float:
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         span = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
+        progress = min(1.0, max((step - self.warmup_steps) / span, time_fraction))
         return self.lr * (self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+    def apply(self, optimizer: torch.optim.Optimizer, step: int, time_fraction: float = 0.0) -> float:
         """Set every parameter group's lr for step `step`; returns it."""
-        lr = self(step)
+        lr = self(step, time_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr

@@ -85,6 +85,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model, model_dir = self._initial_model(resume_from)
         self.tokenizer_dir = self._prepare_tokenizer(model_dir)
+        if model_dir is None and self.tokenizer_dir is not None:
+            self._adopt_special_tokens(model.config)
         self.model_config: CodeGenConfig = model.config
         self._check_vocab()
         model.to(env.device).train()
@@ -98,6 +100,7 @@ class Trainer:
         self.schedule = WarmupCosine.from_config(cfg)
         self.step = 0
         self.tokens = 0
+        self.elapsed = 0.0  # seconds spent in fit(), over every run of this out_dir
         seed = cfg.seed + env.rank  # dropout differs between ranks
         torch.manual_seed(seed)
         random.seed(seed)
@@ -116,6 +119,7 @@ class Trainer:
             f"strategy {env.strategy}, device {env.device.type}, precision {cfg.precision}; global batch "
             f"{cfg.batch_size} x {self.seq_len} tokens = {self.accum} micro-batch(es) of {cfg.micro_batch_size} "
             f"per process; steps {self.step} -> {cfg.max_steps}"
+            + (f" or {cfg.max_time:g} s ({self.elapsed:.0f} s spent)" if cfg.max_time else "")
         )
 
     def _choose_checkpoint(self, resume: str | None) -> Path | None:
@@ -191,6 +195,14 @@ class Trainer:
         dist_utils.barrier(self.env)
         return target
 
+    def _adopt_special_tokens(self, config: CodeGenConfig) -> None:
+        """A new preset model ends text with its tokenizer's EOS (the presets carry the released ids)."""
+        from opencodegen.tokenizer import CodeGenTokenizer
+
+        tokenizer = CodeGenTokenizer.from_pretrained(self.tokenizer_dir)
+        config.eos_token_id = tokenizer.eos_token_id
+        config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
     def _initial_model(self, resume_from: Path | None) -> tuple[CodeGenForCausalLM, Path | None]:
         """The starting weights and the directory they came from (None for a new preset model)."""
         cfg = self.config
@@ -225,6 +237,7 @@ class Trainer:
                      f"the current one applies from step {state['step']}")
         self.step = int(state["step"])
         self.tokens = int(state["tokens"])
+        self.elapsed = float(state.get("elapsed_s", 0.0))
         try:
             self.train_iter.load_state_dict(state["data"])
         except DataError as exc:
@@ -286,23 +299,34 @@ class Trainer:
         loss = float(dist_utils.all_reduce_mean(total / count, env))
         return {"loss": loss, "ppl": math.exp(min(loss, 700.0))}
 
+    def _spent(self, before: float, since: float) -> float:
+        """Update `elapsed` (`before` plus the time since `since`, as the main process measures it);
+        returns the fraction of `max_time` spent (0 without a budget)."""
+        self.elapsed = dist_utils.broadcast_object(before + time.perf_counter() - since, self.env)
+        return self.elapsed / self.config.max_time if self.config.max_time else 0.0
+
     def fit(self) -> dict[str, Any]:
-        """Train to `max_steps` with logging, validation and checkpoints; returns a summary."""
+        """Train to `max_steps` or `max_time` with logging, validation and checkpoints; returns a summary.
+
+        The time budget is checked at each log step (every `log_every` steps)."""
         cfg = self.config
-        ran = self.step < cfg.max_steps
+        fit_start, before = time.perf_counter(), self.elapsed
+        spent = self._spent(before, fit_start)
+        ran = self.step < cfg.max_steps and spent < 1.0
         window: list[torch.Tensor] = []
         last_val: dict[str, float] | None = None
         evaluated = saved = self.step
         started = time.perf_counter()
         try:
-            while self.step < cfg.max_steps:
-                lr = self.schedule.apply(self.optimizer, self.step)
+            while self.step < cfg.max_steps and spent < 1.0:
+                lr = self.schedule.apply(self.optimizer, self.step, spent)
                 window.append(self.train_step(next(self.train_iter)))
                 self.step += 1
                 self.tokens += self.tokens_per_step
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     self._log_train(torch.stack(window), lr, time.perf_counter() - started)
                     window = []
+                    spent = self._spent(before, fit_start)
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     last_val, evaluated = self._log_val(), self.step
                 if cfg.save_every and self.step % cfg.save_every == 0:
@@ -361,6 +385,7 @@ class Trainer:
                 "scheduler": self.schedule.state_dict(),
                 "step": self.step,
                 "tokens": self.tokens,
+                "elapsed_s": self.elapsed,
                 "data": self.train_iter.state_dict(),
                 "rng": rngs,
                 "world_size": self.env.world_size,
