@@ -47,6 +47,7 @@ def test_recorded_heldout_loss_reproduces():
     from opencodegen.evaluation import loss
 
     model, tokenizer = opencodegen.load("default")
+    counts = loss.load_counts(default_model.DIRECTORY)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for name, (sha256, recorded) in RECORDED["heldout_loss"]["per_file"].items():
         path = stdlib / name
@@ -55,6 +56,8 @@ def test_recorded_heldout_loss_reproduces():
         stream = loss.token_stream([path.read_text()], tokenizer)
         nats, count = loss.model_loss(model, stream, progress=False)
         assert nats / count == pytest.approx(recorded, abs=0.02), name
+        unigram = -loss.unigram_log_probs(counts, len(tokenizer))[stream[1:]].mean()
+        assert nats / count < unigram - 3.0, (name, nats / count, unigram)  # far below the unigram baseline
 
 
 def test_recorded_humaneval_figures_reproduce(tmp_path):
