@@ -10,6 +10,7 @@ from generation_helpers import make_model_dir, one_thread  # noqa: F401 (fixture
 from opencodegen import load
 from opencodegen.errors import GenerationError
 from opencodegen.generation import Generator, SamplingParams, truncate_codegen
+from opencodegen.generation.sampling import penalize
 
 PROMPTS = ["def add(a, b):\n    ", "import numpy as np\n", "class Point:\n", "x"]
 SAMPLE = SamplingParams(n=4, max_new_tokens=16, temperature=1.0, top_p=0.95, seed=11)
@@ -65,6 +66,36 @@ def test_sharing_the_prefix_cache_leaves_the_samples_unchanged(loaded):
     shared = Generator(*loaded, share_prefix=True).generate(PROMPTS, SAMPLE)
     copied = Generator(*loaded, share_prefix=False).generate(PROMPTS, SAMPLE)
     assert [[c.token_ids for c in row] for row in shared] == [[c.token_ids for c in row] for row in copied]
+
+
+@pytest.mark.parametrize("presence, frequency", [(0.0, 2.0), (1.5, 0.0), (-0.5, 0.7)])
+def test_penalties_match_a_direct_greedy_loop(gen, presence, frequency):
+    """Greedy with OpenAI's penalties == argmax of (logits - frequency * count - presence * [count > 0])
+    over the completion's own tokens, with one full forward per step."""
+    params = SamplingParams(n=1, max_new_tokens=12, temperature=0, ignore_eos=True, presence_penalty=presence,
+                            frequency_penalty=frequency, logprobs=0)
+    for prompt in PROMPTS[:2]:
+        [[got]] = gen.generate([prompt], params)
+        ids, out = gen.tokenizer.encode(prompt), []
+        counts = torch.zeros(gen.vocab_limit)
+        with torch.no_grad():
+            for _ in range(12):
+                logits = gen.model(torch.tensor([ids + out])).logits[0, -1, : gen.vocab_limit]
+                token = int((logits - frequency * counts - presence * (counts > 0).float()).argmax())
+                out.append(token)
+                counts[token] += 1
+        assert got.token_ids == out
+        # logprobs stay the model's, not the penalized scores
+        assert torch.allclose(torch.tensor([t.logprob for t in got.logprobs]),
+                              teacher_forced_logprobs(gen, ids, out), atol=1e-4)
+
+
+def test_penalize_subtracts_presence_once_and_frequency_per_occurrence():
+    logits = torch.zeros(2, 5)
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    out = penalize(logits, [[1, 1, 3], []], params)
+    assert out.tolist() == [[0.0, -1.0, 0.0, -0.75, 0.0], [0.0] * 5]
+    assert penalize(logits, [[1]], SamplingParams()) is logits  # off: untouched
 
 
 def test_a_sample_does_not_depend_on_its_batch(gen):
@@ -175,6 +206,8 @@ def test_left_truncation_of_long_prompts(gen):
         (lambda g: g.generate(["x"], SamplingParams(max_new_tokens=512)), "leaves no room"),
         (lambda g: g.generate(["x"], SamplingParams(n=0)), "n must be"),
         (lambda g: g.generate(["x"], SamplingParams(top_p=1.5)), "top_p"),
+        (lambda g: g.generate(["x"], SamplingParams(presence_penalty=2.5)), "presence_penalty"),
+        (lambda g: g.generate(["x"], SamplingParams(frequency_penalty="1")), "frequency_penalty"),
         (lambda g: g.generate(["x"], SamplingParams(temperature=-1)), "temperature"),
         (lambda g: g.generate(["x"], SamplingParams(truncate="python")), "unknown truncation preset"),
         (lambda g: Generator(g.model).generate_ids([[1]], SamplingParams(stop=["\n"])), "need a tokenizer"),

@@ -64,7 +64,7 @@ BAD_REQUESTS = [
     ({**OK, "prompt": {"text": "x"}}, "prompt", "invalid_value", "prompt"),
     ({**OK, "best_of": 3}, "best_of", "unsupported_parameter", "not supported"),
     ({**OK, "logit_bias": {"1": 5}}, "logit_bias", "unsupported_parameter", "not supported"),
-    ({**OK, "presence_penalty": 1.0}, "presence_penalty", "unsupported_parameter", "not supported"),
+    ({**OK, "presence_penalty": 2.5}, "presence_penalty", None, "presence_penalty"),
     ({**OK, "suffix": "}"}, "suffix", "unsupported_parameter", "not supported"),
     ({**OK, "stream_options": {"include_usage": True}}, "stream_options", None, "only allowed when stream"),
     ({**OK, "stream": True, "stream_options": {"usage": True}}, "stream_options", "unknown_parameter", "usage"),

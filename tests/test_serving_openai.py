@@ -64,6 +64,17 @@ def test_seeded_samples_equal_the_engine_for_every_prompt_and_choice(client, eng
     assert [c.text for c in again.choices] == [c.text for c in r.choices]
 
 
+def test_presence_and_frequency_penalties_equal_the_engine(client, engine):
+    params = SamplingParams(n=2, max_new_tokens=16, temperature=0.9, top_p=0.9, seed=3, presence_penalty=0.8,
+                            frequency_penalty=1.2)
+    expected = engine.generate([PROMPT], params)[0]
+    r = client.completions.create(model=MODEL_NAME, prompt=PROMPT, n=2, max_tokens=16, temperature=0.9, top_p=0.9,
+                                  seed=3, presence_penalty=0.8, frequency_penalty=1.2)  # fmt: skip
+    assert [c.text for c in r.choices] == [c.text for c in expected]
+    plain = engine.generate([PROMPT], dataclasses.replace(params, presence_penalty=0, frequency_penalty=0))[0]
+    assert [c.text for c in plain] != [c.text for c in expected]  # the penalties changed the samples
+
+
 def test_stream_sends_token_deltas_that_add_up_to_the_completion(client):
     whole = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=24, temperature=0)
     chunks = list(client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=24, temperature=0,

@@ -26,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default: 0.2)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass (default: 0.95)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens, 0 = off (default)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtract this from the logit of every token the completion already holds (-2..2)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtract this once per occurrence in the completion so far (-2..2)")
     p.add_argument("--seed", type=int, help="random seed (default: a fresh one, reported with --json)")
     p.add_argument("--stop", nargs="+", action="extend", default=[], metavar="S",
                    help="stop strings (escape sequences like \\n are understood)")
@@ -83,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(
         n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         top_k=args.top_k, seed=seed, stop=tuple(stops), truncate=args.truncate, logprobs=args.logprobs,
-        truncate_prompt=args.truncate_prompt,
+        truncate_prompt=args.truncate_prompt, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
     )
     args.model = default_model.resolve(args.model)
     model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)

@@ -20,6 +20,7 @@ from opencodegen.generation.prefix_cache import SharedPrefixCache
 from opencodegen.generation.sampling import (
     SamplingParams,
     TokenSampler,
+    penalize,
     resolve_seed,
     sequence_uniforms,
     token_logprobs,
@@ -302,7 +303,8 @@ class Generator:
 
         for step in range(max_new):
             scores = logits[:, : self.vocab_limit]
-            tokens = sampler(scores, None if uniforms is None else uniforms[:, step])
+            chosen_from = penalize(scores, [seq.token_ids for seq in active], params)
+            tokens = sampler(chosen_from, None if uniforms is None else uniforms[:, step])
             logprobs = None if params.logprobs is None else token_logprobs(scores, tokens, params.logprobs)
             for row, (seq, token) in enumerate(zip(active, tokens.tolist())):
                 if seq.completion is None:

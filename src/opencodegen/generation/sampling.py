@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Sequence
 
 import torch
 
@@ -31,6 +32,9 @@ class SamplingParams:
     the model (before temperature and filtering) with the k most likely alternatives.
     `truncate_prompt`: drop the oldest prompt tokens when prompt + max_new_tokens exceeds the
     context, instead of raising GenerationError. `ignore_eos`: keep generating after EOS.
+    `presence_penalty` / `frequency_penalty` (OpenAI's, in [-2, 2], 0 = off): subtracted from the
+    logit of every token the completion already holds, once / once per occurrence (the prompt's
+    tokens do not count), before greedy or sampled choice; logprobs stay the model's.
     """
 
     n: int = 1
@@ -44,6 +48,8 @@ class SamplingParams:
     logprobs: int | None = None
     truncate_prompt: bool = False
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -64,6 +70,9 @@ class SamplingParams:
         check(self.seed is None or is_int(self.seed), f"seed must be an integer or None, got {self.seed!r}")
         check(self.logprobs is None or (is_int(self.logprobs) and self.logprobs >= 0),
               f"logprobs must be None or an integer >= 0, got {self.logprobs!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and -2 <= value <= 2, f"{name} must be in [-2, 2], got {value!r}")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         check(all(isinstance(s, str) and s for s in stop), f"stop strings must be non-empty strings, got {stop!r}")
         object.__setattr__(self, "stop", stop)
@@ -74,6 +83,10 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -145,6 +158,19 @@ class TokenSampler:
             # The tokens left are no likelier than the last one seen: at least short / p_last more are needed.
             needed = (short / probs[:, -1].clamp(min=1e-30)).max().item()
             width = int(min(k, max(2 * width, width + 2 * needed)))
+
+
+def penalize(logits: torch.Tensor, generated: Sequence[Sequence[int]], params: SamplingParams) -> torch.Tensor:
+    """`logits` [B, V] minus the presence and frequency penalties of each row's `generated` tokens."""
+    if not params.penalized:
+        return logits
+    counts = torch.zeros_like(logits, dtype=torch.float32)
+    for row, ids in enumerate(generated):
+        if ids:
+            index = torch.tensor(ids, device=logits.device)
+            counts[row].index_add_(0, index, torch.ones(len(ids), device=logits.device))
+    penalty = params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
+    return logits.float() - penalty
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> torch.Tensor:

@@ -82,6 +82,7 @@ def prepare(body: CompletionRequest, tokenizer: CodeGenTokenizer, limits: Limits
     params = SamplingParams(
         n=n, max_new_tokens=max(max_tokens, 1), temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop_list, logprobs=body.logprobs,
+        presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
     )  # fmt: skip
     return Prepared(body, prompts, echo_texts, echo_lengths, params, max_tokens)
 

@@ -84,8 +84,6 @@ class CompletionRequest(_Strict):
             raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
         unsupported = {
             "best_of": self.best_of not in (None, self.n),
-            "presence_penalty": bool(self.presence_penalty),
-            "frequency_penalty": bool(self.frequency_penalty),
             "logit_bias": bool(self.logit_bias),
             "suffix": self.suffix is not None,
         }

@@ -26,6 +26,7 @@ from opencodegen.generation.engine import Generator, StreamEvent
 from opencodegen.generation.engine import SequenceState as EngineSequence
 from opencodegen.generation.sampling import (
     SamplingParams,
+    penalize,
     resolve_seed,
     sample_tokens,
     sequence_uniforms,
@@ -404,11 +405,12 @@ class Scheduler:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, r in enumerate(rows):
             p = r.job.params
-            groups[(p.greedy, p.temperature, p.top_p, p.top_k)].append(i)
+            groups[(p.greedy, p.temperature, p.top_p, p.top_k, p.presence_penalty, p.frequency_penalty)].append(i)
         for idx in groups.values():
             params = rows[idx[0]].job.params
             uniforms = None if params.greedy else torch.stack([rows[i].uniform for i in idx])
-            chosen[idx] = sample_tokens(logits[idx], params, uniforms)
+            scores = penalize(logits[idx], [rows[i].seq.token_ids for i in idx], params)
+            chosen[idx] = sample_tokens(scores, params, uniforms)
         logprobs: list[Any] = [None] * len(rows)
         wanted = [i for i, r in enumerate(rows) if r.job.params.logprobs is not None]
         if wanted:
