@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -176,3 +177,44 @@ def test_unprivileged_user_gets_a_user_namespace_sandbox(tmp_path):
     assert uid[:2] == ["passed", "65534\n"]
     assert vandal[0] == "failed"  # /dev is read-only
     assert next_job[:2] == ["passed", "['job'] False\n"]  # /tmp unlocked and wiped
+
+
+VENV_SCRIPT = """
+import json, sys
+from opencodegen.execution import ExecutionPool, isolation_report
+venv = sys.prefix
+with ExecutionPool(workers=1) as pool:
+    results = list(pool.map([
+        {"source": "import json, statistics\\nprint(statistics.mean([1, 2, 3]))"},
+        {"source": f"open({venv!r} + '/mine', 'w')"},
+        {"source": "open('/tmp/left', 'w')"},
+        {"source": "import os\\nprint(sorted(os.listdir('/tmp')))"},
+    ]))
+print(json.dumps({"mode": isolation_report()["mode"], "prefix": venv,
+                  "results": [[r.status, r.stdout, r.error_type] for r in results]}))
+"""
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap")
+def test_a_virtual_environment_under_tmp_is_sandboxed_too(tmp_path):
+    """A venv in /tmp (here pytest's tmp_path) is mounted read-only inside the private /tmp and
+    survives the wipe between jobs; everything else a job leaves in /tmp goes."""
+    if not str(tmp_path.resolve()).startswith("/tmp/"):
+        pytest.skip(f"{tmp_path} is not under /tmp")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True,
+                   timeout=60)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", VENV_SCRIPT], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    if "No module named" in done.stderr:
+        pytest.skip(f"the venv cannot import what opencodegen.execution needs: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["mode"].startswith("bwrap") and out["prefix"] == str(venv)
+    runs, write_venv, leave, look = out["results"]
+    assert runs[:2] == ["passed", "2\n"]
+    assert write_venv[0] == "failed" and write_venv[2] in ("OSError", "PermissionError")
+    assert leave[0] == "passed"
+    top = str(tmp_path.resolve()).split("/")[2]  # the /tmp entry on the way to the venv
+    assert look[:2] == ["passed", f"{sorted(['job', top])}\n"]

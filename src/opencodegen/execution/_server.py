@@ -383,7 +383,7 @@ def clean_up(config: dict[str, Any]) -> None:
     """Undo whatever the last job changed: its files, directory modes, System V IPC objects."""
     for directory, mode in config["scratch_modes"].items():
         os.chmod(directory, mode)
-        wipe(directory)
+        wipe(directory, config["keep"])
     remove_sysv_ipc(config["job_uid"])
 
 
@@ -397,10 +397,16 @@ def remove_tree(directory: str) -> None:
         pass
 
 
-def wipe(directory: str) -> None:
-    """Remove everything inside `directory`, even directories a program made unreadable."""
+def wipe(directory: str, keep: tuple[str, ...] | list[str] = ()) -> None:
+    """Remove everything inside `directory`, even directories a program made unreadable, except the
+    (read-only mounted) directories in `keep` and the 0755 directories that lead to them."""
     for entry in list(os.scandir(directory)):
-        if entry.is_dir(follow_symlinks=False):
+        if entry.path in keep:
+            continue
+        if any(k.startswith(entry.path + "/") for k in keep):  # on the way to a kept directory
+            os.chmod(entry.path, 0o755)
+            wipe(entry.path, keep)
+        elif entry.is_dir(follow_symlinks=False):
             os.chmod(entry.path, stat.S_IRWXU)
             wipe(entry.path)
             os.rmdir(entry.path)

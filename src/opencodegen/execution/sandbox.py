@@ -52,6 +52,7 @@ from opencodegen.execution import _server
 log = logging.getLogger("opencodegen.execution")
 
 STATUSES = ("passed", "failed", "timeout", "memory", "crashed")
+SCRATCH_DIRS = ("/tmp", "/dev/shm")  # private and writable in a sandbox, wiped after every job
 SCRATCH_MB = 256  # size of each private tmpfs (/tmp and /dev/shm) of a sandbox
 JOB_PROCESSES = 64  # RLIMIT_NPROC of a job (threads count too)
 START_TIMEOUT_S = 60.0
@@ -211,12 +212,8 @@ def _probe(requested: str) -> Isolation:
     if requested == "none":
         return Isolation("none", "isolation='none' was requested")
     bwrap = shutil.which("bwrap")
-    hidden = [d for d in _python_dirs() if _under(d, ("/tmp", "/dev/shm"))]
     if bwrap is None:
         reason = "bubblewrap (bwrap) is not installed"
-    elif hidden:
-        reason = (f"the Python environment at {hidden[0]} lies under /tmp or /dev/shm, which the sandbox "
-                  "replaces by private ones; create the virtual environment elsewhere")
     else:
         plan = Isolation("bwrap-root" if os.geteuid() == 0 else "bwrap-user")
         try:
@@ -291,6 +288,24 @@ def _python_dirs() -> list[str]:
     return sorted(p for p in real if not any(q != p and _under(p, (q,)) for q in real))
 
 
+def _python_dirs_in_scratch() -> list[str]:
+    """The Python directories under /tmp or /dev/shm (e.g. a virtual environment made in /tmp):
+    mounted read-only inside the sandbox's private /tmp and /dev/shm, and kept when they are wiped."""
+    return [d for d in _python_dirs() if _under(d, SCRATCH_DIRS)]
+
+
+def _read_only_binds(paths: list[str]) -> list[str]:
+    """bwrap arguments that show `paths` read-only, below plain 0755 parent directories (host
+    parents may be private, e.g. /root)."""
+    argv: list[str] = []
+    parents = sorted({str(p) for d in paths for p in Path(d).parents if str(p) not in ("/", *SCRATCH_DIRS)}, key=len)
+    for parent in parents:
+        argv += ["--perms", "0755", "--dir", parent]
+    for path in paths:
+        argv += ["--ro-bind", path, path]
+    return argv
+
+
 def _under(path: str, roots: tuple[str, ...] | set[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
@@ -312,17 +327,15 @@ def _bwrap_argv(plan: Isolation) -> list[str]:
             argv += ["--ro-bind", path, path]
     for name in ETC_FILES:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    python_dirs = _python_dirs()
-    parents = sorted({str(p) for d in python_dirs for p in Path(d).parents if str(p) != "/"}, key=len)
-    for parent in parents:  # host parents may be private (e.g. /root); the sandbox's are plain dirs
-        argv += ["--perms", "0755", "--dir", parent]
-    for path in python_dirs:
-        argv += ["--ro-bind", path, path]
+    in_scratch = _python_dirs_in_scratch()
+    python_dirs = [d for d in _python_dirs() if d not in in_scratch]
+    argv += _read_only_binds(python_dirs)
     size = ["--size", str(SCRATCH_MB << 20)] if "--size" in _bwrap_help() else []  # bubblewrap >= 0.7
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", *size, "--tmpfs", "/tmp",
-             "--perms", "1777", *size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-             "--remount-ro", "/", "--clearenv", "--chdir", "/tmp"]  # fmt: skip
+             "--perms", "1777", *size, "--tmpfs", "/dev/shm"]  # fmt: skip
+    argv += _read_only_binds(in_scratch)  # on top of the private /tmp (kept when it is wiped)
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--clearenv", "--chdir", "/tmp"]
     for key, value in {**JOB_ENV, "HOME": "/tmp", "TMPDIR": "/tmp", **SERVER_ENV}.items():
         argv += ["--setenv", key, value]
     return argv
@@ -358,7 +371,8 @@ def _server_config(plan: Isolation, role: str, index: int, scratch: str | None,
         "own_pid_namespace": plan.sandboxed,
         "job_uid": _job_uid(index) if root_mode else None,
         "nproc": JOB_PROCESSES if plan.sandboxed else None,
-        "scratch": ["/tmp", "/dev/shm"] if plan.sandboxed else [scratch],
+        "scratch": list(SCRATCH_DIRS) if plan.sandboxed else [scratch],
+        "keep": _python_dirs_in_scratch() if plan.sandboxed else [],
         "job_dir": "/tmp/job" if plan.sandboxed else os.path.join(str(scratch), "job"),
         "env": JOB_ENV,
         "server_env": list(SERVER_ENV),
