@@ -14,10 +14,10 @@ from pathlib import Path
 NAME = "default"
 DIRECTORY = Path(__file__).parent / "assets" / "default-model"
 BANNER = (
-    "note: using the embedded default model, a small DEMO model (18.7M parameters, trained for 6 minutes on "
-    "Python code found on any machine; numbers in {card}). It writes Python-shaped code but solves few tasks. "
-    "For real results pass --model Salesforce/codegen-350M-mono (online, or from the local HF cache) or a "
-    "local checkpoint directory."
+    "note: using the embedded default model, a small DEMO model (18.7M parameters, trained for 9 minutes on "
+    "one GPU, on Python code found on any machine; numbers in {card}). It writes Python-shaped code but solves "
+    "few tasks. For real results pass --model Salesforce/codegen-350M-mono (online, or from the local HF cache) "
+    "or a local checkpoint directory."
 )
 
 
