@@ -203,8 +203,9 @@ def build_dataset(config: BuildConfig, tokenizer_factory: Callable[[str], Tokeni
         if len(lengths) == 0:
             raise DataError(f"no documents left to pack (skipped: {dict(sorted(reader.skipped.items()))})")
         tokens = np.memmap(tmp, dtype=dtype, mode="r")
-        splits = _pack(tokens, lengths, is_val if val_inputs else None, config, out, dtype, progress)
-        _write_train_counts(tokens, lengths, splits, len(tokenizer), out)
+        order, n_val = _split_order(len(lengths), is_val if val_inputs else None, config)
+        splits = _pack(tokens, lengths, order, n_val, config, out, dtype, progress)
+        splits["train"]["token_counts"] = _write_train_counts(tokens, lengths, order[:n_val], len(tokenizer), out)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -286,19 +287,21 @@ def _tokenize_corpus(reader: CorpusReader, inputs: list[str], val_inputs: list[s
     return np.frombuffer(lengths, dtype=np.int64), np.frombuffer(from_val, dtype=np.int8).astype(bool), per_language
 
 
-def _pack(tokens: np.ndarray, lengths: np.ndarray, is_val: np.ndarray | None, config: BuildConfig, out: Path,
-          dtype: np.dtype, progress: bool) -> dict[str, dict]:
-    """Shuffle the documents, split off validation (the `is_val` ones, else a random
-    ``val_fraction``), and pack both splits."""
-    n = len(lengths)
+def _split_order(n: int, is_val: np.ndarray | None, config: BuildConfig) -> tuple[np.ndarray, int]:
+    """The documents in packing order and how many of the first are validation ones: the `is_val`
+    documents in input order, else a random ``val_fraction``; the training documents shuffled."""
     order = np.random.default_rng(config.seed).permutation(n)
-    if is_val is not None:  # training documents shuffled, validation documents in input order
-        order = np.concatenate([np.flatnonzero(is_val), order[~is_val[order]]])
-        n_val = int(is_val.sum())
-    else:
-        n_val = round(config.val_fraction * n)
-        if config.val_fraction > 0 and n >= 2:
-            n_val = min(max(n_val, 1), n - 1)
+    if is_val is not None:
+        return np.concatenate([np.flatnonzero(is_val), order[~is_val[order]]]), int(is_val.sum())
+    n_val = round(config.val_fraction * n)
+    if config.val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return order, n_val
+
+
+def _pack(tokens: np.ndarray, lengths: np.ndarray, order: np.ndarray, n_val: int, config: BuildConfig, out: Path,
+          dtype: np.dtype, progress: bool) -> dict[str, dict]:
+    """Pack the validation documents `order[:n_val]` and the training documents after them."""
     starts = np.concatenate([[0], np.cumsum(lengths)])
     rows_per_shard = config.shard_tokens // config.seq_len
     splits = {}
@@ -309,22 +312,20 @@ def _pack(tokens: np.ndarray, lengths: np.ndarray, is_val: np.ndarray | None, co
             for i in docs:
                 packer.add(tokens[starts[i] : starts[i + 1]])
                 bar.update(int(lengths[i]))
-            splits[split] = {"documents": len(docs), **packer.finish(), "document_ids": docs}
+            splits[split] = {"documents": len(docs), **packer.finish()}
     if splits["train"]["sequences"] == 0:
         raise DataError(f"the training split has {splits['train']['tokens']} tokens, fewer than one "
                         f"sequence of {config.seq_len + 1}; lower --seq-len or add data")
     return splits
 
 
-def _write_train_counts(tokens: np.ndarray, lengths: np.ndarray, splits: dict[str, dict], vocab: int,
-                        out: Path) -> None:
-    """Save the token-id counts of the training documents (e.g. for a unigram baseline) and
-    drop the document lists `_pack` left in `splits`."""
+def _write_train_counts(tokens: np.ndarray, lengths: np.ndarray, val_docs: np.ndarray, vocab: int, out: Path) -> str:
+    """Save how often each token id occurs in the training documents (all but `val_docs`), e.g.
+    for a unigram baseline; returns the file name."""
     starts = np.concatenate([[0], np.cumsum(lengths)])
     counts = np.bincount(tokens, minlength=vocab).astype(np.int64)
-    for i in splits["val"].pop("document_ids"):
+    for i in val_docs:
         counts -= np.bincount(tokens[starts[i] : starts[i + 1]], minlength=vocab)
-    splits["train"].pop("document_ids")
     np.save(out / TRAIN_COUNTS, counts)
-    splits["train"]["token_counts"] = TRAIN_COUNTS
+    return TRAIN_COUNTS
 
