@@ -36,6 +36,8 @@ def test_yaml_and_toml_configs_with_overrides(tmp_path):
         (["max_steps=1.5"], "max_steps: expected int"),
         (["precision=fp16"], "precision must be one of"),
         (["batch_size=0"], "batch_size must be >= 1"),
+        (["max_time=-5"], "max_time must be a positive number of seconds"),
+        (["max_time=soon"], "max_time"),
         (["compile=maybe"], "compile: expected bool"),
         (["lr"], "not KEY=VALUE"),
         (["optim.lr=1"], "only model_overrides"),
