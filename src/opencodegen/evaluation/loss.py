@@ -91,8 +91,7 @@ def evaluate_loss(model, tokenizer, inputs: Sequence[str], counts: np.ndarray | 
         "uniform_loss": math.log(vocab),
     }
     if counts is not None:
-        targets = np.concatenate([stream[s + 1 : s + model.config.n_positions + 1]
-                                  for s in range(0, len(stream) - 1, model.config.n_positions)])
+        targets = stream[1:]  # the windows overlap by one token: every token but the first is predicted once
         unigram = -float(unigram_log_probs(counts, vocab)[targets].sum()) / len(targets)
         summary.update(unigram_loss=unigram, unigram_perplexity=math.exp(unigram),
                        unigram_bits_per_byte=unigram * len(targets) / math.log(2) / n_bytes)

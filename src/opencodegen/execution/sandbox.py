@@ -327,9 +327,9 @@ def _bwrap_argv(plan: Isolation) -> list[str]:
             argv += ["--ro-bind", path, path]
     for name in ETC_FILES:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    in_scratch = _python_dirs_in_scratch()
-    python_dirs = [d for d in _python_dirs() if d not in in_scratch]
-    argv += _read_only_binds(python_dirs)
+    python_dirs = _python_dirs()
+    in_scratch = [d for d in python_dirs if _under(d, SCRATCH_DIRS)]
+    argv += _read_only_binds([d for d in python_dirs if d not in in_scratch])
     size = ["--size", str(SCRATCH_MB << 20)] if "--size" in _bwrap_help() else []  # bubblewrap >= 0.7
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", *size, "--tmpfs", "/tmp",
