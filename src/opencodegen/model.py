@@ -95,27 +95,31 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-def rotary_table(n_positions: int, rotary_dim: int) -> torch.Tensor:
-    """cos and sin of position * inv_freq, shape [n_positions, rotary_dim // 2, 2], fp32.
+def rotary_table(n_positions: int, rotary_dim: int, head_dim: int) -> torch.Tensor:
+    """Per position, multipliers (cos, signed sin) over a whole head: [n_positions, 2, head_dim], fp32.
 
-    Always computed on the CPU (also inside a meta-device context, where it would be empty)."""
+    Pair i of the first rotary_dim dims, (x[2i], x[2i+1]), turns by position * inv_freq[i]:
+    x' = x * cos + swap_pairs(x) * sin with sin = (-sin_i, +sin_i) on the pair; the dims past
+    rotary_dim get cos 1 and sin 0, i.e. stay as they are. Always computed on the CPU (also
+    inside a meta-device context, where it would be empty).
+    """
     steps = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").float()
     inv_freq = 1.0 / (10000 ** (steps / rotary_dim))
     angles = torch.arange(n_positions, dtype=torch.int64, device="cpu").float()[:, None] * inv_freq
-    return torch.stack((angles.cos(), angles.sin()), dim=-1)
+    table = torch.zeros(n_positions, 2, head_dim, device="cpu")
+    table[:, 0] = 1.0
+    table[:, 0, :rotary_dim] = angles.cos().repeat_interleave(2, dim=-1)
+    table[:, 1, 0:rotary_dim:2] = -angles.sin()
+    table[:, 1, 1:rotary_dim:2] = angles.sin()
+    return table
 
 
-def apply_rotary(x: torch.Tensor, table: torch.Tensor, rotary_dim: int) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of the first rotary_dim dims; x is [B, H, T, D].
-
-    `table` is [B, 1, T, rotary_dim // 2, 2] (cos, sin). Computed in fp32 like the original.
-    """
-    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    pairs = rot.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = table[..., 0], table[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
-    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [..., head_dim] ("rotate every two"), computed in fp32 like the
+    original and returned in x's dtype; `cos`, `sin` [..., head_dim] broadcast against x."""
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x[2i+1], x[2i]) pairs
+    return (x32 * cos + swapped * sin).to(x.dtype)
 
 
 class Linear(nn.Linear):
@@ -156,7 +160,7 @@ def single_query_attention(
 class Attention(nn.Module):
     def __init__(self, config: CodeGenConfig):
         super().__init__()
-        self.n_head, self.head_dim, self.rotary_dim = config.n_head, config.head_dim, config.rotary_dim
+        self.n_head, self.head_dim = config.n_head, config.head_dim
         self.qkv = Linear(config.n_embd, 3 * config.n_embd, bias=False)  # plain [q; k; v] rows
         self.out_proj = Linear(config.n_embd, config.n_embd, bias=False)
         self.dropout = config.attn_pdrop
@@ -164,15 +168,15 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rotary: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         cache: KVCache | None,
         layer: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        q = apply_rotary(q, rotary, self.rotary_dim)
-        k = apply_rotary(k, rotary, self.rotary_dim)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
+        q, k = apply_rotary(qkv[:, :, :2], *rotary).permute(2, 0, 3, 1, 4)  # q and k in one go
+        v = qkv[:, :, 2].transpose(1, 2)
         # Scores and softmax in fp32, as the original; output cast back to the model dtype.
         if cache is not None and T == 1 and not self.training:
             out = cache.attend(layer, q, k, v, mask).to(x.dtype)
@@ -210,7 +214,8 @@ class Block(nn.Module):
 
     def forward(self, h, rotary, mask, cache, layer):
         a = self.ln_1(h)
-        return h + self.resid_dropout(self.attn(a, rotary, mask, cache, layer) + self.mlp(a))
+        out = self.attn(a, rotary, mask, cache, layer) + self.mlp(a)
+        return h + (self.resid_dropout(out) if self.training else out)
 
 
 class Transformer(nn.Module):
@@ -230,7 +235,9 @@ class CodeGenForCausalLM(nn.Module):
         self.config = config
         self.transformer = Transformer(config)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=True)
-        self.register_buffer("rotary", rotary_table(config.n_positions, config.rotary_dim), persistent=False)
+        self.register_buffer(
+            "rotary", rotary_table(config.n_positions, config.rotary_dim, config.head_dim), persistent=False
+        )
         self.gradient_checkpointing = False
         self.reset_parameters()
 
@@ -298,15 +305,15 @@ class CodeGenForCausalLM(nn.Module):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             else:
                 position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-        rotary = self.rotary[position_ids].unsqueeze(1)  # [B, 1, T, r/2, 2]
+        cos, sin = self.rotary[position_ids][:, :, :, None, None].unbind(2)  # [B, T, 1, 1, head_dim] each
         mask = self._attention_mask(attention_mask, B, T, past, input_ids.device)
 
         h = self.transformer.drop(self.transformer.wte(input_ids))
         for i, block in enumerate(self.transformer.h):
             if self.gradient_checkpointing and self.training:
-                h = checkpoint(block, h, rotary, mask, cache, i, use_reentrant=False)
+                h = checkpoint(block, h, (cos, sin), mask, cache, i, use_reentrant=False)
             else:
-                h = block(h, rotary, mask, cache, i)
+                h = block(h, (cos, sin), mask, cache, i)
         if cache is not None:
             cache.length = past + T
         if num_logits_to_keep:

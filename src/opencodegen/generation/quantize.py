@@ -1,13 +1,20 @@
-"""Int8 weight-only quantization of the linear layers, for bandwidth-bound decoding on CPU.
+"""Int8 quantization of the linear layers, for fast decoding on CPU.
 
-Decoding one token reads every weight once, so on CPU its speed is set by memory bandwidth:
-int8 weights move a quarter of fp32's bytes. Each output row keeps one scale (symmetric, per
-channel); activations are rounded to bfloat16 for the matmul, everything else (LayerNorm, GELU,
-attention, residuals, KV cache) stays in the model's dtype. Few rows (decode) use PyTorch's
-int8 matrix-vector kernel; many rows (prefill) dequantize the layer to bfloat16 for one GEMM.
+Decoding one token reads every weight once, so on CPU its speed is set by memory bandwidth
+and by how fast the kernel turns bytes into products. Weights are int8 with one scale per output
+row (symmetric); activations are quantized on the fly to uint8 with one scale and zero point per
+matmul (PyTorch's dynamic quantization, FBGEMM's VNNI kernels on x86), so the int8 products run
+natively instead of being converted to floats first. Everything else (embedding, LayerNorm,
+GELU, attention, residuals, KV cache) stays in float32.
+
+Measured (350M shape, 2 threads, AVX-512 VNNI): the linear layers of one decode step take
+15 ms instead of 50 ms in float32 and 22 ms with the int8 weight-only kernel (bf16 activations),
+whose dequantization is compute-bound.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -15,38 +22,40 @@ from torch import nn
 from opencodegen.errors import ConfigError
 from opencodegen.model import CodeGenForCausalLM
 
-# Up to this many rows the int8 kernel wins; beyond, one bf16 GEMM on dequantized weights does.
-_KERNEL_MAX_ROWS = 16
+
+def _full_range_activations() -> bool:
+    """Whether uint8 activations may use all 8 bits: only VNNI's int32 products cannot saturate
+    (without it, u8 x s8 pairs are summed in int16, and FBGEMM needs 7-bit activations)."""
+    is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(is_vnni and is_vnni())
 
 
 class Int8Linear(nn.Module):
-    """A Linear with int8 weights [out, in] and one bfloat16 scale per output row."""
+    """A Linear with int8 weights [out, in] (one float scale per output row) and dynamically
+    quantized activations; input and output are float32."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
-        # bf16 scales (the kernel's dtype), nudged up so that rounding never lets |w / scale| pass 127
-        scale = weight.abs().amax(1).clamp(min=1e-30) / 127
-        scale = (scale * (1 + 2**-7)).to(torch.bfloat16)
-        quantized = torch.round(weight / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+        scale = (weight.abs().amax(1) / 127).clamp(min=1e-30).double()
+        zero_point = torch.zeros(weight.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated, their kernels are not (yet)
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(weight, scale, zero_point, 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_int8", quantized)
-        self.register_buffer("scale", scale)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.full_range = _full_range_activations()
+        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
 
-    def dequantized(self) -> torch.Tensor:
-        return self.weight_int8.to(torch.bfloat16) * self.scale[:, None]
+    def weight_and_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 weights [out, in] and their per-row scales [out] (float64)."""
+        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
+        return qweight.int_repr(), qweight.q_per_channel_scales()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if rows.shape[0] <= _KERNEL_MAX_ROWS:
-            out = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale)
-        else:
-            out = rows @ self.dequantized().T
-        out = out.to(x.dtype)
-        if self.bias is not None:
-            out += self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+        rows = x.reshape(-1, self.in_features).float()
+        out = torch.ops.quantized.linear_dynamic(rows, self._packed, not self.full_range)
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
 def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
@@ -56,9 +65,11 @@ def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
     dtype, which the KV cache and the non-linear parts keep using.
     """
     if model.device.type != "cpu":
-        raise ConfigError("int8 weight-only quantization is for CPU decoding; use bfloat16/float16 on GPU")
+        raise ConfigError("int8 quantization is for CPU decoding; use bfloat16/float16 on GPU")
     if model.dtype != torch.float32:
         raise ConfigError(f"quantize a float32 model (this one is {model.dtype})")
+    if torch.backends.quantized.engine == "none":
+        raise ConfigError("int8 quantization needs a PyTorch build with a quantized engine (x86/fbgemm, qnnpack)")
     targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
