@@ -61,6 +61,7 @@ OUTCOME_BASE = 100  # the guard's exit code is OUTCOME_BASE + OUTCOMES.index(out
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FILE_SIZE_LIMIT = 64 << 20
 OPEN_FILES_LIMIT = 256
+PRECOMPILE_MAX_CHARS = 1 << 16  # sources up to this size are compiled by the server, before the fork
 BOOTSTRAP = "import sys; exec(compile(sys.argv.pop(1), '<sandbox-server>', 'exec'))"
 
 
@@ -174,7 +175,7 @@ def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple
         exit_now(SETUP_FAILED)
     status, error_type, error, code = "passed", None, None, 0
     try:
-        exec(compile(job["source"], "<string>", "exec", dont_inherit=True), main.__dict__)
+        exec(job.get("code") or compile(job["source"], "<string>", "exec", dont_inherit=True), main.__dict__)
     except BaseException as exc:  # SystemExit too: a program that stops early did not pass
         status = "memory" if isinstance(exc, MemoryError) else "failed"
         error_type, error = type(exc).__name__, str(exc)
@@ -443,6 +444,7 @@ def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     os.write(nonce_w, nonce)  # read by the child only once the program's code has finished
     os.close(nonce_w)
     limits = job_limits(int(job["timeout"]) + 2, job["memory_mb"], config["nproc"])
+    job["code"] = _precompile(job["source"])
     pid = os.fork()
     if pid == 0:
         _child(job, limits, config, (stdin_r, out_w, err_w, status_w, nonce_r))
@@ -459,6 +461,20 @@ def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         for fd in sinks:
             os.close(fd)
     return _verdict(verdict, wait_status, bytes(status), nonce, stdout, stderr, duration)
+
+
+def _precompile(source: str) -> types.CodeType | None:
+    """The program's code object, or None for the child to compile it (and report its error).
+
+    Compiling here, where the parser's memory is warm, saves a forked child ~0.5 ms of page
+    faults (20 % of a HumanEval job). Large sources are left to the child and its limits.
+    """
+    if len(source) > PRECOMPILE_MAX_CHARS:
+        return None
+    try:
+        return compile(source, "<string>", "exec", dont_inherit=True)
+    except BaseException:  # SyntaxError, RecursionError, MemoryError: the child raises it again
+        return None
 
 
 def _add(sink: _Output | bytearray, chunk: bytes) -> None:
