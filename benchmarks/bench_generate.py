@@ -10,8 +10,8 @@ tokens (EOS is ignored). Reported, each as the best of --repeat runs:
   greedy      batch-1 greedy, end-to-end generated tokens/s; decode step = (greedy - prefill) / (new - 1)
   n=8         --n samples of one prompt (T 0.2, top-p 0.95, no top-k), generated tokens/s
   modes       our greedy with faster weights vs transformers greedy in --dtype (on CPU: int8
-              weight-only (fp32 only) and bf16; on CUDA: the half-precision dtypes other than
-              --dtype, no int8), with their quality cost against our --dtype model: max |logit - reference
+              weights with dynamically quantized activations (fp32 only) and bf16; on CUDA: the
+              half-precision dtypes other than --dtype, no int8), with their quality cost against our --dtype model: max |logit - reference
               logit| over prompt + continuation, how many greedy tokens equal the reference's
               before the first difference, and how often the arg-max agrees with the reference's
               along its greedy path (random weights have nearly flat logits, so near-ties make

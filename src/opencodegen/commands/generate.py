@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="drop the oldest prompt tokens when the prompt does not fit the context")
     p.add_argument("--logprobs", type=int, metavar="K", help="report token log-probabilities with K alternatives")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: as stored)")
-    p.add_argument("--quantize", choices=["int8"], help="int8 weight-only quantization of the linear layers (CPU)")
+    p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (int8 weights, dynamically quantized activations; CPU, ~3x faster decoding)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     output = p.add_mutually_exclusive_group()

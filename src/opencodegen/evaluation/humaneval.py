@@ -17,6 +17,7 @@ problem and writes ``samples.rank{r}.jsonl`` / ``results.rank{r}.jsonl``; rank 0
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -52,8 +53,10 @@ def program(problem: Problem, completion: str) -> str:
     return problem.prompt + completion + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
 
 
+@functools.lru_cache(maxsize=4096)
 def is_valid_python(source: str) -> bool:
-    """Whether `source` compiles (parsed only, never run)."""
+    """Whether `source` compiles (parsed only, never run). Cached: samples drawn at low
+    temperatures repeat, and this runs in the host process, beside the sandbox workers."""
     try:
         compile(source, "<sample>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
