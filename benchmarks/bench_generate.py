@@ -5,7 +5,10 @@
 
 Both run in this process, side by side, on one random checkpoint of the 350M shape (--quick: the
 "small" preset, shorter prompt and budget). Every generation produces exactly --new-tokens
-tokens (EOS is ignored). Reported, each as the best of --repeat runs:
+tokens (EOS is ignored). The machine's speed drifts (other tenants share its memory bandwidth), so
+the measurements run in --repeat rounds, each timing transformers and then ours back to back for
+every row. Reported per row: each side's best time over the rounds, the ratio of the two bests,
+and the median of the per-round ratios (the paired figure, robust to drift between rounds):
   prefill     time to the first token (generate with a budget of 1) for a --prompt-len prompt
   greedy      batch-1 greedy, end-to-end generated tokens/s; decode step = (greedy - prefill) / (new - 1)
   n=8         --n samples of one prompt (T 0.2, top-p 0.95, no top-k), generated tokens/s
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,16 +46,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
-    """Shortest wall time of `repeat` calls; device work is waited for inside the timed region."""
-    times = []
-    for _ in range(repeat):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call; device work is waited for inside the timed region."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeat: int = 5) -> float:
@@ -59,7 +60,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, repeat: int = 5)
     src = torch.ones(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)  # warm-up
-    return 2 * nbytes / best_time(lambda: dst.copy_(src), repeat, device)
+    return 2 * nbytes / min(timed(lambda: dst.copy_(src), device) for _ in range(repeat))
 
 
 def decode_weight_bytes(model: torch.nn.Module) -> int:
@@ -132,37 +133,61 @@ def main() -> None:
     hf_generate(4, **hf_greedy)
     our_generate(ours, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
 
-    rows: dict[str, dict[str, float]] = {}
-    bandwidth = copy_bandwidth(device)
+    modes = {"int8": quantize_int8(copy.deepcopy(ours))} if not on_gpu and args.dtype == "fp32" else {}
+    for name in ("bf16", "fp16"):
+        if name != args.dtype and (on_gpu or name == "bf16"):
+            modes[name] = copy.deepcopy(ours).to(DTYPES[name])
+    for model in modes.values():  # warm-up
+        our_generate(model, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
+
     one = SamplingParams(temperature=0, max_new_tokens=1, ignore_eos=True)
-    prefill = {"transformers": best_time(lambda: hf_generate(1, **hf_greedy), args.repeat, device),
-               "ours": best_time(lambda: our_generate(ours, one), args.repeat, device)}
-    rows["prefill s"] = prefill
-    e2e = {"transformers": best_time(lambda: hf_generate(new, **hf_greedy), args.repeat, device),
-           "ours": best_time(lambda: our_generate(ours, greedy), args.repeat, device)}
-    rows["greedy tokens/s"] = {k: new / v for k, v in e2e.items()}
-    step = {k: (e2e[k] - prefill[k]) / (new - 1) for k in e2e}
-    rows["decode step ms"] = {k: v * 1e3 for k, v in step.items()}
-    bound = decode_weight_bytes(ours) / bandwidth
-    rows["step at % of bound"] = {k: 100 * bound / v for k, v in step.items()}
-    nsec = {"transformers": best_time(lambda: hf_generate(new, **hf_sample), args.repeat, device),
-            "ours": best_time(lambda: our_generate(ours, sample), args.repeat, device)}
-    rows[f"n={args.n} tokens/s"] = {k: args.n * new / v for k, v in nsec.items()}
+    runs = {  # row: (transformers' call, our call); the modes are compared with transformers' greedy
+        "prefill": (lambda: hf_generate(1, **hf_greedy), lambda: our_generate(ours, one)),
+        "greedy": (lambda: hf_generate(new, **hf_greedy), lambda: our_generate(ours, greedy)),
+        "sample": (lambda: hf_generate(new, **hf_sample), lambda: our_generate(ours, sample)),
+        **{name: (None, lambda m=model: our_generate(m, greedy)) for name, model in modes.items()},
+    }
+    seconds: dict[str, dict[str, list[float]]] = {row: {"transformers": [], "ours": []} for row in runs}
+    bandwidths = []
+    for _ in range(args.repeat):
+        bandwidths.append(copy_bandwidth(device))
+        for row, (theirs, our) in runs.items():
+            seconds[row]["transformers"].append(timed(theirs, device) if theirs else seconds["greedy"]["transformers"][-1])
+            seconds[row]["ours"].append(timed(our, device))
+    bandwidth = max(bandwidths)
+    bound = decode_weight_bytes(ours) / bandwidth  # printed: the tightest of the rounds
+
+    def per_round(row: str, rate: Callable[[float], float]) -> dict[str, list[float]]:
+        return {side: [rate(t) for t in times] for side, times in seconds[row].items()}
+
+    steps = {side: [(g - p) / (new - 1) for g, p in zip(seconds["greedy"][side], seconds["prefill"][side])]
+             for side in ("transformers", "ours")}  # fmt: skip
+    series = {
+        "prefill s": per_round("prefill", lambda t: t),
+        "greedy tokens/s": per_round("greedy", lambda t: new / t),
+        "decode step ms": {side: [1e3 * v for v in values] for side, values in steps.items()},
+        "step at % of bound": {  # each round against the bandwidth measured at its start
+            side: [100 * decode_weight_bytes(ours) / b / v for b, v in zip(bandwidths, values)]
+            for side, values in steps.items()
+        },
+        f"n={args.n} tokens/s": per_round("sample", lambda t: args.n * new / t),
+        **{f"{name} greedy tokens/s": per_round(name, lambda t: new / t) for name in modes},
+    }
+    lower_is_better = ("prefill s", "decode step ms")
+    rows: dict[str, dict[str, float]] = {}
+    for name, values in series.items():
+        best = min if name in lower_is_better else max
+        rows[name] = {side: best(v) for side, v in values.items()}
+        ratios = [t / o if name in lower_is_better else o / t for t, o in zip(values["transformers"], values["ours"])]
+        rows[name]["median_round_ratio"] = statistics.median(ratios)
 
     # faster modes and their quality cost against our --dtype greedy (int8: CPU and fp32 only)
     reference_ids = our_generate(ours, greedy)[0].token_ids
     full = torch.tensor([prompt + reference_ids], device=device)
     with torch.inference_mode():
         fp32_logits = ours(full).logits.float()
-    modes = {"int8": quantize_int8(copy.deepcopy(ours))} if not on_gpu and args.dtype == "fp32" else {}
-    for name in ("bf16", "fp16"):
-        if name != args.dtype and (on_gpu or name == "bf16"):
-            modes[name] = copy.deepcopy(ours).to(DTYPES[name])
     quality = {}
     for name, model in modes.items():
-        our_generate(model, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
-        seconds = best_time(lambda m=model: our_generate(m, greedy), args.repeat, device)
-        rows[f"{name} greedy tokens/s"] = {"ours": new / seconds, "transformers": rows["greedy tokens/s"]["transformers"]}
         ids = our_generate(model, greedy)[0].token_ids
         with torch.inference_mode():
             logits = model(full).logits.float()
@@ -178,13 +203,14 @@ def main() -> None:
 
     print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write); decode reads "
           f"{decode_weight_bytes(ours) / 1e9:.2f} GB of {args.dtype} weights per token -> bound {bound * 1e3:.1f} ms/token\n")
-    print(f"| {'measure':<24} | {'transformers':>12} | {'opencodegen':>12} | {'ratio':>6} |")
-    print(f"|{'-' * 26}|{'-' * 14}|{'-' * 14}|{'-' * 8}|")
-    lower_is_better = ("prefill s", "decode step ms")
+    print(f"| {'measure':<24} | {'transformers':>12} | {'opencodegen':>12} | {'ratio':>6} | {'per round':>9} |")
+    print(f"|{'-' * 26}|{'-' * 14}|{'-' * 14}|{'-' * 8}|{'-' * 11}|")
     for name, r in rows.items():
         ratio = r["transformers"] / r["ours"] if name in lower_is_better else r["ours"] / r["transformers"]
-        print(f"| {name:<24} | {r['transformers']:>12.2f} | {r['ours']:>12.2f} | {ratio:>5.2f}x |")
-    print("\nratio: how many times faster opencodegen is (for '% of bound': ours / theirs)")
+        print(f"| {name:<24} | {r['transformers']:>12.2f} | {r['ours']:>12.2f} | {ratio:>5.2f}x | "
+              f"{r['median_round_ratio']:>8.2f}x |")
+    print(f"\nratio: how many times faster opencodegen is (for '% of bound': ours / theirs), best against best "
+          f"of {args.repeat} rounds; per round: the median of the {args.repeat} paired ratios")
     for name, q in quality.items():
         print(f"{name}: max |logit error| {q['max_logit_error']:.4f} ({args.dtype} logits up to {q['fp32_logit_range']:.1f}); "
               f"greedy equal to {args.dtype} for the first {q['greedy_prefix_equal_to_fp32']} of {q['of']} tokens; "
@@ -193,7 +219,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"preset": preset, "prompt_len": prompt_len, "new_tokens": new,
                                          "threads": args.threads, "device": device_name,
-                                         "dtype": args.dtype, "bandwidth": bandwidth, "bound_s": bound,
+                                         "dtype": args.dtype, "bandwidth": bandwidth, "bandwidths": bandwidths, "bound_s": bound, "seconds": seconds,
                                          "rows": rows, "quality": quality}, indent=2) + "\n")
 
 
