@@ -9,7 +9,7 @@ from torch import nn
 
 from generation_helpers import make_model_dir, one_thread  # noqa: F401 (fixture)
 from opencodegen import load
-from opencodegen.errors import ConfigError
+from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.generation import Generator, SamplingParams
 from opencodegen.generation.quantize import Int8Linear, quantize_int8
 
@@ -71,3 +71,11 @@ def test_int8_keeps_the_default_models_quality():
     loss = [torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item() for logits in (exact, approx)]
     assert loss[1] <= 1.01 * loss[0]
     assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.95
+
+
+def test_a_quantized_model_refuses_to_be_saved(tmp_path):
+    model, _ = load(str(make_model_dir(tmp_path / "model")))
+    quantize_int8(model)
+    with pytest.raises(CheckpointError, match="quantized"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / "model.safetensors").exists()

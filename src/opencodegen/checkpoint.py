@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from opencodegen import default_model
 from opencodegen.config import CodeGenConfig
@@ -292,6 +293,9 @@ def _exported_state(
 ) -> dict[str, torch.Tensor]:
     """The weights on the CPU in `dtype` (default: as they are), each fused qkv replaced by
     what `split_qkv(name, weight)` returns; every tensor contiguous, as safetensors needs."""
+    if not isinstance(model.lm_head, nn.Linear):
+        raise CheckpointError("this model's linear layers are quantized (kept in a kernel's packed format): save the "
+                              "float model, then quantize it again after loading")  # fmt: skip
     out = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().to(dtype=dtype or tensor.dtype, device="cpu")

@@ -74,5 +74,8 @@ def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(module))
+        try:
+            setattr(parent, child, Int8Linear(module))
+        except (AttributeError, RuntimeError) as exc:  # quantized tensors gone from a future PyTorch
+            raise ConfigError(f"int8 quantization is not available in PyTorch {torch.__version__}: {exc}") from None
     return model
