@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from generation_helpers import make_model_dir
@@ -72,7 +73,8 @@ def _eos_model(path):
     return path
 
 
-def test_chat_cli_with_a_tiny_model(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--quantize", "int8"]], ids=["float32", "int8"])
+def test_chat_cli_with_a_tiny_model(tmp_path, options):
     model_dir = _eos_model(tmp_path / "tiny")
     export = tmp_path / "out.py"
     script = "\n".join([
@@ -82,7 +84,7 @@ def test_chat_cli_with_a_tiny_model(tmp_path):
     ])  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "opencodegen.cli", "chat", "--model", str(model_dir), "--temperature", "0",
-         "--max-new-tokens", "16", "--device", "cpu"],
+         "--max-new-tokens", "16", "--device", "cpu", *options],
         input=script, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

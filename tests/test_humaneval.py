@@ -238,3 +238,16 @@ def test_tiny_random_model_through_the_cli(tmp_path):
     assert cli(argv) == 0  # resumes: nothing left to do, same files
     assert read_jsonl(out / "samples.jsonl") == samples
     assert cli([*argv[:-1], "--n", "4", "--quiet"]) == 2  # other settings in the same --out: one-line error
+
+
+def test_quantized_sampling_is_recorded_and_kept_apart(tmp_path):
+    from generation_helpers import make_model_dir
+
+    model = make_model_dir(tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["eval", "humaneval", "--model", str(model), "--out", str(out), "--limit", "1", "--n", "2",
+            "--temperature", "0.5", "--max-new-tokens", "6", "--k", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    assert cli([*argv, "--quantize", "int8"]) == 0
+    assert json.loads((out / "run.json").read_text())["quantize"] == "int8"
+    assert len(read_jsonl(out / "samples.jsonl")) == 2
+    assert cli(argv) == 2  # the float model's run is another run: refused in the same --out

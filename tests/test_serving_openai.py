@@ -179,3 +179,15 @@ def test_default_sampling_is_openai_s(client, engine):
     [[expected]] = engine.generate([PROMPT], params)
     r = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=10, seed=3)
     assert r.choices[0].text == expected.text
+
+
+def test_a_quantized_model_serves_what_its_engine_writes(tmp_path):
+    from opencodegen.generation.quantize import quantize
+
+    model, tokenizer = tiny_model(tmp_path / "tiny")
+    quantize(model, "int8")
+    [[expected]] = Generator(model, tokenizer).generate([PROMPT], GREEDY)
+    with serve(model, tokenizer, max_batch=2) as server:
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 24, "temperature": 0},
+                       timeout=60)  # fmt: skip
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == expected.text

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from opencodegen import default_model
+from opencodegen.commands import add_quantize_argument
 
 HELP = """\
 Type an instruction (one step of the program) and press Enter. Commands:
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--load", metavar="SESSION.json", help="continue a saved session")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: the checkpoint's)")
+    add_quantize_argument(p)
     p.set_defaults(func=run)
 
 
@@ -56,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
     import opencodegen
     from opencodegen.checkpoint import parse_device
     from opencodegen.generation import Generator, SamplingParams
+    from opencodegen.generation.quantize import quantize
     from opencodegen.synthesis.interpreter import Interpreter
     from opencodegen.synthesis.session import Session
 
     device = parse_device(args.device)
     model, tokenizer = opencodegen.load(default_model.resolve(args.model), device=device, dtype=args.dtype)
+    quantize(model, args.quantize)
     params = SamplingParams(n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, truncate="codegen")  # fmt: skip
     generator = Generator(model, tokenizer)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from opencodegen import default_model
+from opencodegen.commands import add_quantize_argument
 from opencodegen.errors import ConfigError
 
 
@@ -109,6 +110,7 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
     h.add_argument("--shard", help="i/N: this process is rank i of N (default: torchrun's RANK/WORLD_SIZE)")
     h.add_argument("--device", help="torch device (default: cuda (this rank's GPU) if available, else cpu)")
     h.add_argument("--dtype", help="model dtype, e.g. float16 (default: the checkpoint's)")
+    add_quantize_argument(h)
     h.add_argument("--quiet", action="store_true", help="no progress bars")
     h.set_defaults(func=run_humaneval)
 
@@ -156,23 +158,25 @@ def run_humaneval(args: argparse.Namespace) -> int:
         raise ConfigError("--n, --max-new-tokens and --batch-size must be at least 1")
     settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                           batch_size=args.batch_size or args.n, world=world, **common)  # fmt: skip
-    summary = he.run_with_generator(_load_generator(args.model, args.device, args.dtype, world), problems,
-                                    settings, options)  # fmt: skip
+                           batch_size=args.batch_size or args.n, world=world, quantize=args.quantize,
+                           **common)  # fmt: skip
+    generator = _load_generator(args.model, args.device, args.dtype, args.quantize, world)
+    summary = he.run_with_generator(generator, problems, settings, options)
     return _print_summary(summary, options.out) if summary is not None else 0
 
 
-def _load_generator(model: str, device: str | None, dtype: str | None, world: int):  # -> Generator
+def _load_generator(model: str, device: str | None, dtype: str | None, quantization: str | None, world: int):
     import torch
 
     import opencodegen
     from opencodegen.generation import Generator
+    from opencodegen.generation.quantize import quantize
 
     if device is None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else 0
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     loaded, tokenizer = opencodegen.load(model, device=device, dtype=dtype)
-    return Generator(loaded, tokenizer)
+    return Generator(quantize(loaded, quantization), tokenizer)
 
 
 def _print_summary(summary: dict, out: Path) -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from opencodegen import default_model
+from opencodegen.commands import add_quantize_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="drop the oldest prompt tokens when the prompt does not fit the context")
     p.add_argument("--logprobs", type=int, metavar="K", help="report token log-probabilities with K alternatives")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: as stored)")
-    p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (int8 weights, dynamically quantized activations; CPU, ~3x faster decoding)")
+    add_quantize_argument(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     output = p.add_mutually_exclusive_group()
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from opencodegen import load
     from opencodegen.errors import GenerationError
     from opencodegen.generation import Generator, SamplingParams
+    from opencodegen.generation.quantize import quantize
 
     if args.stream and args.n != 1:
         raise GenerationError("--stream prints a single completion; use --n 1 (or --json for several)")
@@ -92,10 +94,7 @@ def run(args: argparse.Namespace) -> int:
     )
     args.model = default_model.resolve(args.model)
     model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
-    if args.quantize:
-        from opencodegen.generation.quantize import quantize_int8
-
-        quantize_int8(model)
+    quantize(model, args.quantize)
     generator = Generator(model, tokenizer)
 
     if args.stream:

@@ -8,6 +8,7 @@ import os
 import sys
 
 from opencodegen import default_model
+from opencodegen.commands import add_quantize_argument
 
 LOOPBACK = "127.0.0.1"
 
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", help="model id reported by the API (default: the directory name)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    add_quantize_argument(p)
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (also the largest n)")
     p.add_argument("--max-tokens-limit", type=int, default=None, help="largest max_tokens (default: the context)")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from opencodegen import load
     from opencodegen.errors import ConfigError
+    from opencodegen.generation.quantize import quantize
     from opencodegen.serving.app import create_app
 
     for name in ("max_batch", "max_queue", "max_sessions", "port", "threads"):
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     args.model = default_model.resolve(args.model)
     model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
+    quantize(model, args.quantize)
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
     app = create_app(
         model, tokenizer, model_name=name, api_key=args.api_key or None, max_batch=args.max_batch,

@@ -170,6 +170,7 @@ class Settings:
     seed: int = 0
     batch_size: int = 0
     world: int = 1
+    quantize: str | None = None  # e.g. "int8" (absent from the run.json of older versions: None)
 
     @classmethod
     def load(cls, out: Path) -> Settings:

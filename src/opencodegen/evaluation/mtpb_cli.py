@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from opencodegen import default_model
+from opencodegen.commands import add_quantize_argument
 from opencodegen.errors import ConfigError
 
 
@@ -54,6 +55,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: the checkpoint's)")
+    add_quantize_argument(p)
 
 
 def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
@@ -70,10 +72,12 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     import opencodegen
     from opencodegen.checkpoint import parse_device
+    from opencodegen.generation.quantize import quantize
 
     args.model = default_model.resolve(args.model)
     device = parse_device(args.device)
-    return opencodegen.load(args.model, device=device, dtype=args.dtype)
+    model, tokenizer = opencodegen.load(args.model, device=device, dtype=args.dtype)
+    return quantize(model, args.quantize), tokenizer
 
 
 def _model_id(model: str) -> str:
@@ -102,7 +106,8 @@ def run_mtpb(args: argparse.Namespace) -> int:
 
         model, tokenizer = _load_model(args)
         settings = {"model": _model_id(args.model), "n": args.n, "temperature": args.temperature,
-                    "top_p": args.top_p, "seed": args.seed, "data_sha256": benchmark.sha256}  # fmt: skip
+                    "top_p": args.top_p, "seed": args.seed, "data_sha256": benchmark.sha256,
+                    **({"quantize": args.quantize} if args.quantize else {})}  # fmt: skip
         mtpb_run.check_config(out, settings)
         params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         generator = Generator(model, tokenizer)

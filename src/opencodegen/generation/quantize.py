@@ -79,3 +79,12 @@ def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
         except (AttributeError, RuntimeError) as exc:  # quantized tensors gone from a future PyTorch
             raise ConfigError(f"int8 quantization is not available in PyTorch {torch.__version__}: {exc}") from None
     return model
+
+
+def quantize(model: CodeGenForCausalLM, mode: str | None) -> CodeGenForCausalLM:
+    """`model` quantized in place by `mode`: None (left as it is) or "int8" (`quantize_int8`)."""
+    if mode is None:
+        return model
+    if mode != "int8":
+        raise ConfigError(f"unknown quantization {mode!r}; known: int8")
+    return quantize_int8(model)
