@@ -53,7 +53,9 @@ class Int8Linear(nn.Module):
         return qweight.int_repr(), qweight.q_per_channel_scales()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).float()
+        rows = x.reshape(-1, self.in_features)
+        if rows.dtype != torch.float32:  # (checked here: a no-op cast still costs a dispatch per layer)
+            rows = rows.float()
         out = torch.ops.quantized.linear_dynamic(rows, self._packed, not self.full_range)
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
