@@ -145,7 +145,8 @@ class TokenSampler:
         vocab = scores.shape[-1]
         k = min(top_k, vocab) if top_k else vocab
         if k == vocab and top_p >= 1:  # plain temperature sampling: any fixed order will do
-            return (scores - _logsumexp(scores)).exp(), torch.arange(vocab, device=scores.device).expand_as(scores)
+            probs = (scores - _logsumexp(scores)).clamp_(min=_EXP_FLOOR).exp_()
+            return probs, torch.arange(vocab, device=scores.device).expand_as(scores)
         log_norm = _logsumexp(scores if k == vocab else scores.topk(k).values)
         width = k if top_p >= 1 else min(k, self._width)
         while True:
