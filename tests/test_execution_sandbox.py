@@ -48,6 +48,21 @@ def test_statuses_and_fields(pool):
     assert capped.passed and capped.truncated and (capped.stdout, capped.stderr) == ("o" * 10, "e" * 10)
 
 
+def test_jobs_get_a_collecting_interpreter(pool):
+    """The fork-server turns its own garbage collector off; a job's interpreter collects as usual,
+    so cycles a program drops are freed (here: 400 MB of them under a 256 MB limit)."""
+    source = textwrap.dedent("""
+        import gc
+        assert gc.isenabled()
+        for _ in range(4000):
+            a, b = [bytearray(100_000)], []
+            a.append(b), b.append(a)
+        print("freed")
+    """)
+    result = pool.run(source, memory_mb=256)
+    assert (result.status, result.stdout) == ("passed", "freed\n"), result.stderr
+
+
 def test_leaving_early_is_not_passing(pool):
     results = list(pool.map([
         {"source": "import sys\nsys.exit(0)\nraise Exception"},

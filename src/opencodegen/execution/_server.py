@@ -35,6 +35,7 @@ import _signal
 import builtins
 import ctypes
 import gc
+import itertools
 import json
 import linecache
 import os
@@ -61,6 +62,7 @@ OUTCOME_BASE = 100  # the guard's exit code is OUTCOME_BASE + OUTCOMES.index(out
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FILE_SIZE_LIMIT = 64 << 20
 OPEN_FILES_LIMIT = 256
+GC_EVERY_BATCHES = 256  # the fork-server's own garbage collection runs this seldom (see serve)
 PRECOMPILE_MAX_CHARS = 1 << 16  # sources up to this size are compiled by the server, before the fork
 BOOTSTRAP = "import sys; exec(compile(sys.argv.pop(1), '<sandbox-server>', 'exec'))"
 
@@ -138,6 +140,7 @@ def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple
     a job needs: only the descriptors under them change.
     """
     read, write, exit_now = os.read, os.write, os._exit  # kept before the program can patch them
+    gc.enable()  # off in the fork-server (see serve)
     own_ns = config["own_pid_namespace"]
     try:
         if not own_ns:  # in a pid namespace the kernel kills everything when the server (PID 1) dies
@@ -617,12 +620,19 @@ def serve(config: dict[str, Any]) -> None:
     os.close(devnull)
     _prepare(config)
     gc.freeze()  # the collector then leaves the shared pages of forked children alone
+    # No automatic collections in the server: each one writes to the headers of the objects it
+    # walks, i.e. copy-on-write faults after every fork (+12 % programs/s without them, median of
+    # 5 alternating HumanEval rounds). The job loop makes no reference cycles; a collection every
+    # GC_EVERY_BATCHES batches bounds what a surprise one would keep. Job children collect as usual.
+    gc.disable()
     write_frame(replies, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "job_uid": config["job_uid"]})
-    while True:
+    for done in itertools.count(1):
         try:
             batch = read_frame(requests)["jobs"]
         except EOFError:
             return
+        if done % GC_EVERY_BATCHES == 0:
+            gc.collect()
         for job in batch:
             try:
                 result = run_job(job, config)
