@@ -14,11 +14,11 @@ and the median of the per-round ratios (the paired figure, robust to drift betwe
   n=8         --n samples of one prompt (T 0.2, top-p 0.95, no top-k), generated tokens/s
   modes       our greedy with faster weights vs transformers greedy in --dtype (on CPU: int8
               weights with dynamically quantized activations (fp32 only) and bf16; on CUDA: the
-              half-precision dtypes other than --dtype, no int8), with their quality cost against our --dtype model: max |logit - reference
-              logit| over prompt + continuation, how many greedy tokens equal the reference's
-              before the first difference, and how often the arg-max agrees with the reference's
-              along its greedy path (random weights have nearly flat logits, so near-ties make
-              these agreement figures pessimistic)
+              half-precision dtypes other than --dtype, no int8), with their quality cost against
+              our --dtype model: max |logit - reference logit| over prompt + continuation, how many
+              greedy tokens equal the reference's before the first difference, and how often the
+              arg-max agrees with the reference's along its greedy path (random weights have nearly
+              flat logits, so near-ties make these agreement figures pessimistic)
 Both models run on --device in --dtype (--threads only matters on CPU); on CUDA every timed region
 ends with a synchronize. The decode bound is weight bytes read per token (all weights but the
 embedding, of which one row is read) divided by the bandwidth of a large memory copy measured on
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int)
     parser.add_argument("--new-tokens", type=int)
     parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement (best is kept)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of measurements (each side's best is kept)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -155,7 +155,8 @@ def main() -> None:
             seconds[row]["transformers"].append(timed(theirs, device) if theirs else seconds["greedy"]["transformers"][-1])
             seconds[row]["ours"].append(timed(our, device))
     bandwidth = max(bandwidths)
-    bound = decode_weight_bytes(ours) / bandwidth  # printed: the tightest of the rounds
+    weight_bytes = decode_weight_bytes(ours)
+    bound = weight_bytes / bandwidth  # printed: the tightest of the rounds
 
     def per_round(row: str, rate: Callable[[float], float]) -> dict[str, list[float]]:
         return {side: [rate(t) for t in times] for side, times in seconds[row].items()}
@@ -167,7 +168,7 @@ def main() -> None:
         "greedy tokens/s": per_round("greedy", lambda t: new / t),
         "decode step ms": {side: [1e3 * v for v in values] for side, values in steps.items()},
         "step at % of bound": {  # each round against the bandwidth measured at its start
-            side: [100 * decode_weight_bytes(ours) / b / v for b, v in zip(bandwidths, values)]
+            side: [100 * weight_bytes / b / v for b, v in zip(bandwidths, values)]
             for side, values in steps.items()
         },
         f"n={args.n} tokens/s": per_round("sample", lambda t: args.n * new / t),
@@ -177,9 +178,10 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     for name, values in series.items():
         best = min if name in lower_is_better else max
+        faster = (lambda t, o: t / o) if name in lower_is_better else (lambda t, o: o / t)
         rows[name] = {side: best(v) for side, v in values.items()}
-        ratios = [t / o if name in lower_is_better else o / t for t, o in zip(values["transformers"], values["ours"])]
-        rows[name]["median_round_ratio"] = statistics.median(ratios)
+        rows[name]["ratio"] = faster(rows[name]["transformers"], rows[name]["ours"])
+        rows[name]["median_round_ratio"] = statistics.median(map(faster, values["transformers"], values["ours"]))
 
     # faster modes and their quality cost against our --dtype greedy (int8: CPU and fp32 only)
     reference_ids = our_generate(ours, greedy)[0].token_ids
@@ -202,12 +204,11 @@ def main() -> None:
         }
 
     print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write); decode reads "
-          f"{decode_weight_bytes(ours) / 1e9:.2f} GB of {args.dtype} weights per token -> bound {bound * 1e3:.1f} ms/token\n")
+          f"{weight_bytes / 1e9:.2f} GB of {args.dtype} weights per token -> bound {bound * 1e3:.1f} ms/token\n")
     print(f"| {'measure':<24} | {'transformers':>12} | {'opencodegen':>12} | {'ratio':>6} | {'per round':>9} |")
     print(f"|{'-' * 26}|{'-' * 14}|{'-' * 14}|{'-' * 8}|{'-' * 11}|")
     for name, r in rows.items():
-        ratio = r["transformers"] / r["ours"] if name in lower_is_better else r["ours"] / r["transformers"]
-        print(f"| {name:<24} | {r['transformers']:>12.2f} | {r['ours']:>12.2f} | {ratio:>5.2f}x | "
+        print(f"| {name:<24} | {r['transformers']:>12.2f} | {r['ours']:>12.2f} | {r['ratio']:>5.2f}x | "
               f"{r['median_round_ratio']:>8.2f}x |")
     print(f"\nratio: how many times faster opencodegen is (for '% of bound': ours / theirs), best against best "
           f"of {args.repeat} rounds; per round: the median of the {args.repeat} paired ratios")
@@ -219,7 +220,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"preset": preset, "prompt_len": prompt_len, "new_tokens": new,
                                          "threads": args.threads, "device": device_name,
-                                         "dtype": args.dtype, "bandwidth": bandwidth, "bandwidths": bandwidths, "bound_s": bound, "seconds": seconds,
+                                         "dtype": args.dtype, "bandwidth": bandwidth, "bandwidths": bandwidths,
+                                         "bound_s": bound, "seconds": seconds,
                                          "rows": rows, "quality": quality}, indent=2) + "\n")
 
 
