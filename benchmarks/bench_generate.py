@@ -23,6 +23,8 @@ Both models run on --device in --dtype (--threads only matters on CPU); on CUDA 
 ends with a synchronize. The decode bound is weight bytes read per token (all weights but the
 embedding, of which one row is read) divided by the bandwidth of a large memory copy measured on
 the device ((read + write) / time); plain reads run faster than a copy, so a step can beat this bound.
+On CPU, 2 … 8-row batches (n=8) use our AVX-512 small-batch kernel where it is available (the
+header says whether); OPENCODEGEN_CPU_KERNEL=0 measures without it.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def main() -> None:
     from opencodegen.config import CodeGenConfig
     from opencodegen.generation import Generator, SamplingParams
     from opencodegen.generation.quantize import quantize_int8
+    from opencodegen.kernels import small_batch_linear
     from opencodegen.model import CodeGenForCausalLM
 
     torch.set_num_threads(args.threads)
@@ -113,6 +116,8 @@ def main() -> None:
     print(f"{preset}: {ours.num_parameters() / 1e6:.0f}M parameters, prompt {prompt_len} tokens, "
           f"{new} new tokens, {device_name} {args.dtype}, "
           f"{'' if on_gpu else f'{args.threads} threads, '}torch {torch.__version__}, transformers {transformers.__version__}")
+    if not on_gpu:
+        print(f"small-batch linear kernel: {small_batch_linear.status()}")
 
     def hf_generate(budget: int, **kwargs) -> torch.Tensor:
         config = transformers.GenerationConfig(

@@ -1,0 +1,1 @@
+"""Native CPU kernels for the spots where PyTorch's own are measurably slow (see each module)."""
