@@ -123,7 +123,7 @@ def _function() -> object | None:
 
 
 def status() -> str:
-    """"on", or "off: <reason>" (loads the kernel if that was not tried yet)."""
+    """Either "on" or "off: <reason>" (loads the kernel if that was not tried yet)."""
     return "on" if _function() is not None else f"off: {_reason[-1]}"
 
 
