@@ -22,16 +22,49 @@ def fresh_kernel(monkeypatch, tmp_path):
     return tmp_path / "opencodegen" / "kernels"
 
 
+SHAPES = [(1, 16), (3, 64), (257, 1040), (64, 4096)]
+
+
+def _operands(rows: int, n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(rows * 1000 + n)
+    return tuple(torch.randn(*shape, generator=gen).to(dtype) for shape in ((rows, k), (n, k), (n,)))
+
+
 @needs_kernel
 @pytest.mark.parametrize("rows", range(2, 9))
-@pytest.mark.parametrize("n, k", [(1, 16), (3, 64), (257, 1040), (64, 4096)])
-def test_matches_torch(rows, n, k):
-    gen = torch.Generator().manual_seed(rows * 1000 + n)
-    x, w, b = (torch.randn(*shape, generator=gen) for shape in ((rows, k), (n, k), (n,)))
+@pytest.mark.parametrize("n, k", SHAPES)
+def test_fp32_matches_torch(rows, n, k):
+    x, w, b = _operands(rows, n, k, torch.float32)
     for bias in (b, None):
         got = kernel.linear(x, w, bias)
         assert got is not None and got.shape == (rows, n)
         torch.testing.assert_close(got, F.linear(x, w, bias), rtol=1e-5, atol=1e-4 * k**0.5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", range(1, 5))
+@pytest.mark.parametrize("n, k", SHAPES)
+def test_bf16_is_the_exact_product_rounded_once(rows, n, k):
+    x, w, b = _operands(rows, n, k, torch.bfloat16)
+    for bias in (b, None):
+        got = kernel.linear(x, w, bias)
+        assert got is not None and got.dtype == torch.bfloat16 and got.shape == (rows, n)
+        exact = F.linear(x.double(), w.double(), None if bias is None else bias.double())
+        # one rounding to bf16 (relative 2^-8) plus fp32 summation error
+        torch.testing.assert_close(got.double(), exact, rtol=2**-8, atol=1e-4 * k**0.5)
+        torch.testing.assert_close(got, F.linear(x, w, bias), rtol=2**-7, atol=1e-3 * k**0.5)
+
+
+@needs_kernel
+def test_bf16_rounding_and_special_values():
+    w = torch.zeros(4, 16, dtype=torch.bfloat16)
+    w[0, 0], w[1, 0], w[2, 0], w[3, 0] = float("inf"), float("nan"), 1.0, 1.0
+    x = torch.zeros(1, 16, dtype=torch.bfloat16)
+    x[0, 0] = 1.0
+    # bf16 spacing above 1 is 2^-7: 1 + 2^-8 and 1 + 3 * 2^-8 are ties, rounded to the even neighbour
+    bias = torch.tensor([0.0, 0.0, 2**-8, 3 * 2**-8], dtype=torch.bfloat16)
+    got = kernel.linear(x, w, bias)[0].float()
+    assert got[0] == float("inf") and got[1].isnan() and got[2] == 1.0 and got[3] == 1 + 2**-6
 
 
 @needs_kernel
@@ -51,8 +84,11 @@ def test_result_does_not_depend_on_threads():
 def test_declines_what_it_does_not_handle():
     w = torch.randn(32, 64)
     declined = [
-        (torch.randn(1, 64), w, None),  # one row: MKL's matrix-vector path is as fast
+        (torch.randn(1, 64), w, None),  # one fp32 row: MKL's matrix-vector path is as fast
         (torch.randn(9, 64), w, None),  # more rows than the kernel's registers hold
+        (torch.randn(5, 64).bfloat16(), w.bfloat16(), None),  # bf16 from 5 rows: PyTorch is as fast
+        (torch.randn(2, 64).bfloat16(), w, None),  # mixed dtypes
+        (torch.randn(2, 64).half(), w.half(), None),  # fp16: no kernel
         (torch.randn(4, 24), torch.randn(32, 24), None),  # K not a multiple of 16
         (torch.randn(4, 64), torch.randn(64, 32).T, None),  # weight not contiguous
         (torch.randn(4, 64, dtype=torch.float64), w.double(), None),
@@ -64,15 +100,17 @@ def test_declines_what_it_does_not_handle():
 
 
 @needs_kernel
-def test_linear_layer_agrees_with_and_without_kernel(monkeypatch):
-    layer = Linear(256, 96)
-    x = torch.randn(2, 3, 256)  # 6 rows
+@pytest.mark.parametrize("dtype, shape, tolerance", [(torch.float32, (2, 3), 1e-5), (torch.bfloat16, (1, 1), 2e-2)])
+def test_linear_layer_agrees_with_and_without_kernel(monkeypatch, dtype, shape, tolerance):
+    layer = Linear(256, 96).to(dtype)
+    x = torch.randn(*shape, 256).to(dtype)
     with torch.no_grad():
         fast = layer(x)
         monkeypatch.setattr(kernel, "linear", lambda *args: None)
         plain = layer(x)
-    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    assert fast.dtype == dtype and fast.shape == (*shape, 96)
+    torch.testing.assert_close(fast, plain, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(fast, F.linear(x, layer.weight, layer.bias), rtol=tolerance, atol=tolerance)
 
 
 def test_switch_turns_it_off(fresh_kernel, monkeypatch):

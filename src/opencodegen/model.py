@@ -126,26 +126,27 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class Linear(nn.Linear):
     """nn.Linear (same parameters) with faster CPU inference on a few rows.
 
-    Decoding a batch multiplies every weight by 2 … 64 rows, where MKL's fp32 GEMM reads the
-    weights at about half its matrix-vector speed. 2 … 8 rows use the AVX-512 kernel of
-    kernels/small_batch_linear.py where it is available (350M shapes, 2 threads, the linear
-    layers of one step with 8 rows: 60-70 ms against 90-105 ms); from 4 rows on, MKL runs
-    W @ xᵀ 1.3-1.7x faster than x @ Wᵀ (59 vs 89 ms for 8 rows, 61 vs 102 ms for 16). One row
-    takes MKL's matrix-vector path (36-44 ms), which only the default orientation hits.
+    Decoding multiplies every weight by 1 … 64 rows, where PyTorch's CPU matmuls read the weights
+    well below the machine's bandwidth. Where kernels/small_batch_linear.py applies (AVX-512:
+    fp32 with 2 … 8 rows, bf16 with 1 … 4) it runs that kernel (350M shapes, 2 threads, the
+    linear layers of one step: fp32 with 8 rows 60-70 ms against 90-105 ms; bf16 with one row
+    27-37 ms against 39-60 ms). Otherwise, from 4 fp32 rows on, MKL runs W @ xᵀ 1.3-1.7x faster
+    than x @ Wᵀ (59 vs 89 ms for 8 rows, 61 vs 102 ms for 16); one fp32 row takes MKL's
+    matrix-vector path (36-44 ms), which only the default orientation hits.
     """
 
-    KERNEL_ROWS = (small_batch_linear.MIN_ROWS, small_batch_linear.MAX_ROWS)
     SMALL_BATCH = (4, 64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows < 2 or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+        if x.device.type != "cpu" or torch.is_grad_enabled():
             return super().forward(x)
         flat = x.reshape(rows, self.in_features)
         out = None
-        if self.KERNEL_ROWS[0] <= rows <= self.KERNEL_ROWS[1]:
+        kernel_rows = small_batch_linear.ROWS.get(x.dtype)
+        if kernel_rows is not None and kernel_rows[0] <= rows <= kernel_rows[1]:
             out = small_batch_linear.linear(flat.contiguous(), self.weight, self.bias)
-        if out is None and self.SMALL_BATCH[0] <= rows <= self.SMALL_BATCH[1]:
+        if out is None and x.dtype == torch.float32 and self.SMALL_BATCH[0] <= rows <= self.SMALL_BATCH[1]:
             xt = flat.T
             out = (torch.mm(self.weight, xt) if self.bias is None else torch.addmm(self.bias[:, None], self.weight, xt)).T
         if out is None:

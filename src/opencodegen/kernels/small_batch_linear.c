@@ -1,29 +1,41 @@
-/* y = x @ w^T + bias for 2..8 rows of x, fp32, AVX-512 (see small_batch_linear.py).
+/* y = x @ w^T + bias for 1..8 rows of x on AVX-512, with fp32 or bf16 weights
+ * (see small_batch_linear.py).
  *
- * x [M, K], w [N, K], y [M, N], all row-major and contiguous; bias [N] or NULL; K % 16 == 0.
+ * x [M, K] fp32; w [N, K] fp32 or bf16; bias [N] (the weights' type) or NULL; y [M, N] (the
+ * weights' type, bf16 rounded to nearest even); all row-major and contiguous; K % 16 == 0.
  * Decoding a few sequences is bound by reading the weights, so each weight row is read from
  * memory exactly once: two rows at a time against all M rows of x (which stay in L1), 16 lanes
- * per fused multiply-add, with a software prefetch a few rows ahead (the hardware prefetcher
- * alone leaves this loop waiting on DRAM). Every output is summed by one thread in a fixed
- * order, so the result does not depend on the number of threads.
+ * per fused multiply-add in fp32 (bf16 weights are widened exactly), with a software prefetch a
+ * few rows ahead (the hardware prefetcher alone leaves this loop waiting on DRAM). Every output
+ * is summed by one thread in a fixed order, so the result does not depend on the thread count.
  */
 #include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
 
 #define LANES 16
-#define PREFETCH_AHEAD 8192 /* floats (32 KiB): measured best of 256 ... 8192 on a 2-core Xeon */
+#define PREFETCH_BYTES 32768 /* ahead of the rows being read: measured best of 1 ... 32 KiB */
 
-#define TWO_ROWS(MM)                                                                              \
-    static void two_rows_##MM(const float *w0, const float *w1, const float *x, long K,          \
-                              float *y0, float *y1) {                                             \
+static inline __m512 load_f32(const float *p) { return _mm512_loadu_ps(p); }
+
+static inline __m512 load_bf16(const uint16_t *p) { /* bf16 -> fp32: the same bits, 16 zeros below */
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+#define TWO_ROWS(NAME, T, LOAD, MM)                                                               \
+    static void NAME##_##MM(const void *row0, const void *row1, const float *x, long K,          \
+                            float *y0, float *y1) {                                               \
+        const T *w0 = row0, *w1 = row1;                                                           \
         __m512 a0[MM], a1[MM];                                                                    \
         _Pragma("GCC unroll 8") for (int m = 0; m < MM; m++) {                                    \
             a0[m] = _mm512_setzero_ps();                                                          \
             a1[m] = _mm512_setzero_ps();                                                          \
         }                                                                                         \
         for (long k = 0; k < K; k += LANES) {                                                     \
-            _mm_prefetch((const char *)(w0 + k + PREFETCH_AHEAD), _MM_HINT_T0);                   \
-            _mm_prefetch((const char *)(w1 + k + PREFETCH_AHEAD), _MM_HINT_T0);                   \
-            __m512 v0 = _mm512_loadu_ps(w0 + k), v1 = _mm512_loadu_ps(w1 + k);                    \
+            _mm_prefetch((const char *)(w0 + k) + PREFETCH_BYTES, _MM_HINT_T0);                   \
+            _mm_prefetch((const char *)(w1 + k) + PREFETCH_BYTES, _MM_HINT_T0);                   \
+            __m512 v0 = LOAD(w0 + k), v1 = LOAD(w1 + k);                                          \
             _Pragma("GCC unroll 8") for (int m = 0; m < MM; m++) {                                \
                 __m512 xv = _mm512_loadu_ps(x + m * K + k);                                       \
                 a0[m] = _mm512_fmadd_ps(v0, xv, a0[m]);                                           \
@@ -35,34 +47,62 @@
             y1[m] = _mm512_reduce_add_ps(a1[m]);                                                  \
         }                                                                                         \
     }
+#define ALL_ROWS(NAME, T, LOAD)                                                                   \
+    TWO_ROWS(NAME, T, LOAD, 1) TWO_ROWS(NAME, T, LOAD, 2) TWO_ROWS(NAME, T, LOAD, 3)              \
+    TWO_ROWS(NAME, T, LOAD, 4) TWO_ROWS(NAME, T, LOAD, 5) TWO_ROWS(NAME, T, LOAD, 6)              \
+    TWO_ROWS(NAME, T, LOAD, 7) TWO_ROWS(NAME, T, LOAD, 8)
+ALL_ROWS(f32, float, load_f32)
+ALL_ROWS(bf16, uint16_t, load_bf16)
 
-TWO_ROWS(2)
-TWO_ROWS(3)
-TWO_ROWS(4)
-TWO_ROWS(5)
-TWO_ROWS(6)
-TWO_ROWS(7)
-TWO_ROWS(8)
+typedef void (*two_rows_fn)(const void *, const void *, const float *, long, float *, float *);
+static const two_rows_fn F32_ROWS[9] = {0, f32_1, f32_2, f32_3, f32_4, f32_5, f32_6, f32_7, f32_8};
+static const two_rows_fn BF16_ROWS[9] = {0, bf16_1, bf16_2, bf16_3, bf16_4, bf16_5, bf16_6, bf16_7, bf16_8};
 
-typedef void (*two_rows_fn)(const float *, const float *, const float *, long, float *, float *);
-static const two_rows_fn TWO_ROWS_OF[9] = {0, 0, two_rows_2, two_rows_3, two_rows_4,
-                                           two_rows_5, two_rows_6, two_rows_7, two_rows_8};
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
 
-/* Returns 0, or -1 (and writes nothing) for shapes it does not handle. */
-int small_batch_linear(const float *x, const float *w, const float *bias, float *y, long M, long N,
-                       long K, int threads) {
-    if (M < 2 || M > 8 || N < 1 || K < LANES || K % LANES != 0 || threads < 1) return -1;
-    two_rows_fn two_rows = TWO_ROWS_OF[M];
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; NaN stays NaN */
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+static int run(const float *x, const char *w, const void *bias, void *y, long M, long N, long K,
+               int threads, int bf16) {
+    if (M < 1 || M > 8 || N < 1 || K < LANES || K % LANES != 0 || threads < 1) return -1;
+    two_rows_fn two_rows = (bf16 ? BF16_ROWS : F32_ROWS)[M];
+    long row_bytes = K * (bf16 ? 2 : 4);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long n = 0; n < N; n += 2) {
-        const float *w0 = w + n * K, *w1 = n + 1 < N ? w0 + K : w0; /* odd N: the last row twice */
+        const char *w0 = w + n * row_bytes, *w1 = n + 1 < N ? w0 + row_bytes : w0; /* odd N */
         float y0[8], y1[8];
         two_rows(w0, w1, x, K, y0, y1);
-        float b0 = bias ? bias[n] : 0.0f, b1 = bias && n + 1 < N ? bias[n + 1] : 0.0f;
-        for (long m = 0; m < M; m++) {
-            y[m * N + n] = y0[m] + b0;
-            if (n + 1 < N) y[m * N + n + 1] = y1[m] + b1;
+        for (long j = n; j < n + 2 && j < N; j++) {
+            const float *sums = j == n ? y0 : y1;
+            float b = !bias ? 0.0f : bf16 ? bf16_to_f32(((const uint16_t *)bias)[j]) : ((const float *)bias)[j];
+            for (long m = 0; m < M; m++) {
+                if (bf16)
+                    ((uint16_t *)y)[m * N + j] = f32_to_bf16(sums[m] + b);
+                else
+                    ((float *)y)[m * N + j] = sums[m] + b;
+            }
         }
     }
     return 0;
+}
+
+/* Both return 0, or -1 (and write nothing) for shapes they do not handle. */
+int small_batch_linear(const float *x, const float *w, const float *bias, float *y, long M, long N,
+                       long K, int threads) {
+    return run(x, (const char *)w, bias, y, M, N, K, threads, 0);
+}
+
+int small_batch_linear_bf16(const float *x, const uint16_t *w, const uint16_t *bias, uint16_t *y,
+                            long M, long N, long K, int threads) {
+    return run(x, (const char *)w, bias, y, M, N, K, threads, 1);
 }

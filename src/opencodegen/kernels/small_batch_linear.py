@@ -1,10 +1,14 @@
-"""fp32 `x @ weight.T + bias` for 2 … 8 rows on AVX-512 CPUs: a C kernel compiled on first use.
+"""`x @ weight.T + bias` for a few rows on AVX-512 CPUs, fp32 or bf16: a C kernel compiled on first use.
 
 Decoding a few sequences (n samples of a prompt, a small batch) multiplies every weight by a
-handful of rows and is bound by reading the weights. MKL's fp32 GEMM streams them at about half
-its matrix-vector speed there (350M shapes, 2 threads, all linear layers of a decode step: 90-105
-ms for 2 … 8 rows against 40-55 ms for one row); `small_batch_linear.c` reads each weight once
-(55-70 ms), which makes 8-sample decoding about 1.3x faster end to end.
+handful of rows and is bound by reading the weights. PyTorch streams them well below the
+machine's bandwidth there; `small_batch_linear.c` reads each weight once. Measured on the linear
+layers of one 350M decode step (2 threads, paired rounds; `ROWS` keeps where the kernel wins):
+  fp32, 2 … 8 rows: 55-70 ms against MKL's 90-105 ms (its GEMM reads at about half the speed of
+      its one-row matrix-vector product, which the kernel only matches: one row stays with MKL);
+  bf16, 1 … 4 rows: 27-37 ms against 39-60 ms for PyTorch's bf16 path (equal from 8 rows on).
+The bf16 kernel widens the weights to fp32 exactly, multiplies them with the activations in fp32
+and rounds each output to bf16, as PyTorch's bf16 matmul does.
 
 The C source ships with the package. The first call compiles it with the system C compiler ($CC,
 else cc) into ~/.cache/opencodegen/kernels, under a name made from the source, flags and compiler
@@ -30,14 +34,14 @@ import torch
 
 SOURCE = Path(__file__).with_suffix(".c")
 FLAGS = ("-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC")
-MIN_ROWS, MAX_ROWS = 2, 8
+ROWS = {torch.float32: (2, 8), torch.bfloat16: (1, 4)}  # weight dtype -> rows where the kernel is faster
 LANES = 16  # the reduced dimension must be a multiple of this
 SWITCH = "OPENCODEGEN_CPU_KERNEL"  # "0" turns the kernel off
 COMPILE_TIMEOUT_S = 120
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_loaded: dict[str, object] = {}  # "function": the ctypes function, or None once it proved unavailable
+_loaded: dict[str, object] = {}  # "functions": {dtype: ctypes function}, or None once unavailable
 _reason: list[str] = []  # why it is unavailable
 
 
@@ -109,43 +113,47 @@ def _load() -> object | None:
         _reason.append(reason)
         log.info("small-batch linear kernel not used: %s", reason)
         return None
-    function = library.small_batch_linear
-    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
+    functions = {torch.float32: library.small_batch_linear, torch.bfloat16: library.small_batch_linear_bf16}
+    for function in functions.values():
+        function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
+        function.restype = ctypes.c_int
+    return functions
 
 
-def _function() -> object | None:
+def _functions() -> dict[torch.dtype, object] | None:
     with _lock:
-        if "function" not in _loaded:
-            _loaded["function"] = _load()
-        return _loaded["function"]
+        if "functions" not in _loaded:
+            _loaded["functions"] = _load()
+        return _loaded["functions"]  # type: ignore[return-value]
 
 
 def status() -> str:
     """Either "on" or "off: <reason>" (loads the kernel if that was not tried yet)."""
-    return "on" if _function() is not None else f"off: {_reason[-1]}"
+    return "on" if _functions() is not None else f"off: {_reason[-1]}"
 
 
-def _plain(t: torch.Tensor) -> bool:
-    return t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+def _plain(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    return t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """x [M, K] @ weight [N, K]ᵀ + bias [N], or None where the kernel does not apply (callers then
-    use torch): M outside 2 … 8, K not a multiple of 16, tensors that are not contiguous fp32 on the
-    CPU, or no kernel on this machine. No autograd: call it without gradients."""
-    if x.dim() != 2 or weight.dim() != 2 or not MIN_ROWS <= x.shape[0] <= MAX_ROWS:
+    """x [M, K] @ weight [N, K]ᵀ + bias [N] in the weight's dtype, or None where the kernel does not
+    apply (callers then use torch): a dtype or row count outside `ROWS`, K not a multiple of 16,
+    tensors not contiguous on the CPU or of mixed dtypes, or no kernel on this machine. No
+    autograd: call it without gradients."""
+    dtype = weight.dtype
+    if x.dim() != 2 or weight.dim() != 2 or dtype not in ROWS or not ROWS[dtype][0] <= x.shape[0] <= ROWS[dtype][1]:
         return None
     (rows, k), n = x.shape, weight.shape[0]
-    if k % LANES or weight.shape[1] != k or not (_plain(x) and _plain(weight)):
+    if k % LANES or weight.shape[1] != k or not (_plain(x, dtype) and _plain(weight, dtype)):
         return None
-    if bias is not None and (bias.shape != (n,) or not _plain(bias)):
+    if bias is not None and (bias.shape != (n,) or not _plain(bias, dtype)):
         return None
-    function = _function()
-    if function is None:
+    functions = _functions()
+    if functions is None:
         return None
-    y = torch.empty(rows, n)
-    code = function(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(),  # type: ignore[operator]
-                    rows, n, k, torch.get_num_threads())  # fmt: skip
+    x32 = x.float()  # the kernel reads fp32 activations (bf16 ones widen exactly); kept alive for the call
+    y = torch.empty(rows, n, dtype=dtype)
+    code = functions[dtype](x32.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),  # type: ignore[operator]
+                            y.data_ptr(), rows, n, k, torch.get_num_threads())  # fmt: skip
     return y if code == 0 else None
