@@ -9,7 +9,6 @@ terminal the finished program is written to stdout and everything else goes to s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, TextIO
 
 from opencodegen import default_model
 from opencodegen.commands import add_quantize_argument
+from opencodegen.user_cache import user_cache_dir
 
 HELP = """\
 Type an instruction (one step of the program) and press Enter. Commands:
@@ -236,7 +236,7 @@ def _enable_readline() -> Callable[[], None]:
         import readline
     except ImportError:
         return lambda: None
-    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "opencodegen" / "chat_history"
+    path = user_cache_dir() / "chat_history"
     try:
         readline.read_history_file(path)
     except OSError:

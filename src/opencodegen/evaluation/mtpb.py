@@ -20,6 +20,7 @@ from typing import Any
 
 from opencodegen.errors import DataError
 from opencodegen.synthesis.history import PREFIX, turn_prompt
+from opencodegen.user_cache import user_cache_dir
 
 MTPB_URL = "https://raw.githubusercontent.com/salesforce/CodeGen/main/codegen1/benchmark/mtpb.jsonl"
 MTPB_SHA256 = "3ab79ddb160f484a63491330ba72204930d56cc946f7c0c5fb469622a941f89c"
@@ -84,8 +85,7 @@ class Benchmark:
 
 
 def default_cache_path() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "opencodegen" / "mtpb.jsonl"
+    return user_cache_dir() / "mtpb.jsonl"
 
 
 def resolve_data(path: str | os.PathLike[str] | None = None, download: bool = True) -> Path:

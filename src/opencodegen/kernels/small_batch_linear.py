@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from opencodegen.user_cache import user_cache_dir
+
 SOURCE = Path(__file__).with_suffix(".c")
 FLAGS = ("-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC")
 ROWS = {torch.float32: (2, 8), torch.bfloat16: (1, 4)}  # weight dtype -> rows where the kernel is faster
@@ -46,8 +48,7 @@ _reason: list[str] = []  # why it is unavailable
 
 
 def cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "opencodegen" / "kernels"
+    return user_cache_dir() / "kernels"
 
 
 def compiler() -> str | None:
