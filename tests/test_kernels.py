@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from opencodegen.config import CodeGenConfig
+from opencodegen.generation import Generator
 from opencodegen.kernels import small_batch_linear as kernel
-from opencodegen.model import Linear
+from opencodegen.model import CodeGenForCausalLM, Linear
 
 needs_kernel = pytest.mark.skipif(kernel.unavailable_reason() is not None,
                                   reason=f"kernel unavailable here: {kernel.unavailable_reason()}")  # fmt: skip
@@ -113,19 +117,30 @@ def test_linear_layer_agrees_with_and_without_kernel(monkeypatch, dtype, shape, 
     torch.testing.assert_close(fast, F.linear(x, layer.weight, layer.bias), rtol=tolerance, atol=tolerance)
 
 
-def test_switch_turns_it_off(fresh_kernel, monkeypatch):
+def test_switch_turns_it_off(fresh_kernel, monkeypatch, caplog):
     monkeypatch.setenv(kernel.SWITCH, "0")
-    assert kernel.status() == f"off: turned off ({kernel.SWITCH}=0)"
+    with caplog.at_level(logging.INFO, logger=kernel.__name__):
+        assert kernel.status() == f"off: turned off ({kernel.SWITCH}=0)"
     assert kernel.linear(torch.randn(4, 64), torch.randn(8, 64), None) is None
     assert not fresh_kernel.exists()  # nothing was compiled
+    assert [r.levelno for r in caplog.records] == [logging.INFO]  # expected: no warning
 
 
 @needs_kernel
-def test_a_failing_compiler_leaves_torch_in_charge(fresh_kernel, monkeypatch):
+def test_a_failing_compiler_leaves_torch_in_charge(fresh_kernel, monkeypatch, caplog):
     monkeypatch.setenv("CC", "false")
-    assert kernel.linear(torch.randn(4, 64), torch.randn(8, 64), None) is None
+    with caplog.at_level(logging.INFO, logger=kernel.__name__):
+        assert kernel.linear(torch.randn(4, 64), torch.randn(8, 64), None) is None
     assert kernel.status().startswith("off: could not be built: false failed")
     assert not list(fresh_kernel.glob("*"))  # no partial library left behind
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]  # said once, loudly
+
+
+@needs_kernel
+def test_generator_builds_the_kernel_up_front(fresh_kernel):
+    model = CodeGenForCausalLM(CodeGenConfig.from_preset("tiny"))
+    Generator(model)
+    assert len(list(fresh_kernel.glob("*.so"))) == 1  # built before any decoding
 
 
 @needs_kernel

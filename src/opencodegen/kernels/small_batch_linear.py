@@ -102,17 +102,18 @@ def build(force: bool = False) -> Path:
 
 def _load() -> object | None:
     reason = unavailable_reason()
-    if reason is None:
-        try:
-            try:
-                library = ctypes.CDLL(str(build()))
-            except OSError:  # a damaged cached file: rebuild it once
-                library = ctypes.CDLL(str(build(force=True)))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            reason = f"could not be built: {exc}"
-    if reason is not None:
+    if reason is not None:  # expected on this machine: say it quietly
         _reason.append(reason)
         log.info("small-batch linear kernel not used: %s", reason)
+        return None
+    try:
+        try:
+            library = ctypes.CDLL(str(build()))
+        except OSError:  # a damaged cached file: rebuild it once
+            library = ctypes.CDLL(str(build(force=True)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # unexpected: a slower decode follows
+        _reason.append(f"could not be built: {exc}")
+        log.warning("small-batch linear kernel not used (decoding a few sequences is slower): %s", _reason[-1])
         return None
     functions = {torch.float32: library.small_batch_linear, torch.bfloat16: library.small_batch_linear_bf16}
     for function in functions.values():
