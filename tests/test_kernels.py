@@ -34,29 +34,24 @@ def _operands(rows: int, n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tens
     return tuple(torch.randn(*shape, generator=gen).to(dtype) for shape in ((rows, k), (n, k), (n,)))
 
 
-@needs_kernel
-@pytest.mark.parametrize("rows", range(2, 9))
-@pytest.mark.parametrize("n, k", SHAPES)
-def test_fp32_matches_torch(rows, n, k):
-    x, w, b = _operands(rows, n, k, torch.float32)
-    for bias in (b, None):
-        got = kernel.linear(x, w, bias)
-        assert got is not None and got.shape == (rows, n)
-        torch.testing.assert_close(got, F.linear(x, w, bias), rtol=1e-5, atol=1e-4 * k**0.5)
+# fp32: where the kernel runs 2 … 8 rows; bf16: 1 … 4 rows, the exact product rounded once to bf16
+# (relative 2^-8); both plus fp32 summation error. (rtol, atol per sqrt(k)) against exact, against torch.
+CASES = [(torch.float32, rows) for rows in range(2, 9)] + [(torch.bfloat16, rows) for rows in range(1, 5)]
+TOLERANCE = {torch.float32: ((1e-5, 1e-4), (1e-5, 1e-4)), torch.bfloat16: ((2**-8, 1e-4), (2**-7, 1e-3))}
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", range(1, 5))
+@pytest.mark.parametrize("dtype, rows", CASES)
 @pytest.mark.parametrize("n, k", SHAPES)
-def test_bf16_is_the_exact_product_rounded_once(rows, n, k):
-    x, w, b = _operands(rows, n, k, torch.bfloat16)
+def test_matches_the_exact_product(dtype, rows, n, k):
+    x, w, b = _operands(rows, n, k, dtype)
+    (rtol, atol), (rtol_torch, atol_torch) = TOLERANCE[dtype]
     for bias in (b, None):
         got = kernel.linear(x, w, bias)
-        assert got is not None and got.dtype == torch.bfloat16 and got.shape == (rows, n)
+        assert got is not None and got.dtype == dtype and got.shape == (rows, n)
         exact = F.linear(x.double(), w.double(), None if bias is None else bias.double())
-        # one rounding to bf16 (relative 2^-8) plus fp32 summation error
-        torch.testing.assert_close(got.double(), exact, rtol=2**-8, atol=1e-4 * k**0.5)
-        torch.testing.assert_close(got, F.linear(x, w, bias), rtol=2**-7, atol=1e-3 * k**0.5)
+        torch.testing.assert_close(got.double(), exact, rtol=rtol, atol=atol * k**0.5)
+        torch.testing.assert_close(got, F.linear(x, w, bias), rtol=rtol_torch, atol=atol_torch * k**0.5)
 
 
 @needs_kernel
