@@ -23,8 +23,9 @@ Both models run on --device in --dtype (--threads only matters on CPU); on CUDA 
 ends with a synchronize. The decode bound is weight bytes read per token (all weights but the
 embedding, of which one row is read) divided by the bandwidth of a large memory copy measured on
 the device ((read + write) / time); plain reads run faster than a copy, so a step can beat this bound.
-On CPU, 2 … 8-row batches (n=8) use our AVX-512 small-batch kernel where it is available (the
-header says whether); OPENCODEGEN_CPU_KERNEL=0 measures without it.
+On CPU, fp32 batches of 2 … 8 rows (n=8) and bf16 ones of 1 … 4 (bf16 greedy) use our AVX-512
+small-batch kernel where it is available (the header says whether); OPENCODEGEN_CPU_KERNEL=0
+measures without it.
 """
 
 from __future__ import annotations

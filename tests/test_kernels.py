@@ -1,4 +1,4 @@
-"""The small-batch fp32 linear kernel: numerics, the shapes it declines, threads, and its build cache."""
+"""The small-batch linear kernel (fp32, bf16): numerics, the shapes it declines, threads, its build cache."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _operands(rows: int, n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tens
 
 # fp32: where the kernel runs 2 … 8 rows; bf16: 1 … 4 rows, the exact product rounded once to bf16
 # (relative 2^-8); both plus fp32 summation error. (rtol, atol per sqrt(k)) against exact, against torch.
-CASES = [(torch.float32, rows) for rows in range(2, 9)] + [(torch.bfloat16, rows) for rows in range(1, 5)]
+CASES = [(dtype, rows) for dtype, (low, high) in kernel.ROWS.items() for rows in range(low, high + 1)]
 TOLERANCE = {torch.float32: ((1e-5, 1e-4), (1e-5, 1e-4)), torch.bfloat16: ((2**-8, 1e-4), (2**-7, 1e-3))}
 
 

@@ -143,8 +143,7 @@ class Linear(nn.Linear):
             return super().forward(x)
         flat = x.reshape(rows, self.in_features)
         out = None
-        kernel_rows = small_batch_linear.ROWS.get(x.dtype)
-        if kernel_rows is not None and kernel_rows[0] <= rows <= kernel_rows[1]:
+        if small_batch_linear.applies(rows, x.dtype):
             out = small_batch_linear.linear(flat.contiguous(), self.weight, self.bias)
         if out is None and x.dtype == torch.float32 and self.SMALL_BATCH[0] <= rows <= self.SMALL_BATCH[1]:
             xt = flat.T

@@ -134,6 +134,12 @@ def status() -> str:
     return "on" if _functions() is not None else f"off: {_reason[-1]}"
 
 
+def applies(rows: int, dtype: torch.dtype) -> bool:
+    """Whether the kernel is the faster path for `rows` rows of `dtype` (see `ROWS`)."""
+    low, high = ROWS.get(dtype, (1, 0))
+    return low <= rows <= high
+
+
 def _plain(t: torch.Tensor, dtype: torch.dtype) -> bool:
     return t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
 
@@ -144,7 +150,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     tensors not contiguous on the CPU or of mixed dtypes, or no kernel on this machine. No
     autograd: call it without gradients."""
     dtype = weight.dtype
-    if x.dim() != 2 or weight.dim() != 2 or dtype not in ROWS or not ROWS[dtype][0] <= x.shape[0] <= ROWS[dtype][1]:
+    if x.dim() != 2 or weight.dim() != 2 or not applies(x.shape[0], dtype):
         return None
     (rows, k), n = x.shape, weight.shape[0]
     if k % LANES or weight.shape[1] != k or not (_plain(x, dtype) and _plain(weight, dtype)):
