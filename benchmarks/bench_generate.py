@@ -13,8 +13,9 @@ and the median of the per-round ratios (the paired figure, robust to drift betwe
   greedy      batch-1 greedy, end-to-end generated tokens/s; decode step = (greedy - prefill) / (new - 1)
   n=8         --n samples of one prompt (T 0.2, top-p 0.95, no top-k), generated tokens/s
   modes       our greedy with faster weights vs transformers greedy in --dtype (on CPU: int8
-              weights with dynamically quantized activations (fp32 only) and bf16; on CUDA: the
-              half-precision dtypes other than --dtype, no int8), with their quality cost against
+              weights with dynamically quantized activations and, where its kernel runs, int4
+              weights (both fp32 only), and bf16; on CUDA: the half-precision dtypes other than
+              --dtype, no int8 or int4), with their quality cost against
               our --dtype model: max |logit - reference logit| over prompt + continuation, how many
               greedy tokens equal the reference's before the first difference, and how often the
               arg-max agrees with the reference's along its greedy path (random weights have nearly
@@ -100,8 +101,8 @@ def main() -> None:
     from opencodegen.checkpoint import load_model
     from opencodegen.config import CodeGenConfig
     from opencodegen.generation import Generator, SamplingParams
-    from opencodegen.generation.quantize import quantize_int8
-    from opencodegen.kernels import small_batch_linear
+    from opencodegen.generation.quantize import quantize_int4, quantize_int8
+    from opencodegen.kernels import int4_linear, small_batch_linear
     from opencodegen.model import CodeGenForCausalLM
 
     torch.set_num_threads(args.threads)
@@ -118,7 +119,7 @@ def main() -> None:
           f"{new} new tokens, {device_name} {args.dtype}, "
           f"{'' if on_gpu else f'{args.threads} threads, '}torch {torch.__version__}, transformers {transformers.__version__}")
     if not on_gpu:
-        print(f"small-batch linear kernel: {small_batch_linear.status()}")
+        print(f"small-batch linear kernel: {small_batch_linear.status()}; int4 kernel: {int4_linear.LIBRARY.status()}")
 
     def hf_generate(budget: int, **kwargs) -> torch.Tensor:
         config = transformers.GenerationConfig(
@@ -139,7 +140,11 @@ def main() -> None:
     hf_generate(4, **hf_greedy)
     our_generate(ours, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
 
-    modes = {"int8": quantize_int8(copy.deepcopy(ours))} if not on_gpu and args.dtype == "fp32" else {}
+    modes = {}
+    if not on_gpu and args.dtype == "fp32":
+        modes["int8"] = quantize_int8(copy.deepcopy(ours))
+        if int4_linear.LIBRARY.functions() is not None:
+            modes["int4"] = quantize_int4(copy.deepcopy(ours))
     for name in ("bf16", "fp16"):
         if name != args.dtype and (on_gpu or name == "bf16"):
             modes[name] = copy.deepcopy(ours).to(DTYPES[name])

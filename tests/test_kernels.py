@@ -10,19 +10,19 @@ import torch.nn.functional as F
 
 from opencodegen.config import CodeGenConfig
 from opencodegen.generation import Generator
+from opencodegen.kernels import native
 from opencodegen.kernels import small_batch_linear as kernel
 from opencodegen.model import CodeGenForCausalLM, Linear
 
-needs_kernel = pytest.mark.skipif(kernel.unavailable_reason() is not None,
-                                  reason=f"kernel unavailable here: {kernel.unavailable_reason()}")  # fmt: skip
+needs_kernel = pytest.mark.skipif(kernel.LIBRARY.unavailable_reason() is not None,
+                                  reason=f"kernel unavailable here: {kernel.LIBRARY.unavailable_reason()}")  # fmt: skip
 
 
 @pytest.fixture
 def fresh_kernel(monkeypatch, tmp_path):
     """The kernel module as before its first use, building into an empty cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(kernel, "_loaded", {})
-    monkeypatch.setattr(kernel, "_reason", [])
+    monkeypatch.setattr(kernel.LIBRARY, "_result", None)
     return tmp_path / "opencodegen" / "kernels"
 
 
@@ -113,9 +113,9 @@ def test_linear_layer_agrees_with_and_without_kernel(monkeypatch, dtype, shape, 
 
 
 def test_switch_turns_it_off(fresh_kernel, monkeypatch, caplog):
-    monkeypatch.setenv(kernel.SWITCH, "0")
+    monkeypatch.setenv(native.SWITCH, "0")
     with caplog.at_level(logging.INFO, logger=kernel.__name__):
-        assert kernel.status() == f"off: turned off ({kernel.SWITCH}=0)"
+        assert kernel.status() == f"off: turned off ({native.SWITCH}=0)"
     assert kernel.linear(torch.randn(4, 64), torch.randn(8, 64), None) is None
     assert not fresh_kernel.exists()  # nothing was compiled
     assert [r.levelno for r in caplog.records] == [logging.INFO]  # expected: no warning
@@ -140,7 +140,7 @@ def test_generator_builds_the_kernel_up_front(fresh_kernel):
 
 @needs_kernel
 def test_damaged_cached_library_is_rebuilt(fresh_kernel):
-    built = kernel.build()
+    built = kernel.LIBRARY.build()
     assert built.parent == fresh_kernel and built.is_file()
     built.write_bytes(b"not a shared library")
     x, w = torch.randn(3, 64), torch.randn(5, 64)

@@ -7,6 +7,8 @@ import argparse
 
 def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
     """The `--quantize` option of a command that samples from a model (see generation/quantize.py)."""
-    parser.add_argument("--quantize", choices=["int8"], default=None,
-                        help="int8 linear layers (int8 weights, dynamically quantized activations): about 2-3x "
-                        "faster decoding on CPU, at a small cost in accuracy (float32 models, CPU only)")  # fmt: skip
+    parser.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                        help="quantized linear layers for faster CPU decoding of float32 models: int8 (int8 weights, "
+                        "dynamically quantized activations; about 2-3x faster, a small cost in accuracy) or int4 "
+                        "(4.5 bits per weight; about 4x faster and 7x smaller, a larger cost in accuracy; needs "
+                        "AVX-512 VNNI and a C compiler)")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Int8 quantization of the linear layers, for fast decoding on CPU.
+"""Int8 and int4 quantization of the linear layers, for fast decoding on CPU.
 
 Decoding one token reads every weight once, so on CPU its speed is set by memory bandwidth
 and by how fast the kernel turns bytes into products. Weights are int8 with one scale per output
@@ -10,6 +10,10 @@ GELU, attention, residuals, KV cache) stays in float32.
 Measured (350M shape, 2 threads, AVX-512 VNNI): the linear layers of one decode step take
 15 ms instead of 50 ms in float32 and 22 ms with the int8 weight-only kernel (bf16 activations),
 whose dequantization is compute-bound.
+
+Int4 (`Int4Linear`, kernels/int4_linear.py) halves the bytes again: 4.5 bits per weight, with
+activations quantized per group of 32 to int8 and exact integer dot products. It needs an x86-64
+CPU with AVX-512 VNNI and a C compiler, and costs more accuracy than int8 (see the README).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import torch
 from torch import nn
 
 from opencodegen.errors import ConfigError
+from opencodegen.kernels import int4_linear
 from opencodegen.model import CodeGenForCausalLM
+
+MODES = ("int8", "int4")
 
 
 def _full_range_activations() -> bool:
@@ -60,33 +67,74 @@ class Int8Linear(nn.Module):
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
+class Int4Linear(nn.Module):
+    """A Linear with 4-bit weights (see kernels/int4_linear.py); input and output are float32."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        packed, scales = int4_linear.pack(linear.weight.detach())
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = int4_linear.linear(x.reshape(-1, self.in_features), self.packed, self.scales, self.bias)
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+def _check_quantizable(model: CodeGenForCausalLM, mode: str) -> None:
+    if model.device.type != "cpu":
+        raise ConfigError(f"{mode} quantization is for CPU decoding; use bfloat16/float16 on GPU")
+    if model.dtype != torch.float32:
+        raise ConfigError(f"quantize a float32 model (this one is {model.dtype})")
+
+
+def _replace_linear_layers(model: CodeGenForCausalLM, make: type[nn.Module]) -> CodeGenForCausalLM:
+    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(module))
+    return model
+
+
 def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
     """Replace the linear layers of every block and the LM head by `Int8Linear`, in place (CPU only).
 
     The embedding stays in floating point (it is read one row per token), and so does the model's
     dtype, which the KV cache and the non-linear parts keep using.
     """
-    if model.device.type != "cpu":
-        raise ConfigError("int8 quantization is for CPU decoding; use bfloat16/float16 on GPU")
-    if model.dtype != torch.float32:
-        raise ConfigError(f"quantize a float32 model (this one is {model.dtype})")
+    _check_quantizable(model, "int8")
     if torch.backends.quantized.engine == "none":
         raise ConfigError("int8 quantization needs a PyTorch build with a quantized engine (x86/fbgemm, qnnpack)")
-    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        try:
-            setattr(parent, child, Int8Linear(module))
-        except (AttributeError, RuntimeError) as exc:  # quantized tensors gone from a future PyTorch
-            raise ConfigError(f"int8 quantization is not available in PyTorch {torch.__version__}: {exc}") from None
-    return model
+    try:
+        return _replace_linear_layers(model, Int8Linear)
+    except (AttributeError, RuntimeError) as exc:  # quantized tensors gone from a future PyTorch
+        raise ConfigError(f"int8 quantization is not available in PyTorch {torch.__version__}: {exc}") from None
+
+
+def quantize_int4(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
+    """Replace the linear layers of every block and the LM head by `Int4Linear`, in place (CPU only).
+
+    Checked before anything changes: the kernel runs here and every layer's inputs are a multiple
+    of 128 (true of every released CodeGen size).
+    """
+    _check_quantizable(model, "int4")
+    if int4_linear.LIBRARY.functions() is None:
+        raise ConfigError(f"int4 quantization needs its CPU kernel, which is {int4_linear.LIBRARY.status()} "
+                          "(use --quantize int8)")  # fmt: skip
+    for name, module in model.named_modules():
+        bad = isinstance(module, nn.Linear) and int4_linear.check_shape(module.in_features)
+        if bad:
+            raise ConfigError(f"int4 cannot quantize layer {name}: {bad}")
+    return _replace_linear_layers(model, Int4Linear)
 
 
 def quantize(model: CodeGenForCausalLM, mode: str | None) -> CodeGenForCausalLM:
-    """`model` quantized in place by `mode`: None (left as it is) or "int8" (`quantize_int8`)."""
+    """`model` quantized in place by `mode`: None (left as it is), "int8" or "int4"."""
     if mode is None:
         return model
-    if mode != "int8":
-        raise ConfigError(f"unknown quantization {mode!r}; known: int8")
-    return quantize_int8(model)
+    if mode not in MODES:
+        raise ConfigError(f"unknown quantization {mode!r}; known: {', '.join(MODES)}")
+    return quantize_int8(model) if mode == "int8" else quantize_int4(model)
