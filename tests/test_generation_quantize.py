@@ -2,6 +2,8 @@
 and generation with it."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,9 +11,12 @@ from torch import nn
 
 from generation_helpers import make_model_dir, one_thread  # noqa: F401 (fixture)
 from opencodegen import load
+from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.generation import Generator, SamplingParams
-from opencodegen.generation.quantize import Int8Linear, quantize_int8
+from opencodegen.generation.quantize import Int8Linear, quantize, quantize_int8
+from opencodegen.kernels import int4_linear
+from opencodegen.model import CodeGenForCausalLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,3 +86,46 @@ def test_a_quantized_model_refuses_to_be_saved(tmp_path):
     with pytest.raises(CheckpointError, match="quantized"):
         model.save_pretrained(tmp_path / "saved")
     assert not (tmp_path / "saved" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.skipif(
+    int4_linear.LIBRARY.unavailable_reason() is not None, reason="no int4 kernel here"))])  # fmt: skip
+def test_quantizing_while_loading_equals_quantizing_after(mode):
+    ids = torch.tensor([[5, 17, 300, 2, 4000, 9]])
+    after = quantize(load("default")[0], mode)
+    during, _ = load("default", quantize=mode)
+    assert type(during.lm_head) is type(after.lm_head) and during.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(during(ids).logits, after(ids).logits)
+
+
+PEAK_SCRIPT = """
+import sys
+from opencodegen.checkpoint import load_model
+from opencodegen.generation.quantize import quantize
+
+def status(key):
+    return next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith(key))
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak resident size starts again from here
+before = status("VmRSS:")
+if sys.argv[2] == "during":
+    load_model(sys.argv[1], quantize="int8")
+else:
+    quantize(load_model(sys.argv[1])[1], "int8")
+print(status("VmHWM:") - before)
+"""
+
+
+def test_quantizing_while_loading_never_holds_all_float_weights(tmp_path):
+    torch.manual_seed(0)
+    CodeGenForCausalLM(CodeGenConfig.from_preset("base")).save_pretrained(tmp_path, dtype=torch.float32)
+    float_bytes = sum(f.stat().st_size for f in tmp_path.glob("*.safetensors"))  # 134 MB
+    peak = {}
+    for how in ("during", "after"):
+        done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path), how], capture_output=True, text=True,
+                              check=True)  # fmt: skip
+        peak[how] = int(done.stdout.split()[-1])
+    assert peak["after"] >= 0.9 * float_bytes  # every float weight at once, then the int8 copies
+    assert peak["during"] <= 0.6 * peak["after"]

@@ -189,10 +189,14 @@ def load_model(
     path_or_hub_id: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
+    quantize: str | None = None,
 ) -> tuple[Path, CodeGenForCausalLM]:
     """Load an HF CodeGen checkpoint; returns (directory, model in eval mode).
 
-    dtype None keeps the stored dtype, except float16 on CPU, which becomes float32.
+    dtype None keeps the stored dtype, except float16 on CPU, which becomes float32 (and any
+    dtype becomes float32 with `quantize`). `quantize` ("int8", "int4"; see
+    generation/quantize.py) replaces each linear layer as soon as its weights are read, so the
+    float weights of the whole model never sit in memory together.
     """
     directory = resolve_checkpoint(path_or_hub_id)
     try:
@@ -207,12 +211,16 @@ def load_model(
         model = CodeGenForCausalLM(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
+    quantized = _LayerByLayer(model, quantize, device, target or torch.float32) if quantize else None
+    if quantized is not None:
+        target = torch.float32
 
     def resolved(stored: torch.dtype) -> torch.dtype:
         return target or (torch.float32 if stored == torch.float16 and device.type == "cpu" else stored)
 
-    def mappable(hf_name: str, stored: torch.dtype) -> bool:  # used as stored: no conversion
-        return device.type == "cpu" and stored == resolved(stored) and not hf_name.endswith("qkv_proj.weight")
+    def mappable(hf_name: str, stored: torch.dtype) -> bool:  # used as stored: no conversion, kept
+        return (device.type == "cpu" and stored == resolved(stored) and not hf_name.endswith("qkv_proj.weight")
+                and not (quantized and quantized.owns(_internal_name(hf_name))))  # fmt: skip
 
     for path, hf_name, tensor in read_tensors(files, mappable):
         if _IGNORED_KEYS.search(hf_name):
@@ -226,18 +234,64 @@ def load_model(
             )
         if not tensor.is_floating_point():
             raise CheckpointError(f"{path}: {hf_name!r} has dtype {tensor.dtype}, expected a floating type")
-        target = resolved(tensor.dtype)
         if name.endswith("attn.qkv.weight"):
             tensor = qkv_from_released(tensor)
-        state[name] = tensor.to(device=device, dtype=target)
+        tensor = tensor.to(device=device, dtype=resolved(tensor.dtype))
+        if quantized is None or not quantized.take(name, tensor):
+            state[name] = tensor
         del tensor
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - (quantized.done if quantized else set()))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CheckpointError(f"{directory}: {len(missing)} weights missing from {files[0].name}: {shown}")
-    model.load_state_dict(state, assign=True, strict=True)
+    if quantized is not None:
+        quantized.install()
+    model.load_state_dict(state, assign=True, strict=quantized is None)
     model.rotary = model.rotary.to(device)
     return directory, model.eval()
+
+
+class _LayerByLayer:
+    """Quantizes the linear layers of a model being loaded as their weights (and biases) arrive."""
+
+    def __init__(self, model: CodeGenForCausalLM, mode: str, device: torch.device, dtype: torch.dtype) -> None:
+        from opencodegen.generation.quantize import check_quantizable, layer_quantizer
+
+        self.make = layer_quantizer(mode)
+        check_quantizable(model, mode, device, dtype)
+        self.model = model
+        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        self.pending: dict[str, dict[str, torch.Tensor]] = {}
+        self.replacements: dict[str, nn.Module] = {}
+        self.done: set[str] = set()  # state-dict names already taken
+
+    def owns(self, name: str) -> bool:
+        """Whether the state-dict entry `name` is a weight or bias of a linear layer."""
+        return name.rpartition(".")[0] in self.layers
+
+    def take(self, name: str, tensor: torch.Tensor) -> bool:
+        """Keep `tensor` if it belongs to a linear layer (quantizing the layer once it is whole)."""
+        if not self.owns(name):
+            return False
+        layer, _, kind = name.rpartition(".")
+        parts = self.pending.setdefault(layer, {})
+        parts[kind] = tensor
+        self.done.add(name)
+        meta = self.layers[layer]
+        if "weight" in parts and (meta.bias is None or "bias" in parts):
+            shell = nn.Linear(meta.in_features, meta.out_features, bias=meta.bias is not None, device="meta")
+            shell.weight = nn.Parameter(parts["weight"], requires_grad=False)
+            if meta.bias is not None:
+                shell.bias = nn.Parameter(parts["bias"], requires_grad=False)
+            self.replacements[layer] = self.make(shell)
+            del self.pending[layer]
+        return True
+
+    def install(self) -> None:
+        """Put every quantized layer into the model (all of them are complete by now)."""
+        from opencodegen.generation.quantize import replace_linear_layers
+
+        replace_linear_layers(self.model, lambda name, layer: self.replacements[name])
 
 
 @contextlib.contextmanager

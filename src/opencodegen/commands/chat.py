@@ -58,13 +58,12 @@ def run(args: argparse.Namespace) -> int:
     import opencodegen
     from opencodegen.checkpoint import parse_device
     from opencodegen.generation import Generator, SamplingParams
-    from opencodegen.generation.quantize import quantize
     from opencodegen.synthesis.interpreter import Interpreter
     from opencodegen.synthesis.session import Session
 
     device = parse_device(args.device)
-    model, tokenizer = opencodegen.load(default_model.resolve(args.model), device=device, dtype=args.dtype)
-    quantize(model, args.quantize)
+    model, tokenizer = opencodegen.load(default_model.resolve(args.model), device=device, dtype=args.dtype,
+                                        quantize=args.quantize)  # fmt: skip
     params = SamplingParams(n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, truncate="codegen")  # fmt: skip
     generator = Generator(model, tokenizer)

@@ -170,13 +170,12 @@ def _load_generator(model: str, device: str | None, dtype: str | None, quantizat
 
     import opencodegen
     from opencodegen.generation import Generator
-    from opencodegen.generation.quantize import quantize
 
     if device is None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else 0
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    loaded, tokenizer = opencodegen.load(model, device=device, dtype=dtype)
-    return Generator(quantize(loaded, quantization), tokenizer)
+    loaded, tokenizer = opencodegen.load(model, device=device, dtype=dtype, quantize=quantization)
+    return Generator(loaded, tokenizer)
 
 
 def _print_summary(summary: dict, out: Path) -> int:

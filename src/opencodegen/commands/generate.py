@@ -74,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
     from opencodegen import load
     from opencodegen.errors import GenerationError
     from opencodegen.generation import Generator, SamplingParams
-    from opencodegen.generation.quantize import quantize
 
     if args.stream and args.n != 1:
         raise GenerationError("--stream prints a single completion; use --n 1 (or --json for several)")
@@ -93,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
         frequency_penalty=args.frequency_penalty,
     )
     args.model = default_model.resolve(args.model)
-    model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
-    quantize(model, args.quantize)
+    model, tokenizer = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     generator = Generator(model, tokenizer)
 
     if args.stream:

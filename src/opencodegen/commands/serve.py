@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
     from opencodegen import load
     from opencodegen.errors import ConfigError
-    from opencodegen.generation.quantize import quantize
     from opencodegen.serving.app import create_app
 
     for name in ("max_batch", "max_queue", "max_sessions", "port", "threads"):
@@ -58,8 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     args.model = default_model.resolve(args.model)
-    model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
-    quantize(model, args.quantize)
+    model, tokenizer = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
     app = create_app(
         model, tokenizer, model_name=name, api_key=args.api_key or None, max_batch=args.max_batch,

@@ -72,12 +72,10 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     import opencodegen
     from opencodegen.checkpoint import parse_device
-    from opencodegen.generation.quantize import quantize
 
     args.model = default_model.resolve(args.model)
     device = parse_device(args.device)
-    model, tokenizer = opencodegen.load(args.model, device=device, dtype=args.dtype)
-    return quantize(model, args.quantize), tokenizer
+    return opencodegen.load(args.model, device=device, dtype=args.dtype, quantize=args.quantize)
 
 
 def _model_id(model: str) -> str:

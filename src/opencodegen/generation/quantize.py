@@ -19,6 +19,7 @@ CPU with AVX-512 VNNI and a C compiler, and costs more accuracy than int8 (see t
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -83,58 +84,74 @@ class Int4Linear(nn.Module):
         return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
-def _check_quantizable(model: CodeGenForCausalLM, mode: str) -> None:
-    if model.device.type != "cpu":
-        raise ConfigError(f"{mode} quantization is for CPU decoding; use bfloat16/float16 on GPU")
-    if model.dtype != torch.float32:
-        raise ConfigError(f"quantize a float32 model (this one is {model.dtype})")
-
-
-def _replace_linear_layers(model: CodeGenForCausalLM, make: type[nn.Module]) -> CodeGenForCausalLM:
-    targets = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(module))
-    return model
-
-
-def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
-    """Replace the linear layers of every block and the LM head by `Int8Linear`, in place (CPU only).
-
-    The embedding stays in floating point (it is read one row per token), and so does the model's
-    dtype, which the KV cache and the non-linear parts keep using.
-    """
-    _check_quantizable(model, "int8")
-    if torch.backends.quantized.engine == "none":
-        raise ConfigError("int8 quantization needs a PyTorch build with a quantized engine (x86/fbgemm, qnnpack)")
+def _int8_layer(linear: nn.Linear) -> Int8Linear:
     try:
-        return _replace_linear_layers(model, Int8Linear)
+        return Int8Linear(linear)
     except (AttributeError, RuntimeError) as exc:  # quantized tensors gone from a future PyTorch
         raise ConfigError(f"int8 quantization is not available in PyTorch {torch.__version__}: {exc}") from None
 
 
-def quantize_int4(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
-    """Replace the linear layers of every block and the LM head by `Int4Linear`, in place (CPU only).
-
-    Checked before anything changes: the kernel runs here and every layer's inputs are a multiple
-    of 128 (true of every released CodeGen size).
-    """
-    _check_quantizable(model, "int4")
+def layer_quantizer(mode: str) -> Callable[[nn.Linear], nn.Module]:
+    """What replaces one float32 linear layer in `mode` ("int8" or "int4"); raises ConfigError
+    where this machine or PyTorch build cannot run that mode."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown quantization {mode!r}; known: {', '.join(MODES)}")
+    if mode == "int8":
+        if torch.backends.quantized.engine == "none":
+            raise ConfigError("int8 quantization needs a PyTorch build with a quantized engine (x86/fbgemm, qnnpack)")
+        return _int8_layer
     if int4_linear.LIBRARY.functions() is None:
         raise ConfigError(f"int4 quantization needs its CPU kernel, which is {int4_linear.LIBRARY.status()} "
                           "(use --quantize int8)")  # fmt: skip
+    return Int4Linear
+
+
+def check_quantizable(model: CodeGenForCausalLM, mode: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise ConfigError unless `model`'s linear layers can be quantized by `mode` for a model on
+    `device` in `dtype` (its weights may still be on the meta device: only shapes are read)."""
+    if device.type != "cpu":
+        raise ConfigError(f"{mode} quantization is for CPU decoding; use bfloat16/float16 on GPU")
+    if dtype != torch.float32:
+        raise ConfigError(f"quantize a float32 model (this one is {dtype})")
     for name, module in model.named_modules():
-        bad = isinstance(module, nn.Linear) and int4_linear.check_shape(module.in_features)
+        bad = mode == "int4" and isinstance(module, nn.Linear) and int4_linear.check_shape(module.in_features)
         if bad:
             raise ConfigError(f"int4 cannot quantize layer {name}: {bad}")
-    return _replace_linear_layers(model, Int4Linear)
+
+
+def replace_linear_layers(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> None:
+    """Put `make(name, layer)` in place of every nn.Linear of `model` (one at a time: the float
+    weights of each can go as soon as it is replaced)."""
+    targets = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name, getattr(parent, child)))
 
 
 def quantize(model: CodeGenForCausalLM, mode: str | None) -> CodeGenForCausalLM:
-    """`model` quantized in place by `mode`: None (left as it is), "int8" or "int4"."""
+    """`model` quantized in place by `mode`: None (left as it is), "int8" or "int4" (CPU, float32).
+
+    Every linear layer (those of the blocks and the LM head) is replaced; the embedding stays in
+    floating point (it is read one row per token), and so does the model's dtype, which the KV
+    cache and the non-linear parts keep using. Everything is checked before anything changes.
+    Loading with `load(..., quantize=mode)` does the same layer by layer, never holding all the
+    float weights at once.
+    """
     if mode is None:
         return model
-    if mode not in MODES:
-        raise ConfigError(f"unknown quantization {mode!r}; known: {', '.join(MODES)}")
-    return quantize_int8(model) if mode == "int8" else quantize_int4(model)
+    make = layer_quantizer(mode)
+    check_quantizable(model, mode, model.device, model.dtype)
+    replace_linear_layers(model, lambda name, layer: make(layer))
+    return model
+
+
+def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
+    """`quantize(model, "int8")`."""
+    return quantize(model, "int8")
+
+
+def quantize_int4(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
+    """`quantize(model, "int4")`: every layer's inputs must be a multiple of 128 (true of every
+    released CodeGen size)."""
+    return quantize(model, "int4")
