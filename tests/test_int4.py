@@ -23,11 +23,10 @@ needs_kernel = pytest.mark.skipif(int4.LIBRARY.unavailable_reason() is not None,
 
 
 def quantized_activations(x: torch.Tensor) -> torch.Tensor:
-    """x as the kernel sees it: per group of 32, s * round(x / s) with s = max|x| / 127 (float64)."""
-    groups = x.reshape(x.shape[0], -1, int4.GROUP)
-    amax = groups.abs().amax(-1, keepdim=True)
+    """x as the kernel sees it: per row, s * round(x / s) with s = max|x| / 127 (float64)."""
+    amax = x.abs().amax(-1, keepdim=True)
     inverse = torch.where(amax > 0, 127.0 / amax, 0.0)  # fp32, as in the kernel
-    return ((groups * inverse).round().double() * (amax / 127.0).double()).reshape(x.shape)
+    return (x * inverse).round().double() * (amax / 127.0).double()
 
 
 def test_pack_places_every_code_where_the_kernel_reads_it():
@@ -63,7 +62,8 @@ def test_pack_round_trips_representable_weights_and_bounds_the_error():
 def test_kernel_equals_the_quantized_product(rows, n, k):
     gen = torch.Generator().manual_seed(rows * 100 + n)
     weight, x, bias = torch.randn(n, k, generator=gen) * 0.05, torch.randn(rows, k, generator=gen), torch.randn(n, generator=gen)
-    x[0, :32] = 0.0  # an all-zero group: scale 0, no division by zero
+    if rows > 1:
+        x[1] = 0.0  # an all-zero row: scale 0, no division by zero
     packed, scales = int4.pack(weight)
     product = quantized_activations(x) @ int4.unpack(packed, scales).double().T
     for b in (bias, None):
@@ -121,7 +121,7 @@ def test_int4_layer_and_model_generate(tmp_path):
 
 @needs_kernel
 def test_int4_keeps_most_of_the_default_models_quality():
-    """On trained weights (the embedded model, one stdlib file): measured +4.3 % loss and the fp32
+    """On trained weights (the embedded model, one stdlib file): measured +4.2 % loss and the fp32
     arg-max kept at 90 % of positions (int8: -0.1 %, 98 %)."""
     model, tok = load("default")
     quantized = quantize_int4(copy.deepcopy(model))

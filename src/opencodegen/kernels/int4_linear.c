@@ -4,11 +4,11 @@
  * q in 0 … 15. A block of 128 inputs (4 groups) is 64 bytes: byte 16 g + p holds q of input
  * 32 g + p in its low nibble and of input 32 g + 16 + p in its high nibble (g < 4, p < 16).
  * w [N, K/128, 64] bytes; scales [N, K/32] fp16; K % 128 == 0.
- * Activations are quantized per call the same way to int8: per group of 32, s = max|x| / 127 and
- * x ≈ s * round(x / s), so each group's dot product is exact in int32 (vpdpbusd: unsigned weight
- * nibbles times signed activations, minus 8 times the activations' sum) and only the per-group
- * products d * s * dot are summed in fp32 (16 lanes, reduced in a fixed order: the result does
- * not depend on the thread count). Decoding reads each weight byte once: 4.5 bits per weight.
+ * Activations are quantized per call to int8, one scale per row (s = max|x| / 127, x ≈ s *
+ * round(x / s)), so each group's dot product is exact in int32 (vpdpbusd: unsigned weight nibbles
+ * times signed activations, minus 8 times the activations' sum); the groups' d * dot are summed
+ * in fp32 (16 lanes, reduced in a fixed order: the result does not depend on the thread count)
+ * and scaled by s at the end. Decoding reads each weight byte once: 4.5 bits per weight.
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -24,32 +24,33 @@ typedef struct {   /* one activation row's block, laid out like a weight block *
     int8_t low[64];   /* inputs 32 g + p (g < 4, p < 16) at 16 g + p */
     int8_t high[64];  /* inputs 32 g + 16 + p */
     __m512i correction;  /* per lane: -8 times the sum of the 8 activations its nibbles meet */
-    __m512 scale;        /* per lane: the scale of its group (lane / 4) */
 } act_block;
 
-static const int32_t SPREAD[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
-
-/* Round to nearest even (the default rounding mode), as nearbyint and torch.round do. */
-static void quantize_row(const float *x, long K, act_block *out) {
-    const __m512i spread = _mm512_loadu_si512(SPREAD), eights = _mm512_set1_epi8(8);
+/* One row of x as int8 with one scale (returned): max|x| / 127. Rounds to nearest even (the
+ * default rounding mode), as torch.round does. */
+static float quantize_row(const float *x, long K, act_block *out) {
+    __m512 amax = _mm512_setzero_ps();
+    for (long k = 0; k < K; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    float top = _mm512_reduce_max_ps(amax);
+    const __m512 inv = _mm512_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+    const __m512i eights = _mm512_set1_epi8(8);
     for (long b = 0; b < K / BLOCK; b++) {
         act_block *a = out + b;
-        float group_scale[4];
         for (int g = 0; g < 4; g++) {
             const float *v = x + b * BLOCK + g * GROUP;
-            __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
-            float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-            __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-            _mm_storeu_si128((__m128i *)(a->low + 16 * g), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv))));
-            _mm_storeu_si128((__m128i *)(a->high + 16 * g), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv))));
-            group_scale[g] = amax / 127.0f;
+            _mm_storeu_si128((__m128i *)(a->low + 16 * g),
+                             _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v), inv))));
+            _mm_storeu_si128((__m128i *)(a->high + 16 * g),
+                             _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(v + 16), inv))));
         }
         __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), eights, _mm512_loadu_si512(a->low));
         sum = _mm512_dpbusd_epi32(sum, eights, _mm512_loadu_si512(a->high));
         a->correction = _mm512_sub_epi32(_mm512_setzero_si512(), sum);
-        a->scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(group_scale)));
     }
+    return top / 127.0f;
 }
+
+static const int32_t SPREAD[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
 
 /* rows r0 … r0 + MM of y, output column n */
 #define ONE_COLUMN(MM)                                                                           \
@@ -69,7 +70,7 @@ static void quantize_row(const float *x, long K, act_block *out) {
                 const act_block *a = act + m * blocks + b;                                       \
                 __m512i dot = _mm512_dpbusd_epi32(a->correction, low, _mm512_loadu_si512(a->low)); \
                 dot = _mm512_dpbusd_epi32(dot, high, _mm512_loadu_si512(a->high));               \
-                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, a->scale), acc[m]); \
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), dw, acc[m]);                   \
             }                                                                                    \
         }                                                                                        \
         _Pragma("GCC unroll 8") for (int m = 0; m < MM; m++) out[m] = _mm512_reduce_add_ps(acc[m]); \
@@ -96,9 +97,14 @@ int int4_linear(const float *x, const uint8_t *w, const uint16_t *scales, const 
     if (M < 1 || N < 1 || K < BLOCK || K % BLOCK) return -1;
     long blocks = K / BLOCK, tiles = (N + COLUMN_TILE - 1) / COLUMN_TILE;
     act_block *act = aligned_alloc(64, sizeof(act_block) * M * blocks);
-    if (!act) return -2;
+    float *row_scale = malloc(sizeof(float) * M);
+    if (!act || !row_scale) {
+        free(act);
+        free(row_scale);
+        return -2;
+    }
 #pragma omp parallel for schedule(static) num_threads(threads) if (M > 1)
-    for (long m = 0; m < M; m++) quantize_row(x + m * K, K, act + m * blocks);
+    for (long m = 0; m < M; m++) row_scale[m] = quantize_row(x + m * K, K, act + m * blocks);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (long t = 0; t < tiles; t++) {
         long n_end = (t + 1) * COLUMN_TILE < N ? (t + 1) * COLUMN_TILE : N;
@@ -107,10 +113,11 @@ int int4_linear(const float *x, const uint8_t *w, const uint16_t *scales, const 
             long mm = M - r0 < MAX_ROWS ? M - r0 : MAX_ROWS;
             for (long n = t * COLUMN_TILE; n < n_end; n++) {
                 COLUMNS[mm](w + n * blocks * 64, scales + n * (K / GROUP), act + r0 * blocks, blocks, out);
-                for (long m = 0; m < mm; m++) y[(r0 + m) * N + n] = out[m] + (bias ? bias[n] : 0.0f);
+                for (long m = 0; m < mm; m++) y[(r0 + m) * N + n] = out[m] * row_scale[r0 + m] + (bias ? bias[n] : 0.0f);
             }
         }
     }
     free(act);
+    free(row_scale);
     return 0;
 }

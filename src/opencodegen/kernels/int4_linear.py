@@ -4,11 +4,12 @@ Decoding reads every weight once per token, so fewer bytes per weight means more
 second. Here a weight takes 4.5 bits: groups of `GROUP` inputs of one output row share an fp16
 scale d, and each weight is d * q with q in -8 … 7 (d is chosen so that the group's largest
 magnitude is exactly -8 d; "round to nearest" for the rest). `int4_linear.c` multiplies them
-with activations quantized per call to int8 (per group of 32, scale max|x| / 127) in exact
-integer dot products per group, summed in fp32. Measured on the linear layers of one 350M decode
-step (2 threads, one row): 7.1-8.4 ms against 14.8-19.9 ms for int8 (FBGEMM) and 36-48 ms for
-fp32 (MKL). There is no PyTorch fallback (it would be slower than fp32): without the kernel
-`linear` raises, and `generation/quantize.py` refuses int4 up front.
+with activations quantized per call to int8 (one scale per row, max|x| / 127) in exact integer
+dot products per group, summed in fp32. Measured on the linear layers of one 350M decode step
+(2 threads): one row 7.1-10.5 ms against 13.9-20.9 ms for int8 (FBGEMM) and 35-51 ms for fp32
+(MKL); the kernel is compute-bound from ~8 rows on, so int8 is faster from ~16 rows (64 rows:
+108 ms against 70 ms; fp32 195 ms). There is no PyTorch fallback (it would be slower than
+fp32): without the kernel `linear` raises, and `generation/quantize.py` refuses int4 up front.
 """
 
 from __future__ import annotations
