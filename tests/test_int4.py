@@ -57,7 +57,7 @@ def test_pack_round_trips_representable_weights_and_bounds_the_error():
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 17])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 9, 17, int4.MATMUL_ROWS - 1])
 @pytest.mark.parametrize("n, k", [(1, 128), (33, 256), (100, 1024), (7, 4096)])
 def test_kernel_equals_the_quantized_product(rows, n, k):
     gen = torch.Generator().manual_seed(rows * 100 + n)
@@ -72,6 +72,27 @@ def test_kernel_equals_the_quantized_product(rows, n, k):
         assert got.dtype == torch.float32 and got.shape == (rows, n)
         # integer dot products per group are exact; only the fp32 sums of ~k/32 terms round
         torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.skipif(int4.LIBRARY.unavailable_reason() is not None or not int4._has_bf16_matmul(),
+                    reason="no int4 kernel or no AMX bf16 here")  # fmt: skip
+@pytest.mark.parametrize("rows", [int4.MATMUL_ROWS, 64, 200])
+def test_many_rows_multiply_the_same_weights_in_bf16(rows):
+    gen = torch.Generator().manual_seed(rows)
+    weight, x, bias = torch.randn(96, 1024, generator=gen) * 0.05, torch.randn(rows, 1024, generator=gen), torch.randn(96, generator=gen)
+    packed, scales = int4.pack(weight)
+    stored = int4.unpack(packed, scales)
+    assert torch.equal(int4.dequantize_bf16(packed, scales), stored.bfloat16())  # each d * q rounded once
+    xb, wb = x.bfloat16().double(), stored.bfloat16().double()
+    got = int4.linear(x, packed, scales, bias)
+    assert got.dtype == torch.float32 and got.shape == (rows, 96)
+    # bf16 operands exactly; PyTorch's bf16 matmul rounds its result to bf16 (measured: errors up
+    # to 2^-11 of sum |x| |w|; allowed: 2^-8)
+    error = (got.double() - bias.double() - xb @ wb.T).abs()
+    assert (error <= 2**-8 * (xb.abs() @ wb.abs().T)).all()
+    # the kernel's int8 activations give nearly the same product (the weights are the same)
+    kernel = torch.cat([int4.linear(x[i : i + 8], packed, scales, bias) for i in range(0, rows, 8)])
+    assert (kernel - got).abs().max() <= 0.02 * got.abs().max()
 
 
 @needs_kernel

@@ -121,3 +121,29 @@ int int4_linear(const float *x, const uint8_t *w, const uint16_t *scales, const 
     free(row_scale);
     return 0;
 }
+
+/* The packed weights as bf16 [N, K] in input order (each d * (q - 8) rounded to nearest even),
+ * for a bf16 matrix multiply when many rows share the weights (prefill, large batches). */
+int int4_dequantize_bf16(const uint8_t *w, const uint16_t *scales, uint16_t *out, long N, long K, int threads) {
+    if (N < 1 || K < BLOCK || K % BLOCK) return -1;
+    long blocks = K / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (long n = 0; n < N; n++) {
+        const __m512 eight = _mm512_set1_ps(8.0f);
+        for (long b = 0; b < blocks; b++) {
+            const uint8_t *q = w + (n * blocks + b) * 64;
+            for (int g = 0; g < 4; g++) {
+                __m512 d = _mm512_set1_ps(_cvtsh_ss(scales[n * (K / GROUP) + 4 * b + g]));
+                __m128i bytes = _mm_loadu_si128((const __m128i *)(q + 16 * g));
+                __m512i low = _mm512_cvtepu8_epi32(_mm_and_si128(bytes, _mm_set1_epi8(0x0F)));
+                __m512i high = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F)));
+                __m512 lo = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(low), eight), d);
+                __m512 hi = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(high), eight), d);
+                uint16_t *o = out + n * K + b * BLOCK + g * GROUP;
+                _mm256_storeu_si256((__m256i *)o, (__m256i)_mm512_cvtneps_pbh(lo));
+                _mm256_storeu_si256((__m256i *)(o + 16), (__m256i)_mm512_cvtneps_pbh(hi));
+            }
+        }
+    }
+    return 0;
+}
