@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from opencodegen.config import CodeGenConfig
-from opencodegen.kernels import small_batch_linear
+from opencodegen.kernels import decode_attention, small_batch_linear
 
 
 class KVCache:
@@ -34,6 +34,8 @@ class KVCache:
     The first `offset` tokens may live elsewhere (a subclass holding a shared prompt prefix);
     `keys`/`values` then store positions offset … length.
     """
+
+    fused_decode = True  # decode steps may use kernels/decode_attention (it reads keys/values only)
 
     def __init__(self, config: CodeGenConfig, batch_size: int, max_len: int, dtype: torch.dtype, device):
         shape = (batch_size, config.n_head, max_len, config.head_dim)
@@ -66,6 +68,19 @@ class KVCache:
         """A decode step's attention: store k, v [B, H, 1, D], then attend q over every cached token (fp32)."""
         k, v = self.update(layer, k, v)
         return single_query_attention(q.float(), k.float(), v.float(), mask)
+
+    def decode_step(
+        self, layer: int, qkv: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention output [B, 1, H * D] of one new token per row from its qkv [B, 1, 3, H, D] (before
+        the rotary embedding): one native call where kernels/decode_attention applies, else `attend`."""
+        if self.fused_decode:
+            out = decode_attention.attend(qkv, *rotary, self.keys[layer], self.values[layer],
+                                          self.length - self.offset, mask)  # fmt: skip
+            if out is not None:
+                return out
+        q, k, v = heads(qkv, rotary)
+        return self.attend(layer, q, k, v, mask).to(qkv.dtype).transpose(1, 2).reshape(qkv.shape[0], 1, -1)
 
     def select(self, rows: torch.Tensor) -> KVCache:
         """Keep (or repeat) batch rows, e.g. to drop finished sequences or fan one prompt out to n."""
@@ -113,6 +128,12 @@ def rotary_table(n_positions: int, rotary_dim: int, head_dim: int) -> torch.Tens
     table[:, 1, 0:rotary_dim:2] = -angles.sin()
     table[:, 1, 1:rotary_dim:2] = angles.sin()
     return table
+
+
+def heads(qkv: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """q, k (rotary applied) and v [B, H, T, D] from the fused projection's output [B, T, 3, H, D]."""
+    q, k = apply_rotary(qkv[:, :, :2], *rotary).permute(2, 0, 3, 1, 4)  # q and k in one go
+    return q, k, qkv[:, :, 2].transpose(1, 2)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -186,22 +207,20 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
-        q, k = apply_rotary(qkv[:, :, :2], *rotary).permute(2, 0, 3, 1, 4)  # q and k in one go
-        v = qkv[:, :, 2].transpose(1, 2)
         # Scores and softmax in fp32, as the original; output cast back to the model dtype.
         if cache is not None and T == 1 and not self.training:
-            out = cache.attend(layer, q, k, v, mask).to(x.dtype)
-        else:
-            if cache is not None:
-                k, v = cache.update(layer, k, v)
-            out = F.scaled_dot_product_attention(
-                q.float(),
-                k.float(),
-                v.float(),
-                attn_mask=mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=mask is None and T > 1,
-            ).to(x.dtype)
+            return self.out_proj(cache.decode_step(layer, qkv, rotary, mask))
+        q, k, v = heads(qkv, rotary)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        out = F.scaled_dot_product_attention(
+            q.float(),
+            k.float(),
+            v.float(),
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and T > 1,
+        ).to(x.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -26,7 +26,7 @@ from opencodegen.generation.sampling import (
     token_logprobs,
 )
 from opencodegen.generation.stopping import StopState
-from opencodegen.kernels import small_batch_linear
+from opencodegen.kernels import decode_attention, small_batch_linear
 from opencodegen.model import CodeGenForCausalLM, KVCache
 from opencodegen.tokenizer import IncrementalDecoder
 
@@ -147,7 +147,9 @@ class Generator:
         self.max_cache_bytes = max_cache_bytes
         self.share_prefix = model.device.type == "cpu" if share_prefix is None else share_prefix
         if model.device.type == "cpu" and model.dtype in small_batch_linear.ROWS:
-            small_batch_linear.status()  # build or load the kernel now, not inside the first request
+            small_batch_linear.status()  # build or load the kernels now, not inside the first request
+        if model.device.type == "cpu" and model.dtype == torch.float32:
+            decode_attention.LIBRARY.status()
         element = torch.empty((), dtype=model.dtype).element_size()
         self._cache_bytes_per_token = 2 * config.n_layer * config.n_embd * element
 

@@ -17,6 +17,8 @@ from opencodegen.model import CodeGenForCausalLM, KVCache
 class SharedPrefixCache(KVCache):
     """`groups`: (prefix cache of one prompt, batch 1; number of rows continuing it), in row order."""
 
+    fused_decode = False  # the native decode step knows nothing of the shared prompts
+
     def __init__(self, model: CodeGenForCausalLM, groups: list[tuple[KVCache, int]], max_new_tokens: int) -> None:
         config = model.config
         super().__init__(config, sum(n for _, n in groups), max_new_tokens, model.dtype, model.device)

@@ -1,0 +1,92 @@
+"""The native decode-step attention: the same cache contents and outputs as the PyTorch path, the
+cases it declines, and generation with and without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opencodegen.config import CodeGenConfig
+from opencodegen.generation import Generator, SamplingParams
+from opencodegen.kernels import decode_attention
+from opencodegen.model import CodeGenForCausalLM, KVCache, rotary_table
+
+needs_kernel = pytest.mark.skipif(decode_attention.LIBRARY.unavailable_reason() is not None,
+                                  reason=f"kernel unavailable: {decode_attention.LIBRARY.unavailable_reason()}")  # fmt: skip
+
+
+def _step_inputs(batch: int, heads: int, head_dim: int, cached: int, rotary_dim: int, seed: int = 0):
+    """A cache holding `cached` random tokens, one step's qkv, and each row's rotary rows."""
+    gen = torch.Generator().manual_seed(seed)
+    config = CodeGenConfig(n_layer=1, n_embd=heads * head_dim, n_head=heads, rotary_dim=rotary_dim, n_positions=64)
+    cache = KVCache(config, batch, cached + 5, torch.float32, "cpu")
+    for t in (*cache.keys, *cache.values):
+        t.copy_(torch.randn(t.shape, generator=gen))
+    cache.length = cached
+    positions = torch.randint(cached, 60, (batch, 1), generator=gen)
+    cos, sin = rotary_table(64, rotary_dim, head_dim)[positions][:, :, :, None, None].unbind(2)
+    qkv = torch.randn(batch, 1, 3, heads, head_dim, generator=gen) * 3
+    return cache, qkv, (cos, sin)
+
+
+def _clone(cache: KVCache) -> KVCache:
+    twin = KVCache.__new__(KVCache)
+    twin.keys, twin.values = [k.clone() for k in cache.keys], [v.clone() for v in cache.values]
+    twin.length, twin.offset = cache.length, cache.offset
+    return twin
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch, heads, head_dim, cached, rotary_dim", [(1, 4, 16, 0, 8), (3, 2, 64, 37, 32),
+                                                                          (2, 3, 256, 20, 64), (5, 1, 80, 50, 80)])  # fmt: skip
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernel_matches_the_pytorch_step(batch, heads, head_dim, cached, rotary_dim, masked):
+    cache, qkv, rotary = _step_inputs(batch, heads, head_dim, cached, rotary_dim)
+    mask = None
+    if masked:  # left padding: row r may not see its first r positions (each row still sees itself)
+        mask = torch.ones(batch, 1, 1, cached + 1, dtype=torch.bool)
+        for row in range(batch):
+            mask[row, ..., : min(row, cached)] = False
+    reference_cache = _clone(cache)
+    with torch.no_grad():
+        got = decode_attention.attend(qkv, *rotary, cache.keys[0], cache.values[0], cached, mask)
+        reference_cache.fused_decode = False
+        expected = reference_cache.decode_step(0, qkv, rotary, mask)
+    assert got is not None and got.shape == (batch, 1, heads * head_dim)
+    assert torch.equal(cache.keys[0], reference_cache.keys[0])  # the rotary embedding rounds identically
+    assert torch.equal(cache.values[0], reference_cache.values[0])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_declines_what_it_does_not_handle():
+    cache, qkv, rotary = _step_inputs(2, 2, 32, 10, 16)
+    keys, values = cache.keys[0], cache.values[0]
+    with torch.no_grad():
+        assert decode_attention.attend(qkv.bfloat16(), *rotary, keys, values, 10, None) is None
+        assert decode_attention.attend(qkv[..., :24].contiguous(), *rotary, keys[..., :24], values[..., :24], 10,
+                                       None) is None  # head_dim not a multiple of 16  # fmt: skip
+        assert decode_attention.attend(qkv.transpose(3, 4).contiguous().transpose(3, 4), *rotary, keys, values, 10,
+                                       None) is None  # not contiguous  # fmt: skip
+        assert decode_attention.attend(qkv, *rotary, keys, values, 10, torch.ones(2, 11)) is None  # mask not bool
+        assert decode_attention.attend(qkv, *rotary, keys, values, 10, torch.ones(2, 9, dtype=torch.bool)) is None
+        with pytest.raises(ValueError, match="KV cache overflow"):
+            decode_attention.attend(qkv, *rotary, keys, values, keys.shape[2], None)
+    assert decode_attention.attend(qkv, *rotary, keys, values, 10, None) is None  # autograd on
+
+
+@needs_kernel
+def test_generation_is_the_same_with_and_without_the_kernel(monkeypatch):
+    torch.manual_seed(0)
+    model = CodeGenForCausalLM(CodeGenConfig.from_preset("tiny")).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # peaked distributions: no near-ties between tokens
+    prompts = [[5, 9, 11, 300, 2, 7, 7, 1], [40, 41], [3, 2, 1, 0, 900]]  # different lengths: left padding
+    params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True, logprobs=0)
+    fused = Generator(model).generate_ids(prompts, params)
+    monkeypatch.setattr(decode_attention, "attend", lambda *args: None)
+    plain = Generator(model).generate_ids(prompts, params)
+    for a, b in zip(fused, plain):
+        assert a[0].token_ids == b[0].token_ids
+        torch.testing.assert_close([p.logprob for p in a[0].logprobs], [p.logprob for p in b[0].logprobs],
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
