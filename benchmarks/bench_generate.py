@@ -25,8 +25,8 @@ ends with a synchronize. The decode bound is weight bytes read per token (all we
 embedding, of which one row is read) divided by the bandwidth of a large memory copy measured on
 the device ((read + write) / time); plain reads run faster than a copy, so a step can beat this bound.
 On CPU, fp32 batches of 2 … 8 rows (n=8) and bf16 ones of 1 … 4 (bf16 greedy) use our AVX-512
-small-batch kernel where it is available (the header says whether); OPENCODEGEN_CPU_KERNEL=0
-measures without it.
+small-batch kernel, and fp32 decode steps (greedy, int8, int4) our decode-attention kernel, where
+they are available (the header says whether); OPENCODEGEN_CPU_KERNEL=0 measures without them.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main() -> None:
     from opencodegen.config import CodeGenConfig
     from opencodegen.generation import Generator, SamplingParams
     from opencodegen.generation.quantize import quantize_int4, quantize_int8
-    from opencodegen.kernels import int4_linear, small_batch_linear
+    from opencodegen.kernels import decode_attention, int4_linear, small_batch_linear
     from opencodegen.model import CodeGenForCausalLM
 
     torch.set_num_threads(args.threads)
@@ -119,7 +119,8 @@ def main() -> None:
           f"{new} new tokens, {device_name} {args.dtype}, "
           f"{'' if on_gpu else f'{args.threads} threads, '}torch {torch.__version__}, transformers {transformers.__version__}")
     if not on_gpu:
-        print(f"small-batch linear kernel: {small_batch_linear.status()}; int4 kernel: {int4_linear.LIBRARY.status()}")
+        print(f"CPU kernels: small-batch linear {small_batch_linear.status()}, decode attention "
+              f"{decode_attention.LIBRARY.status()}, int4 {int4_linear.LIBRARY.status()}")
 
     def hf_generate(budget: int, **kwargs) -> torch.Tensor:
         config = transformers.GenerationConfig(

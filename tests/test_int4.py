@@ -119,6 +119,8 @@ def test_bad_shapes_get_clear_errors():
         int4.linear(torch.randn(2, 128), packed, scales, None)
     with pytest.raises(ValueError, match=r"bias must have shape \[4\]"):
         int4.linear(torch.randn(2, 256), packed, scales, torch.randn(5))
+    with pytest.raises(ValueError, match="run on the CPU"):  # never a GPU pointer into the kernel
+        int4.linear(torch.randn(2, 256, device="meta"), packed, scales, None)
 
 
 @needs_kernel

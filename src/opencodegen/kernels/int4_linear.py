@@ -98,6 +98,8 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, bias: to
     functions = LIBRARY.functions()
     if functions is None:
         raise RuntimeError(f"the int4 kernel is {LIBRARY.status()}")
+    if any(t.device.type != "cpu" for t in (x, packed, scales, *(() if bias is None else (bias,)))):
+        raise ValueError("int4 layers run on the CPU (quantize for CPU decoding; use bfloat16/float16 on a GPU)")
     (rows, k), n = x.shape, packed.shape[0]
     if packed.shape != (n, k // 2) or scales.shape != (n, k // GROUP) or check_shape(k):
         raise ValueError(f"x {list(x.shape)} does not fit packed weights {list(packed.shape)} with scales "
