@@ -12,8 +12,9 @@ Measured (350M shape, 2 threads, AVX-512 VNNI): the linear layers of one decode 
 whose dequantization is compute-bound.
 
 Int4 (`Int4Linear`, kernels/int4_linear.py) halves the bytes again: 4.5 bits per weight, with
-activations quantized per group of 32 to int8 and exact integer dot products. It needs an x86-64
-CPU with AVX-512 VNNI and a C compiler, and costs more accuracy than int8 (see the README).
+activations quantized per call to int8 (one scale per row) and exact integer dot products per
+group of 32 weights. It needs an x86-64 CPU with AVX-512 VNNI and a C compiler, and costs more
+accuracy than int8 (see the README).
 """
 
 from __future__ import annotations

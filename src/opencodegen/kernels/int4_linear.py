@@ -7,11 +7,11 @@ magnitude is exactly -8 d; "round to nearest" for the rest). `int4_linear.c` mul
 with activations quantized per call to int8 (one scale per row, max|x| / 127) in exact integer
 dot products per group, summed in fp32. Measured on the linear layers of one 350M decode step
 (2 threads): one row 7.1-10.5 ms against 13.9-20.9 ms for int8 (FBGEMM) and 35-51 ms for fp32
-(MKL); the kernel is compute-bound from ~8 rows on, so int8 is faster from ~16 rows (64 rows:
-108 ms against 70 ms; fp32 195 ms), so from `MATMUL_ROWS` rows on, on CPUs with AMX, the
-weights are expanded to bf16 for PyTorch's matmul instead. There is no PyTorch fallback for the
-kernel (it would be slower than fp32): without it `linear` raises, and `generation/quantize.py`
-refuses int4 up front.
+(MKL). The kernel is compute-bound from ~8 rows on and int8 is faster from ~16 rows (64 rows:
+108 ms against 70 ms; fp32 195 ms); from `MATMUL_ROWS` rows on, on CPUs with AMX, the weights are
+expanded to bf16 for PyTorch's matmul instead. There is no PyTorch fallback for the kernel (it
+would be slower than fp32): without it `linear` raises, and `generation/quantize.py` refuses int4
+up front.
 """
 
 from __future__ import annotations
