@@ -38,6 +38,18 @@ def make_model_dir(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def with_one_and_more_threads(compute):
+    """`compute()` run with one thread and with at least two: (result, result)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = compute()
+        torch.set_num_threads(max(2, threads))
+        return one, compute()
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models are latency-bound: a second thread only adds synchronisation (slow on a busy machine)."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from generation_helpers import make_model_dir
+from generation_helpers import make_model_dir, with_one_and_more_threads
 from opencodegen import load
 from opencodegen.cli import main
 from opencodegen.errors import ConfigError
@@ -99,14 +99,7 @@ def test_many_rows_multiply_the_same_weights_in_bf16(rows):
 def test_result_does_not_depend_on_threads():
     weight, x = torch.randn(999, 1024), torch.randn(8, 1024)
     packed, scales = int4.pack(weight)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = int4.linear(x, packed, scales, None)
-        torch.set_num_threads(max(2, threads))
-        many = int4.linear(x, packed, scales, None)
-    finally:
-        torch.set_num_threads(threads)
+    one, many = with_one_and_more_threads(lambda: int4.linear(x, packed, scales, None))
     assert torch.equal(one, many)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from generation_helpers import with_one_and_more_threads
 from opencodegen.config import CodeGenConfig
 from opencodegen.generation import Generator
 from opencodegen.kernels import native
@@ -69,14 +70,7 @@ def test_bf16_rounding_and_special_values():
 @needs_kernel
 def test_result_does_not_depend_on_threads():
     x, w, b = torch.randn(8, 1024), torch.randn(999, 1024), torch.randn(999)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = kernel.linear(x, w, b)
-        torch.set_num_threads(max(2, threads))
-        many = kernel.linear(x, w, b)
-    finally:
-        torch.set_num_threads(threads)
+    one, many = with_one_and_more_threads(lambda: kernel.linear(x, w, b))
     assert torch.equal(one, many)
 
 
