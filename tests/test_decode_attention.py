@@ -15,17 +15,19 @@ needs_kernel = pytest.mark.skipif(decode_attention.LIBRARY.unavailable_reason() 
                                   reason=f"kernel unavailable: {decode_attention.LIBRARY.unavailable_reason()}")  # fmt: skip
 
 
-def _step_inputs(batch: int, heads: int, head_dim: int, cached: int, rotary_dim: int, seed: int = 0):
-    """A cache holding `cached` random tokens, one step's qkv, and each row's rotary rows."""
+def _step_inputs(batch: int, heads: int, head_dim: int, cached: int, rotary_dim: int, seed: int = 0,
+                 dtype: torch.dtype = torch.float32):  # fmt: skip
+    """A cache holding `cached` random tokens, one step's qkv, and each row's rotary rows (all in `dtype`,
+    as in a model of that dtype)."""
     gen = torch.Generator().manual_seed(seed)
     config = CodeGenConfig(n_layer=1, n_embd=heads * head_dim, n_head=heads, rotary_dim=rotary_dim, n_positions=64)
-    cache = KVCache(config, batch, cached + 5, torch.float32, "cpu")
+    cache = KVCache(config, batch, cached + 5, dtype, "cpu")
     for t in (*cache.keys, *cache.values):
         t.copy_(torch.randn(t.shape, generator=gen))
     cache.length = cached
     positions = torch.randint(cached, 60, (batch, 1), generator=gen)
-    cos, sin = rotary_table(64, rotary_dim, head_dim)[positions][:, :, :, None, None].unbind(2)
-    qkv = torch.randn(batch, 1, 3, heads, head_dim, generator=gen) * 3
+    cos, sin = rotary_table(64, rotary_dim, head_dim).to(dtype)[positions][:, :, :, None, None].unbind(2)
+    qkv = (torch.randn(batch, 1, 3, heads, head_dim, generator=gen) * 3).to(dtype)
     return cache, qkv, (cos, sin)
 
 
@@ -40,8 +42,9 @@ def _clone(cache: KVCache) -> KVCache:
 @pytest.mark.parametrize("batch, heads, head_dim, cached, rotary_dim", [(1, 4, 16, 0, 8), (3, 2, 64, 37, 32),
                                                                           (2, 3, 256, 20, 64), (5, 1, 80, 50, 80)])  # fmt: skip
 @pytest.mark.parametrize("masked", [False, True])
-def test_kernel_matches_the_pytorch_step(batch, heads, head_dim, cached, rotary_dim, masked):
-    cache, qkv, rotary = _step_inputs(batch, heads, head_dim, cached, rotary_dim)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_matches_the_pytorch_step(batch, heads, head_dim, cached, rotary_dim, masked, dtype):
+    cache, qkv, rotary = _step_inputs(batch, heads, head_dim, cached, rotary_dim, dtype=dtype)
     mask = None
     if masked:  # left padding: row r may not see its first r positions (each row still sees itself)
         mask = torch.ones(batch, 1, 1, cached + 1, dtype=torch.bool)
@@ -52,10 +55,15 @@ def test_kernel_matches_the_pytorch_step(batch, heads, head_dim, cached, rotary_
         got = decode_attention.attend(qkv, *rotary, cache.keys[0], cache.values[0], cached, mask)
         reference_cache.fused_decode = False
         expected = reference_cache.decode_step(0, qkv, rotary, mask)
-    assert got is not None and got.shape == (batch, 1, heads * head_dim)
+    assert got is not None and got.shape == (batch, 1, heads * head_dim) and got.dtype == dtype
     assert torch.equal(cache.keys[0], reference_cache.keys[0])  # the rotary embedding rounds identically
     assert torch.equal(cache.values[0], reference_cache.values[0])
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    else:  # the same fp32 result up to summation order, then rounded: equal or one bf16 step apart
+        step = expected.float().abs().clamp_min(2.0**-126) * 2.0**-7
+        assert ((got.float() - expected.float()).abs() <= step).all()
+        assert (got == expected).float().mean() > 0.9
 
 
 @needs_kernel
@@ -63,7 +71,9 @@ def test_declines_what_it_does_not_handle():
     cache, qkv, rotary = _step_inputs(2, 2, 32, 10, 16)
     keys, values = cache.keys[0], cache.values[0]
     with torch.no_grad():
-        assert decode_attention.attend(qkv.bfloat16(), *rotary, keys, values, 10, None) is None
+        assert decode_attention.attend(qkv.bfloat16(), *rotary, keys, values, 10, None) is None  # mixed dtypes
+        half = [t.half() for t in (qkv, *rotary, keys, values)]
+        assert decode_attention.attend(*half, 10, None) is None  # fp16: no kernel
         assert decode_attention.attend(qkv[..., :24].contiguous(), *rotary, keys[..., :24], values[..., :24], 10,
                                        None) is None  # head_dim not a multiple of 16  # fmt: skip
         assert decode_attention.attend(qkv.transpose(3, 4).contiguous().transpose(3, 4), *rotary, keys, values, 10,
@@ -76,9 +86,10 @@ def test_declines_what_it_does_not_handle():
 
 
 @needs_kernel
-def test_generation_is_the_same_with_and_without_the_kernel(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_generation_is_the_same_with_and_without_the_kernel(monkeypatch, dtype):
     torch.manual_seed(0)
-    model = CodeGenForCausalLM(CodeGenConfig.from_preset("tiny")).eval()
+    model = CodeGenForCausalLM(CodeGenConfig.from_preset("tiny")).eval().to(dtype)
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)  # peaked distributions: no near-ties between tokens
     prompts = [[5, 9, 11, 300, 2, 7, 7, 1], [40, 41], [3, 2, 1, 0, 900]]  # different lengths: left padding
@@ -86,7 +97,8 @@ def test_generation_is_the_same_with_and_without_the_kernel(monkeypatch):
     fused = Generator(model).generate_ids(prompts, params)
     monkeypatch.setattr(decode_attention, "attend", lambda *args: None)
     plain = Generator(model).generate_ids(prompts, params)
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05  # bf16: hidden states rounded at every layer
     for a, b in zip(fused, plain):
         assert a[0].token_ids == b[0].token_ids
         torch.testing.assert_close([p.logprob for p in a[0].logprobs], [p.logprob for p in b[0].logprobs],
-                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+                                   rtol=tolerance, atol=tolerance)  # fmt: skip

@@ -1,14 +1,18 @@
 """One decode step's attention in one native call: rotary, cache write, softmax(q kᵀ) v.
 
 A decode step runs ~15 small PyTorch ops per layer for its attention (rotary embedding, two
-cache writes, two matmuls, scale, softmax, reshapes), each costing a dispatch that is long
-against the work; `decode_attention.c` does them in one call per layer, for every row and head.
-Measured (350M shape, 2 threads): one layer's decode attention at 300 cached tokens 100 µs
-against 190-280 µs (one row), 1.2 ms against 1.5-1.7 ms (8 rows); the decode step after a
-256-token prompt, 8 paired rounds on a busy machine: fp32 0.95-1.17x (median 1.04x), int8
-1.06-1.37x (1.19x), int4 0.93-1.35x (1.13x). Keys are cached bit-identically to the PyTorch path;
-attention outputs agree within a few fp32 ulps. Used for fp32 on CPU where the kernel builds
-(see native.py); `attend` returns None everywhere else and the model uses PyTorch.
+cache writes, two matmuls, scale, softmax, reshapes; in bf16 also a conversion of every cached
+key and value to fp32), each costing a dispatch that is long against the work;
+`decode_attention.c` does them in one call per layer, for every row and head. Measured (350M
+shape, 2 threads): one layer's fp32 decode attention at 300 cached tokens 100 µs against
+190-280 µs (one row), 1.2 ms against 1.5-1.7 ms (8 rows); the decode step after a 256-token
+prompt, 8 paired rounds on a busy machine: fp32 0.95-1.17x (median 1.04x), int8 1.06-1.37x
+(1.19x), int4 0.93-1.35x (1.13x); bf16 greedy, 128 tokens end to end, 4 paired rounds:
+1.14-1.27x (median 1.18x; step 34-36 ms against 39-45). Keys are cached bit-identically to the
+PyTorch path; attention outputs agree within a few fp32 ulps (bf16: the same value, or one bf16
+step apart where the fp32 sum lands near a rounding boundary). Used for fp32 and bf16 on CPU
+where the kernel builds (see native.py); `attend` returns None everywhere else and the model
+uses PyTorch.
 """
 
 from __future__ import annotations
@@ -25,20 +29,23 @@ FLAGS = ("-O3", "-mavx512f", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared"
 MAX_HEAD_DIM = 256
 
 
-def _bind(library: ctypes.CDLL) -> object:
-    function = library.decode_attention
-    function.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_long] + [ctypes.c_void_p] * 2 + [ctypes.c_long] * 6
-                         + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int])  # fmt: skip
-    function.restype = ctypes.c_int
-    return function
+def _bind(library: ctypes.CDLL) -> dict[torch.dtype, object]:
+    functions = {torch.float32: library.decode_attention, torch.bfloat16: library.decode_attention_bf16}
+    for function in functions.values():
+        function.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_long] + [ctypes.c_void_p] * 2 + [ctypes.c_long] * 6
+                             + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int])  # fmt: skip
+        function.restype = ctypes.c_int
+    return functions
 
 
 LIBRARY = NativeLibrary(Path(__file__).with_suffix(".c"), FLAGS, ("avx512f",), _bind, logging.getLogger(__name__),
                         "decoding is slower")  # fmt: skip
 
 
-def _fp32_cpu(*tensors: torch.Tensor) -> bool:
-    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+def _one_dtype_on_cpu(*tensors: torch.Tensor) -> bool:
+    """All on the CPU, all fp32 or all bf16."""
+    dtype = tensors[0].dtype
+    return dtype in (torch.float32, torch.bfloat16) and all(t.dtype == dtype and t.device.type == "cpu" for t in tensors)
 
 
 def attend(
@@ -50,12 +57,13 @@ def attend(
     qkv [B, 1, 3, H, D] (q, k, v before the rotary embedding); cos, sin [B, 1, 1, 1, D] (the
     signed-sin table rows of each row's position); keys, values [B, H, L, D] (one layer of the
     cache; this step's k and v are written at position `start`); mask: None or booleans with
-    B * (start + 1) elements (True = may attend).
+    B * (start + 1) elements (True = may attend). All fp32 or all bf16 (computed in fp32, with
+    q and k rounded to bf16 after the rotary embedding and the output rounded, as PyTorch does).
     """
     B, T, three, H, D = qkv.shape
     if T != 1 or three != 3 or D % 16 or D > MAX_HEAD_DIM or torch.is_grad_enabled():
         return None
-    if not (_fp32_cpu(qkv, cos, sin, keys, values) and qkv.is_contiguous()):
+    if not (_one_dtype_on_cpu(qkv, cos, sin, keys, values) and qkv.is_contiguous()):
         return None
     if keys.shape != values.shape or keys.stride() != values.stride() or keys.shape[:2] != (B, H):
         return None
@@ -67,11 +75,11 @@ def attend(
         if mask.dtype != torch.bool or mask.numel() != B * (start + 1):
             return None
         mask = mask.reshape(B, start + 1).contiguous()  # bound to a name: it must outlive the call
-    function = LIBRARY.functions()
-    if function is None:
+    functions = LIBRARY.functions()
+    if functions is None:
         return None
-    out = torch.empty(B, 1, H * D)
-    code = function(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.stride(0), keys.data_ptr(), values.data_ptr(),  # type: ignore[operator]
+    out = torch.empty(B, 1, H * D, dtype=qkv.dtype)
+    code = functions[qkv.dtype](qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.stride(0), keys.data_ptr(), values.data_ptr(),  # type: ignore[operator]
                     keys.stride(0), keys.stride(1), B, H, D, start, None if mask is None else mask.data_ptr(),
                     D**-0.5, out.data_ptr(), torch.get_num_threads())  # fmt: skip
     return out if code == 0 else None

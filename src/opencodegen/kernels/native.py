@@ -1,10 +1,11 @@
 """A C kernel of this package: compiled on first use with the system C compiler, loaded with ctypes.
 
 The source ships with the package. The first use compiles it ($CC, else cc) into
-~/.cache/opencodegen/kernels, under a name made from the source, flags and compiler (a cached
-library that does not load is rebuilt). Where it cannot run — not Linux on x86-64, a CPU without
-the instructions it needs, no compiler, or OPENCODEGEN_CPU_KERNEL=0 — it is "off", the reason
-is logged once (quietly when expected, as a warning when a build failed) and `status()` tells it.
+~/.cache/opencodegen/kernels, under a name made from the source, the headers beside it, the
+flags and the compiler (a cached library that does not load is rebuilt). Where it cannot run —
+not Linux on x86-64, a CPU without the instructions it needs, no compiler, or
+OPENCODEGEN_CPU_KERNEL=0 — it is "off", the reason is logged once (quietly when expected, as a
+warning when a build failed) and `status()` tells it.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class NativeLibrary:
         cc = compiler()
         if cc is None:
             raise RuntimeError("no C compiler found (install gcc or set CC)")
-        key = hashlib.sha256(self.source.read_bytes() + repr((self.flags, cc)).encode()).hexdigest()[:16]
+        headers = b"".join(path.read_bytes() for path in sorted(self.source.parent.glob("*.h")))  # #included
+        key = hashlib.sha256(self.source.read_bytes() + headers + repr((self.flags, cc)).encode()).hexdigest()[:16]
         target = cache_dir() / f"{self.source.stem}-{key}.so"
         if target.is_file() and not force:
             return target

@@ -9,19 +9,10 @@
  * few rows ahead (the hardware prefetcher alone leaves this loop waiting on DRAM). Every output
  * is summed by one thread in a fixed order, so the result does not depend on the thread count.
  */
-#include <immintrin.h>
-#include <stdint.h>
-#include <string.h>
+#include "bf16.h"
 
 #define LANES 16
 #define PREFETCH_BYTES 32768 /* ahead of the rows being read: measured best of 1 ... 32 KiB */
-
-static inline __m512 load_f32(const float *p) { return _mm512_loadu_ps(p); }
-
-static inline __m512 load_bf16(const uint16_t *p) { /* bf16 -> fp32: the same bits, 16 zeros below */
-    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
 
 #define TWO_ROWS(NAME, T, LOAD, MM)                                                               \
     static void NAME##_##MM(const void *row0, const void *row1, const float *x, long K,          \
@@ -57,20 +48,6 @@ ALL_ROWS(bf16, uint16_t, load_bf16)
 typedef void (*two_rows_fn)(const void *, const void *, const float *, long, float *, float *);
 static const two_rows_fn F32_ROWS[9] = {0, f32_1, f32_2, f32_3, f32_4, f32_5, f32_6, f32_7, f32_8};
 static const two_rows_fn BF16_ROWS[9] = {0, bf16_1, bf16_2, bf16_3, bf16_4, bf16_5, bf16_6, bf16_7, bf16_8};
-
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; NaN stays NaN */
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
-    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
 
 static int run(const float *x, const char *w, const void *bias, void *y, long M, long N, long K,
                int threads, int bf16) {
