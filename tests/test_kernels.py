@@ -140,3 +140,19 @@ def test_damaged_cached_library_is_rebuilt(fresh_kernel):
     x, w = torch.randn(3, 64), torch.randn(5, 64)
     torch.testing.assert_close(kernel.linear(x, w, None), x @ w.T)
     assert kernel.status() == "on" and built.read_bytes()[:4] == b"\x7fELF"
+
+
+@needs_kernel
+def test_a_changed_header_rebuilds_the_library(fresh_kernel, tmp_path):
+    source_dir = tmp_path / "src"
+    source_dir.mkdir()
+    (source_dir / "value.h").write_text("#define VALUE 1\n")
+    source = source_dir / "answer.c"
+    source.write_text('#include "value.h"\nint answer(void) { return VALUE; }\n')
+    library = native.NativeLibrary(source, ("-O1", "-shared", "-fPIC"), (), lambda lib: lib.answer,
+                                   logging.getLogger(__name__), "nothing")  # fmt: skip
+    first = library.build()
+    (source_dir / "value.h").write_text("#define VALUE 2\n")
+    second = library.build()
+    assert first != second and first.is_file() and second.is_file()
+    assert library.functions()() == 2  # the library built from the changed header
