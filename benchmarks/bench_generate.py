@@ -24,8 +24,8 @@ Both models run on --device in --dtype (--threads only matters on CPU); on CUDA 
 ends with a synchronize. The decode bound is weight bytes read per token (all weights but the
 embedding, of which one row is read) divided by the bandwidth of a large memory copy measured on
 the device ((read + write) / time); plain reads run faster than a copy, so a step can beat this bound.
-On CPU, fp32 batches of 2 … 8 rows (n=8) and bf16 ones of 1 … 4 (bf16 greedy) use our AVX-512
-small-batch kernel, and the decode steps of greedy, int8, int4 and bf16 our decode-attention
+On CPU, fp32 batches of 1 … 8 rows (greedy, n=8) and bf16 ones of 1 … 4 (bf16 greedy) use our
+AVX-512 small-batch kernel, and the decode steps of greedy, int8, int4 and bf16 our decode-attention
 kernel, where they are available (the header says whether); OPENCODEGEN_CPU_KERNEL=0 measures
 without them.
 """

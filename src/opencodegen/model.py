@@ -149,11 +149,12 @@ class Linear(nn.Linear):
 
     Decoding multiplies every weight by 1 … 64 rows, where PyTorch's CPU matmuls read the weights
     well below the machine's bandwidth. Where kernels/small_batch_linear.py applies (AVX-512:
-    fp32 with 2 … 8 rows, bf16 with 1 … 4) it runs that kernel (350M shapes, 2 threads, the
-    linear layers of one step: fp32 with 8 rows 60-70 ms against 90-105 ms; bf16 with one row
-    27-37 ms against 39-60 ms). Otherwise, from 4 fp32 rows on, MKL runs W @ xᵀ 1.3-1.7x faster
-    than x @ Wᵀ (59 vs 89 ms for 8 rows, 61 vs 102 ms for 16); one fp32 row takes MKL's
-    matrix-vector path (36-44 ms), which only the default orientation hits.
+    fp32 with 1 … 8 rows, bf16 with 1 … 4) it runs that kernel (350M shapes, 2 threads, the
+    linear layers of one step: fp32 with 8 rows 60-70 ms against 90-105 ms; fp32 with one row
+    ~1.08x MKL's matrix-vector product; bf16 with one row 24-37 ms against 39-60 ms). Otherwise,
+    from 4 fp32 rows on, MKL runs W @ xᵀ 1.3-1.7x faster than x @ Wᵀ (59 vs 89 ms for 8 rows,
+    61 vs 102 ms for 16); one fp32 row without the kernel takes MKL's matrix-vector path
+    (36-44 ms), which only the default orientation hits.
     """
 
     SMALL_BATCH = (4, 64)

@@ -5,9 +5,12 @@ handful of rows and is bound by reading the weights. PyTorch streams them well b
 machine's bandwidth there; `small_batch_linear.c` reads each weight once. Measured on the linear
 layers of one 350M decode step (2 threads, paired rounds; `ROWS` keeps where the kernel wins):
   fp32, 2 … 8 rows: 55-70 ms against MKL's 90-105 ms (its GEMM reads at about half the speed of
-      its one-row matrix-vector product, which the kernel only matches: one row stays with MKL);
+      its one-row matrix-vector product);
+  fp32, one row: eight weight rows per call, two accumulators each: 1.08-1.10x MKL's
+      matrix-vector product on the layers (paired, a loaded machine), greedy decoding 1.05x end
+      to end (median of 13 alternating rounds, 0.87-1.29x: the machine's load), same tokens;
   bf16, 1 … 4 rows: 27-37 ms against 39-60 ms for PyTorch's bf16 path (equal from 8 rows on);
-      one row reads four weight rows at a time (two otherwise): 23.9 against 26.6 ms, median of
+      one row reads four weight rows per call (two otherwise): 23.9 against 26.6 ms, median of
       8 alternating rounds.
 The bf16 kernel widens the weights to fp32 exactly, multiplies them with the activations in fp32
 and rounds each output to bf16, as PyTorch's bf16 matmul does.
@@ -28,7 +31,7 @@ import torch
 from opencodegen.kernels.native import NativeLibrary
 
 FLAGS = ("-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC")
-ROWS = {torch.float32: (2, 8), torch.bfloat16: (1, 4)}  # weight dtype -> rows where the kernel is faster
+ROWS = {torch.float32: (1, 8), torch.bfloat16: (1, 4)}  # weight dtype -> rows where the kernel is faster
 LANES = 16  # the reduced dimension must be a multiple of this
 
 
