@@ -226,10 +226,10 @@ def _suffix(rank: int, world: int) -> str:
     return "" if world == 1 else f".rank{rank}"
 
 
-def sample_seed(seed: int, task_id: str, temperature: float, start: int) -> int:
-    """The sampling seed of one batch, fixed by (seed, task, temperature, first sample index)."""
-    digest = hashlib.sha256(f"{seed}|{task_id}|{temperature!r}|{start}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+def sample_key(task_id: str, temperature: float) -> str:
+    """The engine's row key of a problem's samples at one temperature: with the run's seed and the
+    sample index it fixes each sample's random stream, whatever the batch it is drawn in."""
+    return f"{task_id}|T={temperature!r}"
 
 
 # ----------------------------------------------------------------------------- generation
@@ -250,8 +250,9 @@ def generate_samples(
 ) -> None:
     """Sample n completions per problem and temperature into `store`, skipping those present.
 
-    Each batch of `batch_size` samples has its own seed, so a batch regenerated after a kill
-    gives the same completions and only the missing ones are written.
+    Sample i of a problem at a temperature draws from the stream of (seed, problem, temperature, i),
+    so a batch regenerated after a kill gives the same completions (only the missing ones are
+    written), and `batch_size` does not change which samples are drawn.
     """
     from opencodegen.generation import SamplingParams
 
@@ -265,10 +266,10 @@ def generate_samples(
                 bar.update(len(indices))
                 continue
             params = SamplingParams(n=len(indices), max_new_tokens=max_new_tokens, temperature=temperature,
-                                    top_p=top_p, seed=sample_seed(seed, problem.task_id, temperature, start),
-                                    truncate="humaneval")  # fmt: skip
+                                    top_p=top_p, seed=seed, truncate="humaneval")  # fmt: skip
             done = bar.n
-            (completions,) = generator.generate([problem.prompt], params, progress=bar.update)
+            (completions,) = generator.generate([problem.prompt], params, progress=bar.update,
+                                                keys=[sample_key(problem.task_id, temperature)], first_sample=start)
             if len(completions) != len(indices):
                 raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
             store.extend(
