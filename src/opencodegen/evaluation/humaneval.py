@@ -30,12 +30,15 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opencodegen.errors import DataError
 from opencodegen.evaluation import run_record
 from opencodegen.evaluation.passk import estimate, pass_at_k
 from opencodegen.evaluation.results import ResultStore
+
+if TYPE_CHECKING:
+    from opencodegen.generation import SamplingParams
 
 HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
 KEY = ("task_id", "temperature", "sample")
@@ -312,7 +315,7 @@ def _suffix(rank: int, world: int) -> str:
     return "" if world == 1 else f".rank{rank}"
 
 
-def sampling_params(top_p: float, max_new_tokens: int, seed: int) -> Any:
+def sampling_params(top_p: float, max_new_tokens: int, seed: int) -> SamplingParams:
     """The sampler of a model run; each batch sets its n and temperature."""
     from opencodegen.generation import SamplingParams
 

@@ -44,8 +44,8 @@ def package_versions() -> dict[str, str]:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in chunks; cached in the user cache by (path, size, mtime), since
-    the weights of a large model take minutes to hash."""
+    """sha256 of a file, read in chunks; cached in the user cache by (path, size, mtime), since a
+    large model's weights are slow to hash."""
     path = path.resolve()
     stat = path.stat()
     cache_file = user_cache_dir() / _HASH_CACHE
@@ -110,6 +110,8 @@ def check_record(path: Path, wanted: dict[str, Any], error: type[Exception] = Co
         found = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(found, dict):
+        raise DataError(f"{path}: not a run record (expected a JSON object); use another --out")
     old, new = dict(_flatten(found)), dict(_flatten(wanted))
     changed = [name for name in sorted(set(old) | set(new)) if name in new and old.get(name) != new.get(name)]
     changed += [name for name in sorted(set(old) - set(new)) if _top(name) in wanted and old[name] is not None]
