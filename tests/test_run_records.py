@@ -145,6 +145,8 @@ def test_a_humaneval_resume_with_another_model_dtype_quantization_or_sampler_is_
         assert "warning: resuming" in capsys.readouterr().err
         resumed = json.loads((out / "run.json").read_text())["resumed_with"]
         assert resumed == [{"versions.torch": "0.0-other"}]
+    assert cli([*argv[:-1], "--batch-size", "1", "--quiet"]) == 0  # the same samples, drawn one per call
+    assert "batch_size: 2 -> 1" in capsys.readouterr().err
     make_model_dir(model_dir, seed=1)  # other weights in the same directory
     refused([], "model.weights_sha256.model.safetensors")
     assert json.loads((out / "run.json").read_text())["model"] == record["model"]  # the record is kept

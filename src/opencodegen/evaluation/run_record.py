@@ -2,8 +2,9 @@
 kept in its settings file, and the check that refuses to resume it with anything else.
 
 A resumed run appends to the samples already drawn, so every setting that changes what would be
-drawn must match: a change is refused, naming the field. Package versions and the GPU model only
-change floating-point details; a change there is reported and recorded, not refused.
+drawn must match: a change is refused, naming the field. Package versions, the GPU model and the
+batch size (each sample has its own random stream) only change floating-point details; a change
+there is reported and recorded, not refused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from opencodegen.user_cache import user_cache_dir
 # so that a run drawn with the old one is never continued with the new one.
 RANDOM_STREAMS = "blake2b(seed, row key, sample index)"
 # Fields whose change is reported and recorded ("resumed_with") but not refused.
-WARN_ONLY = ("versions", "model.device_name")
+WARN_ONLY = ("versions", "model.device_name", "batch_size")
 _HASH_CACHE = "weights-sha256.json"
 _CHUNK = 1 << 22
 
