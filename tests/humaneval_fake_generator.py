@@ -1,7 +1,7 @@
 """A duck-typed stand-in for opencodegen.generation.Generator in HumanEval tests.
 
-Each completion is the canonical solution or a wrong body, decided by (seed, sample index) as
-the real engine's randomness is. Run as a script, it runs one HumanEval rank:
+Each completion is the canonical solution or a wrong body, decided by (seed, row key, sample
+index) as the real engine's randomness is. Run as a script, it runs one HumanEval rank:
 `python humaneval_fake_generator.py '<json settings>'`, printing the summary as JSON.
 """
 
@@ -31,14 +31,14 @@ class FakeGenerator:
         self.delay = delay
         self.calls = 0
 
-    def generate(self, prompts, params, progress=None):
+    def generate(self, prompts, params, progress=None, *, keys, first_sample=0):
         self.calls += 1
         time.sleep(self.delay)
-        (prompt,) = prompts
+        (prompt,), (key,) = prompts, keys
         problem = self.by_prompt[prompt]
         completions = []
-        for j in range(params.n):
-            draw = hashlib.sha256(f"{params.seed}-{j}-{params.temperature}".encode()).digest()[0]
+        for j in range(first_sample, first_sample + params.n):
+            draw = hashlib.sha256(f"{params.seed}-{key}-{j}".encode()).digest()[0]
             completions.append(FakeCompletion(problem.canonical_solution if draw % 3 else WRONG))
             if progress is not None:
                 progress(1)

@@ -42,7 +42,9 @@ class ScriptedGenerator:
     def __init__(self, reply):
         self.reply = reply
         self.calls: list[tuple[list[str], FakeParams]] = []
+        self.streams: list[tuple[list[str] | None, int | list[int]]] = []  # (keys, first_sample) of each call
 
-    def generate(self, prompts, params, progress=None):
+    def generate(self, prompts, params, progress=None, *, keys=None, first_sample=0):
         self.calls.append((list(prompts), params))
+        self.streams.append((keys, first_sample))
         return [[FakeCompletion(self.reply(p, params, k)) for k in range(params.n)] for p in prompts]

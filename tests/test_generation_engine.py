@@ -98,15 +98,40 @@ def test_penalize_subtracts_presence_once_and_frequency_per_occurrence():
     assert penalize(logits, [[1]], SamplingParams()) is logits  # off: untouched
 
 
-def test_a_sample_does_not_depend_on_its_batch(gen):
-    alone = gen.generate([PROMPTS[0]], SAMPLE)[0]
-    mixed = gen.generate([PROMPTS[2], PROMPTS[0], PROMPTS[3]], SAMPLE)[1]
+def test_a_sample_does_not_depend_on_its_batch(loaded):
+    gen = Generator(*loaded)
+    alone = gen.generate([PROMPTS[0]], SAMPLE, keys=["add"])[0]
+    mixed = gen.generate([PROMPTS[2], PROMPTS[0], PROMPTS[3]], SAMPLE, keys=["point", "add", "x"])[1]
     assert [c.token_ids for c in alone] == [c.token_ids for c in mixed]
-    # sample j of n is the same sequence whatever n is
-    first = gen.generate([PROMPTS[0]], dataclasses.replace(SAMPLE, n=1))[0][0]
-    assert first.token_ids == alone[0].token_ids
-    other_seed = gen.generate([PROMPTS[0]], dataclasses.replace(SAMPLE, seed=12))[0]
+    # by default the key is the prompt's index: the other prompts of the call do not matter
+    first = gen.generate([PROMPTS[0], PROMPTS[1]], SAMPLE)[0]
+    assert [c.token_ids for c in first] == [c.token_ids for c in gen.generate([PROMPTS[0], PROMPTS[3]], SAMPLE)[0]]
+    # nor does the batch size: one row per batch gives the same samples
+    single_rows = Generator(*loaded, max_batch_size=1).generate([PROMPTS[2], PROMPTS[0]], SAMPLE, keys=["p", "add"])
+    assert [c.token_ids for c in single_rows[1]] == [c.token_ids for c in alone]
+    # sample j of n is the same sequence whatever n is, and whatever call draws it (first_sample)
+    one = gen.generate([PROMPTS[0]], dataclasses.replace(SAMPLE, n=1), keys=["add"])[0][0]
+    assert one.token_ids == alone[0].token_ids
+    later = gen.generate([PROMPTS[0]], dataclasses.replace(SAMPLE, n=2), keys=["add"], first_sample=2)[0]
+    assert [c.token_ids for c in later] == [c.token_ids for c in alone[2:]]
+    other_seed = gen.generate([PROMPTS[0]], dataclasses.replace(SAMPLE, seed=12), keys=["add"])[0]
     assert [c.token_ids for c in other_seed] != [c.token_ids for c in alone]
+    other_key = gen.generate([PROMPTS[0]], SAMPLE, keys=["sub"])[0]
+    assert [c.token_ids for c in other_key] != [c.token_ids for c in alone]
+    # one key, a sample index per prompt: rows continuing samples 3 and 1 of "add"
+    n1 = dataclasses.replace(SAMPLE, n=1)
+    rows = gen.generate([PROMPTS[0], PROMPTS[0]], n1, keys=["add", "add"], first_sample=[3, 1])
+    assert [c.token_ids for (c,) in rows] == [alone[3].token_ids, alone[1].token_ids]
+
+
+def test_identical_prompts_in_one_call_draw_different_samples(gen):
+    params = SamplingParams(n=1, max_new_tokens=16, temperature=1.0, top_p=1.0, seed=5, ignore_eos=True)
+    rows = gen.generate([PROMPTS[0]] * 3, params)
+    assert len({tuple(c.token_ids) for (c,) in rows}) == 3
+    again = gen.generate([PROMPTS[0]] * 3, params)
+    assert [c.token_ids for (c,) in again] == [c.token_ids for (c,) in rows]  # the same seed reproduces them
+    both = gen.generate([PROMPTS[0]] * 3, dataclasses.replace(params, n=2))
+    assert len({tuple(c.token_ids) for row in both for c in row}) == 6
 
 
 def test_small_cache_budget_splits_batches_and_reuses_the_prefill(loaded, monkeypatch):
@@ -148,7 +173,7 @@ def test_stop_strings_cut_text_and_finished_rows_leave_the_batch(gen):
 
 
 def test_codegen_truncation_in_the_engine(gen):
-    params = dataclasses.replace(SAMPLE, n=8, max_new_tokens=48, temperature=1.2, top_p=1.0, ignore_eos=True)
+    params = dataclasses.replace(SAMPLE, n=8, max_new_tokens=48, temperature=1.2, top_p=1.0, ignore_eos=True, seed=17)
     free = gen.generate([PROMPTS[0]], params)[0]
     truncated = gen.generate([PROMPTS[0]], dataclasses.replace(params, truncate="codegen"))[0]
     assert any(truncate_codegen(f.text) != f.text for f in free)
@@ -211,6 +236,12 @@ def test_left_truncation_of_long_prompts(gen):
         (lambda g: g.generate(["x"], SamplingParams(temperature=-1)), "temperature"),
         (lambda g: g.generate(["x"], SamplingParams(truncate="python")), "unknown truncation preset"),
         (lambda g: Generator(g.model).generate_ids([[1]], SamplingParams(stop=["\n"])), "need a tokenizer"),
+        (lambda g: g.generate(["x", "y"], SamplingParams(), keys=["k", "k"]), "share a random stream"),
+        (lambda g: g.generate(["x", "y"], SamplingParams(n=2), keys=["k", "k"], first_sample=[0, 1]),
+         "share a random stream"),
+        (lambda g: g.generate(["x", "y"], SamplingParams(), keys=["k"]), "one string per prompt"),
+        (lambda g: g.generate(["x"], SamplingParams(), first_sample=-1), "first_sample"),
+        (lambda g: g.generate(["x"], SamplingParams(), first_sample=[0, 1]), "first_sample"),
     ],
 )
 def test_bad_input_raises_generation_error(gen, call, message):

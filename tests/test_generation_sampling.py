@@ -8,7 +8,13 @@ import torch
 from generation_helpers import one_thread  # noqa: F401 (fixture)
 from opencodegen.errors import GenerationError
 from opencodegen.generation import SamplingParams
-from opencodegen.generation.sampling import TokenSampler, sample_tokens, sequence_uniforms, token_logprobs
+from opencodegen.generation.sampling import (
+    TokenSampler,
+    sample_tokens,
+    sequence_seed,
+    sequence_uniforms,
+    token_logprobs,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DRAWS = 40_000
@@ -143,12 +149,21 @@ def test_rows_are_independent_of_their_batch():
     assert torch.equal(used(logits, uniforms), together)
 
 
-def test_sequence_uniforms_are_seeded_per_sample():
-    a = sequence_uniforms(7, 0, 16)
-    assert torch.equal(a, sequence_uniforms(7, 0, 16))
-    assert not torch.equal(a, sequence_uniforms(7, 1, 16)) and not torch.equal(a, sequence_uniforms(8, 0, 16))
-    assert torch.equal(sequence_uniforms(7, 0, 32)[:16], a)  # longer budgets extend the same stream
+def test_sequence_uniforms_are_seeded_per_key_and_sample():
+    a = sequence_uniforms(7, "0", 0, 16)
+    assert torch.equal(a, sequence_uniforms(7, "0", 0, 16))
+    others = [sequence_uniforms(7, "0", 1, 16), sequence_uniforms(8, "0", 0, 16), sequence_uniforms(7, "1", 0, 16)]
+    assert not any(torch.equal(a, other) for other in others)
+    assert torch.equal(sequence_uniforms(7, "0", 0, 32)[:16], a)  # longer budgets extend the same stream
     assert a.dtype == torch.float64 and bool(((a >= 0) & (a < 1)).all())
+    # the fields are separated: ("1", 23) and ("12", 3) are different streams
+    assert sequence_seed(0, "1", 23) != sequence_seed(0, "12", 3)
+
+
+def test_sequence_seeds_are_stable_across_versions():
+    """Resumed runs redraw the samples they lost: the seed of a stream must never change silently."""
+    assert sequence_seed(7, "0", 0) == 8705751253558669241
+    assert sequence_seed(0, "HumanEval/0|0.2", 3) == 1841569929961161185
 
 
 def test_token_logprobs():

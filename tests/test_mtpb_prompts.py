@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mtpb_helpers import FakeParams, ScriptedGenerator, mtpb_path
 from opencodegen.evaluation.mtpb import load_mtpb
-from opencodegen.evaluation.mtpb_generate import generate_multi_turn, generate_single_turn
+from opencodegen.evaluation.mtpb_generate import generate_multi_turn, generate_single_turn, stream_key
 from opencodegen.synthesis.history import turn_prompt
 
 
@@ -60,7 +60,15 @@ def test_every_problem_matches_the_reference_loop_and_batches_each_turn_in_one_c
         assert len(first_prompts) == len(problem.tests) and first_params.n == 2
         assert all(len(prompts) == 2 * len(problem.tests) and p.n == 1 for prompts, p in generator.calls[1:])
         assert {(p.truncate, p.max_new_tokens) for _, p in generator.calls} == {("codegen", problem.max_gen_length)}
-        assert len({p.seed for _, p in generator.calls}) == problem.n_turns  # a distinct seed per turn
+        assert {p.seed for _, p in generator.calls} == {7}  # the run's seed; the stream comes from the key
+        # every row of every turn draws from its own stream: (problem, test, turn) key + sample index
+        streams = []
+        for (_, params), (keys, first) in zip(generator.calls, generator.streams):
+            firsts = [first] * len(keys) if isinstance(first, int) else first
+            streams += [(key, f + j) for key, f in zip(keys, firsts) for j in range(params.n)]
+        expected = [(stream_key(problem, t, turn), s) for turn in range(problem.n_turns) for t in problem.tests
+                    for s in range(2)]  # fmt: skip
+        assert sorted(streams) == sorted(expected)
 
 
 def test_problem_17_multi_line_prompt_is_kept_verbatim():

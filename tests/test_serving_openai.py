@@ -52,13 +52,14 @@ def test_greedy_completion_equals_the_engine(client, engine, loaded):
 
 def test_seeded_samples_equal_the_engine_for_every_prompt_and_choice(client, engine):
     params = SamplingParams(n=3, max_new_tokens=16, temperature=0.9, top_p=0.9, seed=7)
-    prompts = [PROMPT, "import numpy as np\n"]
+    prompts = [PROMPT, "import numpy as np\n", PROMPT]
     expected = engine.generate(prompts, params)
     r = client.completions.create(model=MODEL_NAME, prompt=prompts, n=3, max_tokens=16, temperature=0.9,
                                   top_p=0.9, seed=7)  # fmt: skip
-    assert [c.index for c in r.choices] == list(range(6))
+    assert [c.index for c in r.choices] == list(range(9))
     assert [c.text for c in r.choices] == [c.text for per_prompt in expected for c in per_prompt]
     assert len({c.text for c in r.choices[:3]}) > 1  # the n samples differ from one another
+    assert [c.text for c in r.choices[:3]] != [c.text for c in r.choices[6:]]  # so do identical prompts
     again = client.completions.create(model=MODEL_NAME, prompt=prompts, n=3, max_tokens=16, temperature=0.9,
                                       top_p=0.9, seed=7)  # fmt: skip
     assert [c.text for c in again.choices] == [c.text for c in r.choices]

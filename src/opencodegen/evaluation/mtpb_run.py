@@ -5,7 +5,8 @@ Files under OUT:
   results_<mode>.jsonl   their scores (passed, status, captured output, error)
   summary.json           pass_rate (%), per_problem, per_category, per_turns (+ every mode)
   mtpb_categories.png    pass rate per category, multi- vs single-turn
-  config.json            the settings a resumed run must match
+  config.json            the settings a resumed run must match (model, weights sha256, dtype,
+                         device, every sampler setting, package versions: see run_record)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from opencodegen.errors import DataError
+from opencodegen.evaluation import run_record
 from opencodegen.evaluation.mtpb import SINGLE_TURN_NOTE, Benchmark, Problem
 from opencodegen.evaluation.mtpb_generate import GENERATORS
 from opencodegen.evaluation.mtpb_report import plot_comparison, summarize
@@ -35,16 +37,8 @@ def _key(record: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def check_config(out: Path, config: dict[str, Any]) -> None:
-    """Remember the run's settings; refuse to resume into OUT with different ones."""
-    path = out / "config.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v}
-        if changed:
-            details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise DataError(f"{out} holds a run with other settings ({details}); use another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2) + "\n")
+    """Remember the run's settings; refuse to resume into OUT with different ones, naming them."""
+    run_record.check_record(out / "config.json", config, error=DataError)
 
 
 def generate(

@@ -22,6 +22,7 @@ from opencodegen.generation.sampling import (
     TokenSampler,
     penalize,
     resolve_seed,
+    row_streams,
     sequence_uniforms,
     token_logprobs,
 )
@@ -76,6 +77,18 @@ class _Prefix:
     @property
     def length(self) -> int:
         return self.cache.length
+
+
+@dataclasses.dataclass(frozen=True)
+class _Streams:
+    """Where the random draws of one call come from: its seed and each prompt's (key, first sample index)."""
+
+    seed: int
+    rows: list[tuple[str, int]]
+
+    def uniforms(self, prompt: int, sample: int, steps: int) -> torch.Tensor:
+        key, first = self.rows[prompt]
+        return sequence_uniforms(self.seed, key, first + sample, steps)
 
 
 class SequenceState:
@@ -155,24 +168,37 @@ class Generator:
 
     # ---- public API ------------------------------------------------------------------------------
     def generate(
-        self, prompts: Sequence[str], params: SamplingParams, progress: Callable[[int], None] | None = None
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams,
+        progress: Callable[[int], None] | None = None,
+        *,
+        keys: Sequence[str] | None = None,
+        first_sample: int | Sequence[int] = 0,
     ) -> list[list[Completion]]:
         """`params.n` completions of every prompt, in prompt order.
 
         `progress`, if given, is called with the number of sequences that just finished
-        (e.g. a tqdm bar's `update`).
+        (e.g. a tqdm bar's `update`). Completion j of prompt i draws from the stream of
+        (params.seed, keys[i], first_sample + j) (`first_sample`: one index, or one per prompt);
+        `keys` default to the prompts' indices in this call. Callers that split one piece of work
+        over several calls pass stable keys (a task id) and sample indices, so that a sample is the
+        same however the work is split.
         """
-        return self.generate_ids(self.encode(prompts), params, progress)
+        return self.generate_ids(self.encode(prompts), params, progress, keys=keys, first_sample=first_sample)
 
     def generate_ids(
         self,
         prompt_ids: Sequence[Sequence[int]],
         params: SamplingParams,
         progress: Callable[[int], None] | None = None,
+        *,
+        keys: Sequence[str] | None = None,
+        first_sample: int | Sequence[int] = 0,
     ) -> list[list[Completion]]:
         """As `generate`, for prompts given as token ids."""
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompt_ids]
-        for event in self.stream_events(prompt_ids, params):
+        for event in self.stream_events(prompt_ids, params, keys=keys, first_sample=first_sample):
             if event.completion is not None:
                 results[event.prompt_index][event.index] = event.completion
                 if progress is not None:
@@ -193,10 +219,18 @@ class Generator:
         return self.tokenizer.encode_batch(list(prompts))
 
     @torch.inference_mode()
-    def stream_events(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[StreamEvent]:
-        """Events of every sequence of every prompt as they happen (prompts of similar length are batched)."""
+    def stream_events(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        keys: Sequence[str] | None = None,
+        first_sample: int | Sequence[int] = 0,
+    ) -> Iterator[StreamEvent]:
+        """Events of every sequence of every prompt as they happen (prompts of similar length are batched).
+        `keys` and `first_sample` choose the random streams, as in `generate`."""
         prompts = [self._check_prompt(i, ids, params) for i, ids in enumerate(prompt_ids)]
-        seed = resolve_seed(params.seed)
+        streams = _Streams(resolve_seed(params.seed), row_streams(len(prompts), params.n, keys, first_sample))
         order = sorted(range(len(prompts)), key=lambda p: len(prompts[p]))
         jobs = [(p, j) for p in order for j in range(params.n)]
         prefixes: dict[int, _Prefix] = {}
@@ -207,7 +241,7 @@ class Generator:
             for p in dict.fromkeys(p for p, _ in batch):
                 if p not in prefixes:
                     prefixes[p] = self._prefill(prompts[p])
-            yield from self._decode(batch, prefixes, params, seed)
+            yield from self._decode(batch, prefixes, params, streams)
             for p, _ in batch:  # a prompt's samples are contiguous: drop prefixes no later batch needs
                 if end == len(jobs) or jobs[end][0] != p:
                     prefixes.pop(p, None)
@@ -279,7 +313,7 @@ class Generator:
         return cache
 
     def _decode(
-        self, batch: list[tuple[int, int]], prefixes: dict[int, _Prefix], params: SamplingParams, seed: int
+        self, batch: list[tuple[int, int]], prefixes: dict[int, _Prefix], params: SamplingParams, streams: _Streams
     ) -> Iterator[StreamEvent]:
         max_new = params.max_new_tokens
         groups: list[tuple[_Prefix, int]] = []  # runs of rows continuing one prompt
@@ -302,7 +336,7 @@ class Generator:
         logits = torch.stack([prefix.logits for prefix, n in groups for _ in range(n)])
         uniforms = None
         if not params.greedy:
-            uniforms = torch.stack([sequence_uniforms(seed, j, max_new) for _, j in batch]).to(device)
+            uniforms = torch.stack([streams.uniforms(p, j, max_new) for p, j in batch]).to(device)
         active = [SequenceState(p, j, self, params) for p, j in batch]
         sampler = TokenSampler(params)
 

@@ -1,14 +1,17 @@
 """Sampling parameters and the next-token choice: greedy, temperature, top-k, top-p (nucleus).
 
-Randomness is per sequence: every sequence owns a ``torch.Generator`` seeded from (seed, sample
-index) that draws one uniform number per step in advance, and the token is found by inverting the
-cumulative distribution of the filtered probabilities. A sequence's draws therefore never depend
-on which other sequences share its batch.
+Randomness is per sequence: every sequence owns a ``torch.Generator`` seeded from a stable hash
+of (seed, row key, sample index) that draws one uniform number per step in advance, and the token
+is found by inverting the cumulative distribution of the filtered probabilities. The row key names
+the prompt (by default its index in the call; callers pass stable keys such as a task id), so
+identical prompts of one call draw different samples, while a sequence's draws never depend on
+which other sequences share its batch or how large that batch is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import secrets
 from collections.abc import Sequence
 
@@ -103,11 +106,38 @@ def resolve_seed(seed: int | None) -> int:
     return secrets.randbits(63) if seed is None else seed
 
 
-def sequence_uniforms(seed: int, index: int, steps: int) -> torch.Tensor:
-    """The uniform draws in [0, 1) of sample `index` of a request with `seed` (float64, [steps])."""
-    mixed = (seed * 0x9E3779B97F4A7C15 + index * 0xBF58476D1CE4E5B9 + 1) % (1 << 63)
-    generator = torch.Generator().manual_seed(mixed)
+def sequence_seed(seed: int, key: str, sample: int) -> int:
+    """The generator seed of sample `sample` of the row keyed `key`: a stable hash of all three
+    (the same on every machine and Python version, unlike ``hash``)."""
+    text = "\x1f".join((str(seed), key, str(sample)))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def sequence_uniforms(seed: int, key: str, sample: int, steps: int) -> torch.Tensor:
+    """The uniform draws in [0, 1) of sample `sample` of the row keyed `key` under `seed` (float64, [steps])."""
+    generator = torch.Generator().manual_seed(sequence_seed(seed, key, sample))
     return torch.rand(steps, generator=generator, dtype=torch.float64)
+
+
+def row_streams(
+    count: int, n: int, keys: Sequence[str] | None, first_sample: int | Sequence[int]
+) -> list[tuple[str, int]]:
+    """(row key, first sample index) of each of `count` prompts with `n` samples each.
+
+    `keys` default to the prompts' indices in the call; `first_sample` is one index for all prompts
+    or one per prompt. No two rows may share a stream: a repeated (key, sample index) is an error.
+    """
+    keys = [str(i) for i in range(count)] if keys is None else list(keys)
+    if len(keys) != count or not all(isinstance(k, str) for k in keys):
+        raise GenerationError(f"keys must be one string per prompt ({count} prompts), got {keys!r:.200}")
+    firsts = [first_sample] * count if isinstance(first_sample, int) else list(first_sample)
+    if len(firsts) != count or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in firsts):
+        raise GenerationError(f"first_sample must be an integer >= 0 or one per prompt, got {first_sample!r:.200}")
+    streams = {(key, first + j) for key, first in zip(keys, firsts) for j in range(n)}
+    if len(streams) != count * n:
+        raise GenerationError("two rows would share a random stream (the same key and sample index): "
+                              "give each prompt its own key or disjoint sample indices")
+    return list(zip(keys, firsts))
 
 
 class TokenSampler:

@@ -4,7 +4,8 @@ Between two decode steps, waiting requests are prefilled (one prefill per prompt
 repeated for the n samples) and merged into the running batch, and finished or cancelled
 sequences leave it. Sampling, stop strings and logprobs are the generation engine's
 (`opencodegen.generation.sampling` / `.stopping`); each sequence draws its random numbers from
-its own (seed, sample index) stream, so its output does not depend on its batch neighbours.
+its own (seed, prompt index, sample index) stream, so its output does not depend on its batch
+neighbours, and identical prompts of one request draw different samples.
 
 The asyncio side talks to the thread through :meth:`Scheduler.submit` (which returns a
 :class:`Job` whose events arrive on an asyncio queue) and :meth:`Job.cancel`.
@@ -157,7 +158,8 @@ class _Row:
         self.job = job
         self.index = prompt_index * params.n + sample
         self.seq = EngineSequence(prompt_index, sample, generator, params)
-        self.uniforms = None if params.greedy else sequence_uniforms(job.seed, sample, params.max_new_tokens)
+        self.uniforms = (None if params.greedy
+                         else sequence_uniforms(job.seed, str(prompt_index), sample, params.max_new_tokens))
         self.offsets: list[int] = []
         self.sent_chars = self.sent_tokens = 0
 
