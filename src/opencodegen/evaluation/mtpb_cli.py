@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from opencodegen import default_model
-from opencodegen.commands import add_quantize_argument
+from opencodegen.commands import add_isolation_argument, add_quantize_argument
 from opencodegen.errors import ConfigError
 
 
@@ -32,6 +32,7 @@ def add_mtpb_parsers(sub: Any) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p (default 0.95)")
     p.add_argument("--programs", metavar="FILE.jsonl", help='score these programs instead of generating: rows {"id", "test", "program"}')
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: number of CPUs)")
+    add_isolation_argument(p)
     p.set_defaults(func=run_mtpb)
 
     q = sub.add_parser(
@@ -89,13 +90,17 @@ def run_mtpb(args: argparse.Namespace) -> int:
     benchmark, problems = _benchmark(args)
     out = Path(args.out)
     by_id = benchmark.by_id()
+    if args.programs and args.model:
+        raise ConfigError("give either --model (generate) or --programs (score), not both")
+    from opencodegen.execution.sandbox import resolve_isolation
+
+    isolation = resolve_isolation(args.isolation)  # refuses here, before any work
     if args.programs:
-        if args.model:
-            raise ConfigError("give either --model (generate) or --programs (score), not both")
-        mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()), "data_sha256": benchmark.sha256})
+        mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()), "data_sha256": benchmark.sha256,
+                                    "isolation": isolation.mode})  # fmt: skip
         ids = {p.id for p in problems}
         samples = [s for s in mtpb_run.load_programs(args.programs, by_id) if s["id"] in ids]
-        results = {"programs": mtpb_run.score(samples, by_id, "programs", out, args.workers)}
+        results = {"programs": mtpb_run.score(samples, by_id, "programs", out, args.workers, isolation.request)}
         extra: dict[str, Any] = {"programs": args.programs}
     else:
         if args.n < 1:
@@ -105,7 +110,7 @@ def run_mtpb(args: argparse.Namespace) -> int:
         model, tokenizer = _load_model(args)
         settings = {"model": _model_id(args.model), "n": args.n, "temperature": args.temperature,
                     "top_p": args.top_p, "seed": args.seed, "data_sha256": benchmark.sha256,
-                    **({"quantize": args.quantize} if args.quantize else {})}  # fmt: skip
+                    **({"quantize": args.quantize} if args.quantize else {}), "isolation": isolation.mode}  # fmt: skip
         mtpb_run.check_config(out, settings)
         params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         generator = Generator(model, tokenizer)
@@ -113,12 +118,13 @@ def run_mtpb(args: argparse.Namespace) -> int:
         results = {}
         for mode in modes:
             samples = mtpb_run.generate(problems, generator, params, mode, out)
-            results[mode] = mtpb_run.score(samples, by_id, mode, out, args.workers)
+            results[mode] = mtpb_run.score(samples, by_id, mode, out, args.workers, isolation.request)
         extra = {"settings": settings}
-    summary = mtpb_run.write_summary(out, benchmark, results, extra)
+    summary = mtpb_run.write_summary(out, benchmark, results, {**extra, "isolation": isolation.mode})
     for mode, numbers in summary["modes"].items():
         print(f"MTPB {mode}: pass rate {numbers['pass_rate']:.2f}% over {numbers['problems']} problems "
               f"({numbers['programs']} programs)")  # fmt: skip
+    print(f"isolation: {isolation.mode}")
     print(f"wrote {out / 'summary.json'} and {out / 'mtpb_categories.png'}")
     return 0
 
