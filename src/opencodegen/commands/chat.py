@@ -164,7 +164,7 @@ class Chat:
 
     def _say(self, text: str, style: str | None = None) -> None:
         """Print text from the sandbox, the model or the user: no markup, controls made visible."""
-        self.console.print(visible_controls(text), style=style, markup=False, highlight=False)
+        self.console.print(visible_controls(text), style=style, markup=False, highlight=False, soft_wrap=True)
 
     def _error(self, message: str) -> None:
         """One red line, whatever the message holds."""
