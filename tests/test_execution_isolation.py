@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from generation_helpers import make_model_dir
+from mtpb_helpers import mtpb_path
 from opencodegen.execution import sandbox as sandbox_module
 from opencodegen.execution.sandbox import ISOLATION_ENV, IsolationUnavailable, resolve_isolation
 
@@ -183,6 +184,21 @@ def test_eval_humaneval_refuses_then_opts_out_on_the_record(tmp_path, broken_bwr
     assert _cli([*argv, "--out", str(tmp_path / "flag")], broken_bwrap).returncode == 2
     mixed = _cli([*argv, "--out", str(tmp_path / "flag")], _env(os.environ["PATH"]))
     assert mixed.returncode == 2 and "isolation: 'none' -> 'bwrap-" in mixed.stderr
+
+
+def test_eval_mtpb_refuses_then_opts_out_on_the_record(tmp_path, broken_bwrap):
+    programs = tmp_path / "programs.jsonl"
+    programs.write_text(json.dumps({"id": "1", "test": 0, "program": "print('x')"}) + "\n")
+    argv = ["eval", "mtpb", "--data", str(mtpb_path()), "--programs", str(programs), "--problems", "1"]
+    refused = _cli([*argv, "--out", str(tmp_path / "refused")], broken_bwrap)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    _assert_refusal(refused.stderr, PROBE_FAILURE)
+    assert not (tmp_path / "refused").exists()
+    done = _cli([*argv, "--out", str(tmp_path / "out"), "--isolation", "none"], broken_bwrap)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "isolation: none" in done.stdout
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["isolation"] == "none"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["isolation"] == "none"
 
 
 def _through_dot_dot(tmp_path: Path) -> str:

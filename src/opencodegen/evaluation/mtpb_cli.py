@@ -86,15 +86,14 @@ def _model_id(model: str) -> str:
 
 def run_mtpb(args: argparse.Namespace) -> int:
     from opencodegen.evaluation import mtpb_run
+    from opencodegen.execution.sandbox import resolve_isolation
 
+    if args.programs and args.model:
+        raise ConfigError("give either --model (generate) or --programs (score), not both")
+    isolation = resolve_isolation(args.isolation)  # refuses here, before any work
     benchmark, problems = _benchmark(args)
     out = Path(args.out)
     by_id = benchmark.by_id()
-    if args.programs and args.model:
-        raise ConfigError("give either --model (generate) or --programs (score), not both")
-    from opencodegen.execution.sandbox import resolve_isolation
-
-    isolation = resolve_isolation(args.isolation)  # refuses here, before any work
     if args.programs:
         mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()), "data_sha256": benchmark.sha256,
                                     "isolation": isolation.mode})  # fmt: skip
