@@ -93,7 +93,7 @@ def test_a_broken_probe_refuses_every_api_path(broken_bwrap):
     for path, (kind, message) in results.items():
         assert kind == "IsolationUnavailable", (path, kind, message)
         _assert_refusal(message, "bubblewrap is installed but its start-up probe failed")
-        assert PROBE_FAILURE in message and "make it work here" in message
+        assert PROBE_FAILURE in message and "bwrap --ro-bind / / --unshare-all true" in message
 
 
 def test_without_bubblewrap_every_api_path_refuses_and_names_the_package(tmp_path):

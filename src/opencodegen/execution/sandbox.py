@@ -259,7 +259,9 @@ def _probe(wanted: str) -> Isolation | str:
 def _refusal(reason: str) -> str:
     """The error of a refused run: the cause, the fix, and the explicit opt-out."""
     fix = ("install it (e.g. `apt install bubblewrap`)" if shutil.which("bwrap") is None
-           else "make it work here (it needs user namespaces, or root; see the reason above)")  # fmt: skip
+           else "make `bwrap --ro-bind / / --unshare-all true` succeed; without root it needs user namespaces "
+           "(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone on Debian, "
+           "kernel.apparmor_restrict_unprivileged_userns on Ubuntu)")  # fmt: skip
     return (f"untrusted code runs in a sandbox or not at all, and the sandbox cannot start: {reason.rstrip('.')}. "
             f"Fix: {fix}. To run programs WITHOUT isolation (as this user, with network and file access) "
             f"opt out explicitly: {OPT_OUT}.")  # fmt: skip
