@@ -92,3 +92,101 @@ def test_chat_cli_with_a_tiny_model(tmp_path, options):
     assert done.stdout == export.read_text()
     assert done.stdout.count("\n# ") == 3 and "# Add one to each.\nnumbers = [n + 1 for n in numbers]\n" in done.stdout
     assert run_program(done.stdout).stdout == "[2, 3, 4]\n"
+
+
+# ----------------------------------------------------------------------------- hostile output and input
+
+ESCAPES = {
+    "clipboard": "\x1b]52;c;ZWNobyBwd25lZA==\x07",  # OSC 52: write the clipboard
+    "title": "\x1b]0;pwned\x1b\\",  # OSC 0: set the window title
+    "clear": "\x1b[2J\x1b[H\x1bc",  # erase the screen, home, full reset
+    "c1": "\x9b31m\x90q\x9c",  # 8-bit CSI / DCS / ST
+}
+
+
+def test_sandboxed_output_cannot_drive_the_terminal(capsys):
+    code = "\n".join([
+        f"print({ESCAPES['clipboard']!r}, 'tab\\there')",
+        "import sys",
+        f"sys.stderr.write({ESCAPES['title']!r})",
+        f"class V:\n    def __repr__(self):\n        return {ESCAPES['clear']!r}",
+        "V()",
+    ])  # fmt: skip
+    script = "\n".join([f"/code Escape {ESCAPES['title']}", code, "/end", "/code Fail.",
+                        f"raise RuntimeError({ESCAPES['c1']!r})", "/end", "/show", "/undo"])  # fmt: skip
+    program, _ = _chat(script, None)
+    shown = capsys.readouterr().err
+    controls = [c for c in shown if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0]
+    assert controls == []
+    for visible in ("\\x1b]52;c;ZWNobyBwd25lZA==\\x07 tab ", "\\x1b]0;pwned\\x1b\\", "=> \\x1b[2J\\x1b[H\\x1bc",
+                    "RuntimeError: \\x9b31m\\x90q\\x9c", "turn 1: Escape \\x1b]0;pwned\\x1b\\"):  # fmt: skip
+        assert visible in shown
+    assert "\x1b" not in program.split("\n\n# Escape")[1].splitlines()[0]  # the instruction's comment line
+
+
+@pytest.mark.parametrize("breaker", ["\r", "\r\n", "\n", "\v", "\f", "\x1c", "\x85", "\u2028", "\x00", "\x1b"])
+def test_an_instruction_is_always_comments_never_code(breaker, tmp_path):
+    instruction = f"Make x.{breaker}print('INJECTED'){breaker}x = 2"
+    generator = ScriptedGenerator(lambda prompt, params, k: "x = 1")
+    with Session(generator, FakeParams(), interpreter_factory=FAST) as session:
+        session.add_turn(instruction)
+        session.add_turn("Show it.", "print(x)")
+        (prompt,), _ = generator.calls[0]
+        exported = session.export(tmp_path / "p.py").read_text(encoding="utf-8")
+    comment = prompt[len(PREFIX):]
+    assert all(line.startswith("# ") for line in comment.splitlines()) and comment.endswith("\n")
+    assert not any(ord(c) < 0x20 and c not in "\n" for c in comment)
+    assert comment in exported and exported.count("INJECTED") == 1
+    assert run_program(exported).stdout == "1\n"  # neither the print nor `x = 2` ran
+
+
+def test_command_errors_are_one_line_and_the_session_goes_on(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    script = "\n".join([
+        "/edit", "/code Make x.", "x = 1", "/end",
+        f"/export {blocker}/sub/p.py", f"/save {tmp_path}", f"/save {blocker}/s.json", "/edit [red]two[/red]",
+        "/edit 7", "/bogus [bold]", "/code Show x.", "print(x)", "/end", f"/export {tmp_path / 'p.py'}",
+    ])  # fmt: skip
+    program, session = _chat(script, None)
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == [
+        "error: no turn to edit",
+        f"error: cannot write {blocker}/sub/p.py: Not a directory ({blocker}/sub)",
+        f"error: cannot write {tmp_path}: Is a directory",
+        f"error: cannot write {blocker}/s.json: File exists ({blocker})",
+        "error: /edit takes a turn number, not '[red]two[/red]'",
+        "error: no turn 7 (the session has 1)",
+        "error: unknown command /bogus (/help lists them)",
+    ]
+    assert not any("Traceback" in line for line in lines)
+    assert [t.instruction for t in session.turns] == ["Make x.", "Show x."]
+    assert (tmp_path / "p.py").read_text() == program and run_program(program).stdout == "1\n"
+
+
+def test_tracebacks_and_panels_name_the_turn_the_user_sees(capsys):
+    script = "\n".join(["/code One.", "x = 1", "/end", "/code Two.", "x / 0", "/end", "/run", "/undo",
+                        "/code Again two.", "y", "/end"])  # fmt: skip
+    _chat(script, None)
+    shown = capsys.readouterr().err
+    assert shown.count("turn 2: Two.") == 2 and "turn 2: Again two." in shown  # added, re-run, and the new one
+    assert shown.count('File "<turn 2>", line 1') == 3
+    assert "<turn 3>" not in shown and "<turn 1>" not in shown
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_spinner_shows_while_a_turn_is_written():
+    generator = ScriptedGenerator(lambda prompt, params, k: "x = 1")
+    screen = _Terminal()
+    with Session(generator, FakeParams(), interpreter_factory=FAST) as session:
+        chat = Chat(session, _Terminal(), screen)
+        chat._lines = iter(["Make x.", "/quit"])  # typed lines (a terminal is read with input())
+        assert chat.loop() == 0
+    assert "turn 1: writing and running the code" in screen.getvalue() and len(generator.calls) == 1
+    piped = Chat(session, io.StringIO(""), io.StringIO())
+    assert piped._busy("x").__class__.__name__ == "nullcontext"  # no spinner in a pipe

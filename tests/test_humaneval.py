@@ -20,6 +20,7 @@ from humaneval_fake_generator import main as fake_main
 from opencodegen.cli import main as cli
 from opencodegen.errors import ConfigError, DataError
 from opencodegen.evaluation import humaneval as he
+from opencodegen.execution import isolation_report
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)])}
@@ -162,7 +163,8 @@ def test_sigkill_during_execution_then_rerun(problems, tmp_path):
     assert all(r["passed"] == (not r["completion"].startswith(WRONG)) for r in records)
     by_key = {(r["task_id"], r["sample"]): r for r in records}
     in_order = [by_key[(s["task_id"], i % 3)] for i, s in enumerate(samples)]
-    assert json.loads((out / "summary.json").read_text()) == he.summarize(in_order, (1, 2))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == {**he.summarize(in_order, (1, 2)), "isolation": isolation_report()["mode"]}
 
 
 def kill_when(command: list[str], path: Path, lines: int) -> int:

@@ -9,13 +9,17 @@ terminal the finished program is written to stdout and everything else goes to s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TextIO
 
 from opencodegen import default_model
-from opencodegen.commands import add_quantize_argument
+from opencodegen.commands import add_isolation_argument, add_quantize_argument
+from opencodegen.errors import GenerationError, OpenCodeGenError
+from opencodegen.synthesis.controls import visible_controls
 from opencodegen.user_cache import user_cache_dir
 
 HELP = """\
@@ -49,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: the checkpoint's)")
     add_quantize_argument(p)
+    add_isolation_argument(p)
     p.set_defaults(func=run)
 
 
@@ -57,21 +62,24 @@ def run(args: argparse.Namespace) -> int:
 
     import opencodegen
     from opencodegen.checkpoint import parse_device
+    from opencodegen.execution.sandbox import resolve_isolation
     from opencodegen.generation import Generator, SamplingParams
     from opencodegen.synthesis.interpreter import Interpreter
     from opencodegen.synthesis.session import Session
 
+    isolation = resolve_isolation(args.isolation)  # refuses here, before the model loads
     device = parse_device(args.device)
     model, tokenizer = opencodegen.load(default_model.resolve(args.model), device=device, dtype=args.dtype,
                                         quantize=args.quantize)  # fmt: skip
     params = SamplingParams(n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, truncate="codegen")  # fmt: skip
     generator = Generator(model, tokenizer)
-    factory = functools.partial(Interpreter, timeout=args.timeout)
+    factory = functools.partial(Interpreter, timeout=args.timeout, isolation=isolation.request)
     if args.load:
         session = Session.load(args.load, generator, params, interpreter_factory=factory)
     else:
         session = Session(generator, params, interpreter_factory=factory)
+    print(f"isolation: {isolation.mode}", file=sys.stderr, flush=True)
     with session:
         return Chat(session, sys.stdin, sys.stdout).loop()
 
@@ -124,8 +132,6 @@ class Chat:
     # ----------------------------------------------------------------------------- loop
 
     def loop(self) -> int:
-        from opencodegen.errors import OpenCodeGenError
-
         if self.interactive:
             self.console.print("[bold]opencodegen chat[/bold] — one instruction per line, /help for commands")
         if self.session.turns:
@@ -137,16 +143,18 @@ class Chat:
             if text in ("/quit", "/exit"):
                 break
             name, _, rest = text.partition(" ")
+            if name.startswith("/") and name not in self.commands:
+                self._error(f"unknown command {name} (/help lists them)")
+                continue
             try:
                 if name.startswith("/"):
-                    if name not in self.commands:
-                        self.console.print(f"[red]unknown command {name}[/red] (/help lists them)")
-                        continue
                     self.commands[name](rest.strip())
                 else:
-                    self._turn(self.session.add_turn(text), len(self.session.turns))
-            except OpenCodeGenError as exc:
-                self.console.print(f"[red]{exc}[/red]")
+                    with self._busy(f"turn {len(self.session.turns) + 1}: writing and running the code"):
+                        turn = self.session.add_turn(text)
+                    self._turn(turn, len(self.session.turns))
+            except (OpenCodeGenError, OSError) as exc:  # one line, and the session goes on
+                self._error(str(exc))
         if self.program_to_stdout:
             self.stdout.write(self.session.program())
             self.stdout.flush()
@@ -154,35 +162,52 @@ class Chat:
 
     # ----------------------------------------------------------------------------- display
 
+    def _say(self, text: str, style: str | None = None) -> None:
+        """Print text from the sandbox, the model or the user: no markup, controls made visible."""
+        self.console.print(visible_controls(text), style=style, markup=False, highlight=False, soft_wrap=True)
+
+    def _error(self, message: str) -> None:
+        """One red line, whatever the message holds."""
+        self._say("error: " + " ".join(visible_controls(message, keep="").split()), style="red")
+
+    def _busy(self, what: str) -> AbstractContextManager[Any]:
+        """A spinner while the model writes (or the sandbox runs), on a terminal only."""
+        from rich.text import Text
+
+        if not (self.interactive and self.console.is_terminal):
+            return contextlib.nullcontext()
+        return self.console.status(Text(visible_controls(what, keep="")), spinner="dots")
+
     def _turn(self, turn: Any, number: int) -> None:
         from rich.panel import Panel
         from rich.syntax import Syntax
+        from rich.text import Text
 
-        code = Syntax(turn.code or "# (no code)", "python", theme="monokai", line_numbers=False)
-        self.console.print(Panel(code, title=f"turn {number}: {turn.instruction}", title_align="left"))
+        code = Syntax(visible_controls(turn.code) or "# (no code)", "python", theme="monokai", line_numbers=False)
+        title = Text(f"turn {number}: {visible_controls(turn.instruction, keep='')}")
+        self.console.print(Panel(code, title=title, title_align="left"))
         out = turn.output
         if out.stdout:
-            self.console.print(out.stdout.rstrip("\n"), markup=False)
+            self._say(out.stdout.rstrip("\n"))
         if out.stderr:
-            self.console.print(out.stderr.rstrip("\n"), style="yellow", markup=False)
+            self._say(out.stderr.rstrip("\n"), style="yellow")
         if out.value is not None:
-            self.console.print(f"=> {out.value}", style="cyan", markup=False)
+            self._say(f"=> {out.value}", style="cyan")
         if out.error:
-            self.console.print(out.error.rstrip("\n"), style="red", markup=False)
+            self._say(out.error.rstrip("\n"), style="red")
 
     # ----------------------------------------------------------------------------- commands
 
     def _undo(self, _: str) -> None:
         turn = self.session.undo()
-        self.console.print(f"undone: {turn.instruction} ({len(self.session.turns)} turns left)")
+        self._say(f"undone: {turn.instruction} ({len(self.session.turns)} turns left)")
 
     def _retry(self, _: str) -> None:
-        turn = self.session.regenerate_turn(-1)
+        with self._busy(f"turn {len(self.session.turns)}: writing the code again"):
+            turn = self.session.regenerate_turn(-1)
         self._turn(turn, len(self.session.turns))
 
     def _edit(self, arg: str) -> None:
-        from opencodegen.errors import GenerationError
-
         if not self.session.turns:
             raise GenerationError("no turn to edit")
         try:
@@ -192,38 +217,41 @@ class Chat:
         if not 1 <= number <= len(self.session.turns):
             raise GenerationError(f"no turn {number} (the session has {len(self.session.turns)})")
         if self.interactive:
-            self.console.print(self.session.turns[number - 1].code, markup=False)
-        self.session.edit_turn(number - 1, self._block(f"new code for turn {number}"))
+            self._say(self.session.turns[number - 1].code)
+        code = self._block(f"new code for turn {number}")
+        with self._busy(f"running turn {number} and the turns after it"):
+            self.session.edit_turn(number - 1, code)
         for i in range(number - 1, len(self.session.turns)):  # later turns ran again too
             self._turn(self.session.turns[i], i + 1)
 
     def _code(self, arg: str) -> None:
         instruction = arg or next(self._lines, "").strip()
-        turn = self.session.add_turn(instruction, self._block("code of the turn"))
+        code = self._block("code of the turn")
+        with self._busy(f"turn {len(self.session.turns) + 1}: running the code"):
+            turn = self.session.add_turn(instruction, code)
         self._turn(turn, len(self.session.turns))
 
     def _rerun(self, _: str) -> None:
-        self.session.rerun()
+        with self._busy("running the whole program again"):
+            self.session.rerun()
         for i, turn in enumerate(self.session.turns):
             self._turn(turn, i + 1)
 
     def _show(self, _: str) -> None:
         from rich.syntax import Syntax
 
-        self.console.print(Syntax(self.session.program(), "python", theme="monokai"))
+        self.console.print(Syntax(visible_controls(self.session.program()), "python", theme="monokai"))
 
     def _save(self, arg: str) -> None:
         path = self.session.save(_path_argument(arg, "/save"))
-        self.console.print(f"saved the session to {path}")
+        self._say(f"saved the session to {path}")
 
     def _export(self, arg: str) -> None:
         path = self.session.export(_path_argument(arg, "/export"))
-        self.console.print(f"wrote the program to {path}")
+        self._say(f"wrote the program to {path}")
 
 
 def _path_argument(arg: str, command: str) -> Path:
-    from opencodegen.errors import GenerationError
-
     if not arg:
         raise GenerationError(f"{command} needs a file name")
     return Path(arg).expanduser()

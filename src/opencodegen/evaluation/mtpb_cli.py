@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from opencodegen import default_model
-from opencodegen.commands import add_quantize_argument
+from opencodegen.commands import add_isolation_argument, add_quantize_argument
 from opencodegen.errors import ConfigError
 
 
@@ -32,6 +32,7 @@ def add_mtpb_parsers(sub: Any) -> None:
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p (default 0.95)")
     p.add_argument("--programs", metavar="FILE.jsonl", help='score these programs instead of generating: rows {"id", "test", "program"}')
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: number of CPUs)")
+    add_isolation_argument(p)
     p.set_defaults(func=run_mtpb)
 
     q = sub.add_parser(
@@ -85,20 +86,23 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 def run_mtpb(args: argparse.Namespace) -> int:
     from opencodegen.evaluation import mtpb_run
+    from opencodegen.execution.sandbox import resolve_isolation
 
+    if args.programs and args.model:
+        raise ConfigError("give either --model (generate) or --programs (score), not both")
+    isolation = resolve_isolation(args.isolation)  # refuses here, before any work
     benchmark, problems = _benchmark(args)
     out = Path(args.out)
     by_id = benchmark.by_id()
     if args.programs:
-        if args.model:
-            raise ConfigError("give either --model (generate) or --programs (score), not both")
         from opencodegen.evaluation.humaneval import file_digest
 
         mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()),
-                                    "programs_sha256": file_digest(args.programs), "data_sha256": benchmark.sha256})
+                                    "programs_sha256": file_digest(args.programs), "data_sha256": benchmark.sha256,
+                                    "isolation": isolation.mode})  # fmt: skip
         ids = {p.id for p in problems}
         samples = [s for s in mtpb_run.load_programs(args.programs, by_id) if s["id"] in ids]
-        results = {"programs": mtpb_run.score(samples, by_id, "programs", out, args.workers)}
+        results = {"programs": mtpb_run.score(samples, by_id, "programs", out, args.workers, isolation.request)}
         extra: dict[str, Any] = {"programs": args.programs}
     else:
         if args.n < 1:
@@ -110,19 +114,20 @@ def run_mtpb(args: argparse.Namespace) -> int:
         params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         settings = {"model": record, "n": args.n, "temperature": args.temperature, "top_p": args.top_p,
                     "seed": args.seed, "data_sha256": benchmark.sha256, "sampling": sampling_record(params),
-                    "versions": package_versions()}  # fmt: skip
+                    "versions": package_versions(), "isolation": isolation.mode}  # fmt: skip
         mtpb_run.check_config(out, settings)
         generator = Generator(model, tokenizer)
         modes = ["multi", "single"] if args.mode == "both" else [args.mode]
         results = {}
         for mode in modes:
             samples = mtpb_run.generate(problems, generator, params, mode, out)
-            results[mode] = mtpb_run.score(samples, by_id, mode, out, args.workers)
+            results[mode] = mtpb_run.score(samples, by_id, mode, out, args.workers, isolation.request)
         extra = {"settings": settings}
-    summary = mtpb_run.write_summary(out, benchmark, results, extra)
+    summary = mtpb_run.write_summary(out, benchmark, results, {**extra, "isolation": isolation.mode})
     for mode, numbers in summary["modes"].items():
         print(f"MTPB {mode}: pass rate {numbers['pass_rate']:.2f}% over {numbers['problems']} problems "
               f"({numbers['programs']} programs)")  # fmt: skip
+    print(f"isolation: {isolation.mode}")
     print(f"wrote {out / 'summary.json'} and {out / 'mtpb_categories.png'}")
     return 0
 

@@ -6,7 +6,8 @@ Files under OUT:
   summary.json           pass_rate (%), per_problem, per_category, per_turns (+ every mode)
   mtpb_categories.png    pass rate per category, multi- vs single-turn
   config.json            the settings a resumed run must match (model, weights sha256, dtype,
-                         device, every sampler setting, package versions: see run_record)
+                         device, every sampler setting, isolation mode, package versions: see
+                         run_record)
 """
 
 from __future__ import annotations
@@ -85,16 +86,22 @@ def load_programs(path: str | Path, problems: dict[str, Problem]) -> list[dict[s
 
 
 def score(
-    samples: Iterable[dict[str, Any]], problems: dict[str, Problem], mode: str, out: Path, workers: int | None
+    samples: Iterable[dict[str, Any]],
+    problems: dict[str, Problem],
+    mode: str,
+    out: Path,
+    workers: int | None,
+    isolation: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Scored records for `samples`, resuming from OUT/results_<mode>.jsonl."""
+    """Scored records for `samples`, resuming from OUT/results_<mode>.jsonl; `isolation` as
+    ExecutionPool's."""
     from opencodegen.execution import ExecutionPool
 
     samples = list(samples)
     store = ResultStore(out / f"results_{mode}.jsonl", KEY)
     todo = [s for s in samples if _key(s) not in store]
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"MTPB {mode} scoring", unit="prog")
-    with bar, ExecutionPool(workers=workers, preload=SCORE_PRELOAD) as pool:
+    with bar, ExecutionPool(workers=workers, preload=SCORE_PRELOAD, isolation=isolation) as pool:
         for start in range(0, len(todo), SCORE_CHUNK):
             chunk = todo[start : start + SCORE_CHUNK]
             items = [(s["program"], problems[s["id"]].expected(s["test"])) for s in chunk]

@@ -120,8 +120,8 @@ class ExecutionPool:
     a worker; whatever one job does (crash, hang, memory or fork bomb) does not change another
     job's result. Use as a context manager, or call `close()`.
 
-    isolation: "auto" (the strongest that works, see `isolation_report`), "bwrap" (or fail) or
-    "none". preload: modules each worker imports once before forking jobs (e.g. numpy, pandas),
+    isolation: "bwrap" (the sandbox, or `IsolationUnavailable`), "none" (an explicit opt-out: no
+    isolation) or "auto" ($OPENCODEGEN_ISOLATION if set, else "bwrap"). preload: modules each worker imports once before forking jobs (e.g. numpy, pandas),
     so jobs that import them start fast; each fork then costs a little more.
     """
 

@@ -7,8 +7,12 @@ Isolation, strongest available first:
   to clean up after it.
 * ``bwrap-user`` (running as another user): bubblewrap with a user namespace; jobs run as the
   user, process limits apply, and the worker is PID 1 of the namespace so jobs cannot signal it.
-* ``none``: plain processes with resource limits and a separate session, used only when
-  bubblewrap or namespaces are missing, with one loud warning that names what is not isolated.
+* ``none``: plain processes with resource limits and a separate session, only when the user
+  opts out explicitly (``isolation="none"``, ``--isolation none`` or ``OPENCODEGEN_ISOLATION=none``),
+  with one loud warning that names what is not isolated.
+
+Fail closed: when bubblewrap is missing or its start-up probe fails, nothing runs unless the
+user opted out; `resolve_isolation` raises `IsolationUnavailable`, naming the cause and the fix.
 
 Both bubblewrap modes give: no network (own network namespace), a read-only view of only the
 system and Python directories, private writable /tmp and /dev/shm wiped after every job, own
@@ -157,6 +161,11 @@ class Isolation:
     def sandboxed(self) -> bool:
         return self.mode != "none"
 
+    @property
+    def request(self) -> str:
+        """The `isolation` argument that gives exactly this mode again (bwrap or none)."""
+        return "bwrap" if self.sandboxed else "none"
+
     def report(self) -> dict[str, Any]:
         """What is and is not isolated, in words."""
         if self.sandboxed:
@@ -189,44 +198,73 @@ NOT_ISOLATED = [
     "users: programs run as this user (as root, RLIMIT_NPROC does not apply: no fork-bomb limit)",
     "ipc and /dev/shm: shared with the host",
 ]
+ISOLATION_ENV = "OPENCODEGEN_ISOLATION"  # auto | bwrap | none: what `isolation="auto"` means
+ISOLATION_CHOICES = ("auto", "bwrap", "none")
+OPT_OUT = f"--isolation none or {ISOLATION_ENV}=none (isolation='none' in Python)"
+
+
+class IsolationUnavailable(SandboxError):
+    """Bubblewrap is missing or does not work here and the user did not opt out: nothing runs."""
+
 
 _plan_lock = threading.Lock()
-_plans: dict[str, Isolation] = {}
+_plans: dict[str, Isolation | str] = {}  # requested mode -> plan, or why bubblewrap does not work
 _warned = False
 
 
-def resolve_isolation(requested: str = "auto") -> Isolation:
-    """The strongest isolation that works here (probed once per process and cached)."""
-    if requested not in ("auto", "bwrap", "none"):
+def requested_isolation(requested: str = "auto") -> str:
+    """`bwrap` or `none`: an explicit choice wins; `auto` takes $OPENCODEGEN_ISOLATION, else bwrap."""
+    if requested not in ISOLATION_CHOICES:
         raise ValueError(f"isolation must be auto, bwrap or none, not {requested!r}")
+    if requested == "auto":
+        requested = os.environ.get(ISOLATION_ENV, "").strip().lower() or "auto"
+        if requested not in ISOLATION_CHOICES:
+            raise SandboxError(f"{ISOLATION_ENV}={os.environ[ISOLATION_ENV]!r} is not a mode: use auto, bwrap "
+                               "or none (or unset it)")  # fmt: skip
+    return "none" if requested == "none" else "bwrap"
+
+
+def resolve_isolation(requested: str = "auto") -> Isolation:
+    """The isolation programs run under (probed once per process and cached). Fails closed:
+    raises `IsolationUnavailable` when bubblewrap does not work, unless the user opted out."""
+    wanted = requested_isolation(requested)
     with _plan_lock:
-        if requested not in _plans:
-            _plans[requested] = _probe(requested)
-        plan = _plans[requested]
+        if wanted not in _plans:
+            _plans[wanted] = _probe(wanted)
+        plan = _plans[wanted]
+    if isinstance(plan, str):
+        raise IsolationUnavailable(_refusal(plan))
     if not plan.sandboxed:
         _warn_once(plan)
     return plan
 
 
-def _probe(requested: str) -> Isolation:
-    if requested == "none":
-        return Isolation("none", "isolation='none' was requested")
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        reason = "bubblewrap (bwrap) is not installed"
-    else:
-        plan = Isolation("bwrap-root" if os.geteuid() == 0 else "bwrap-user")
-        try:
-            with WorkerProcess(plan, 0) as worker:
-                result = worker.run(normalize_job({"source": "print(6 * 7)", "timeout": 10}))
-            if result is not None and result["status"] == "passed" and result["stdout"] == "42\n":
-                return plan
-            reason = f"a test job in the sandbox did not pass: {result!r:.500}"
-        except SandboxError as exc:
-            reason = str(exc)
-    if requested == "bwrap":
-        raise SandboxError(f"bubblewrap isolation was requested but does not work: {reason}")
-    return Isolation("none", reason)
+def _probe(wanted: str) -> Isolation | str:
+    """The plan for `wanted` (bwrap | none), or why bubblewrap does not work here."""
+    if wanted == "none":
+        return Isolation("none", "the user opted out of isolation")
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    plan = Isolation("bwrap-root" if os.geteuid() == 0 else "bwrap-user")
+    try:
+        with WorkerProcess(plan, 0) as worker:
+            result = worker.run(normalize_job({"source": "print(6 * 7)", "timeout": 10}))
+    except SandboxError as exc:
+        return f"bubblewrap is installed but its start-up probe failed: {exc}"
+    if result is not None and result["status"] == "passed" and result["stdout"] == "42\n":
+        return plan
+    return f"bubblewrap is installed but a test job in it did not pass: {result!r:.500}"
+
+
+def _refusal(reason: str) -> str:
+    """The error of a refused run: the cause, the fix, and the explicit opt-out."""
+    fix = ("install it (e.g. `apt install bubblewrap`)" if shutil.which("bwrap") is None
+           else "make `bwrap --ro-bind / / --unshare-all true` succeed; without root it needs user namespaces "
+           "(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone on Debian, "
+           "kernel.apparmor_restrict_unprivileged_userns on Ubuntu)")  # fmt: skip
+    return (f"untrusted code runs in a sandbox or not at all, and the sandbox cannot start: {reason.rstrip('.')}. "
+            f"Fix: {fix}. To run programs WITHOUT isolation (as this user, with network and file access) "
+            f"opt out explicitly: {OPT_OUT}.")  # fmt: skip
 
 
 def _warn_once(plan: Isolation) -> None:
@@ -235,21 +273,20 @@ def _warn_once(plan: Isolation) -> None:
         return
     _warned = True
     lines = "\n".join(f"  - NOT ISOLATED {item}" for item in NOT_ISOLATED)
-    advice = (
-        "Install bubblewrap (e.g. `apt install bubblewrap`) and allow user namespaces to isolate programs."
-        if shutil.which("bwrap") is None
-        else "Fix the reason above to isolate programs."
-    )
     log.warning(
-        "\n%s\nUNTRUSTED CODE RUNS WITHOUT A SANDBOX: %s.\n%s\nOnly resource limits, a separate "
-        "session and a cleared environment apply. %s\n%s",
-        "!" * 78, plan.reason, lines, advice, "!" * 78,
+        "\n%s\nUNTRUSTED CODE RUNS WITHOUT A SANDBOX: %s (%s).\n%s\nOnly resource limits, a separate "
+        "session and a cleared environment apply.\n%s",
+        "!" * 78, plan.reason, OPT_OUT, lines, "!" * 78,
     )
 
 
 def isolation_report(requested: str = "auto") -> dict[str, Any]:
-    """What the execution workers isolate here: mode, isolated and not isolated parts, reason."""
-    return resolve_isolation(requested).report()
+    """What the execution workers isolate here: mode, isolated and not isolated parts, reason.
+    Never raises for a missing sandbox: the mode is then `unavailable` and `reason` says why."""
+    try:
+        return resolve_isolation(requested).report()
+    except IsolationUnavailable as exc:
+        return {"mode": "unavailable", "isolated": [], "not_isolated": [], "reason": str(exc)}
 
 
 # ----------------------------------------------------------------------------- worker commands
@@ -278,10 +315,16 @@ def _bwrap_help() -> str:
         return ""
 
 
+def _interpreter() -> str:
+    """The interpreter as a real path: `sys.executable` may hold `..` or a symlink that does not
+    exist inside a sandbox, which binds only the real Python directories."""
+    return os.path.realpath(sys.executable)
+
+
 def _python_dirs() -> list[str]:
     """Directories the interpreter and its installed packages live in, outermost only."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.realpath(sys.executable)), *site.getsitepackages(),
+             os.path.dirname(_interpreter()), *site.getsitepackages(),
              site.getusersitepackages(), *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))}  # fmt: skip
     real = {os.path.realpath(p) for p in paths if p and os.path.isdir(p)}
     real = {p for p in real if p != "/" and not _under(p, SYSTEM_DIRS)}
@@ -377,7 +420,7 @@ def _server_config(plan: Isolation, role: str, index: int, scratch: str | None,
         "env": JOB_ENV,
         "server_env": list(SERVER_ENV),
         "preload": list(preload),
-        "path": [p for p in sys.path if os.path.isabs(p)],
+        "path": list(dict.fromkeys(os.path.realpath(p) for p in sys.path if os.path.isabs(p))),
     }
 
 
@@ -438,7 +481,7 @@ class SandboxedProcess:
         self.isolation = isolation
         self.scratch = None if isolation.sandboxed else tempfile.mkdtemp(prefix="opencodegen-sandbox-")
         config = _server_config(isolation, role, index, self.scratch, preload)
-        argv = [sys.executable, "-I", "-S", "-B", "-c", _server.BOOTSTRAP, Path(_server.__file__).read_text(),
+        argv = [_interpreter(), "-I", "-S", "-B", "-c", _server.BOOTSTRAP, Path(_server.__file__).read_text(),
                 json.dumps(config)]  # fmt: skip
         pass_fds = []
         if isolation.sandboxed:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from opencodegen.synthesis.controls import comment_lines
+
 PREFIX = "# Import libraries.\n\nimport numpy as np\n\n"
 
 
@@ -26,10 +28,12 @@ def turn_prompt(instruction: str) -> str:
 
     Continuation lines of a multi-line instruction that do not start with `#` get a `# `
     so the program stays valid Python; MTPB prompts (whose continuation lines already are
-    comments) come out exactly as in the reference sampler.
+    comments) come out exactly as in the reference sampler. Every other line break (`\\r`,
+    form feed, ...) also starts a new comment line and other control characters are escaped,
+    so an instruction is never code.
     """
-    first, *rest = instruction.split("\n")
-    lines = [first] + [line if line.lstrip().startswith("#") else "# " + line for line in rest]
+    first, *rest = comment_lines(instruction)
+    lines = [first] + [line if line.lstrip(" \t").startswith("#") else "# " + line for line in rest]
     return "# " + "\n".join(lines) + "\n"
 
 

@@ -63,14 +63,15 @@ class Interpreter:
             self.close()
             raise SandboxError(f"the session interpreter did not start: {log or hello}")
 
-    def run(self, code: str, timeout: float | None = None) -> TurnOutput:
-        """Execute one turn; after a timeout, memory kill or crash the interpreter is dead."""
+    def run(self, code: str, timeout: float | None = None, name: str = "input") -> TurnOutput:
+        """Execute one turn; after a timeout, memory kill or crash the interpreter is dead.
+        `name` labels the code in tracebacks (`File "<turn 3>"`)."""
         if not self.alive:
             return TurnOutput("crashed", error="the interpreter is not running")
         started = time.monotonic()
         request = next(self._requests)
         try:
-            os.write(self.process.stdin.fileno(), (json.dumps({"id": request, "code": code}) + "\n").encode())
+            os.write(self.process.stdin.fileno(), (json.dumps({"id": request, "code": code, "name": name}) + "\n").encode())
         except OSError:
             reply: dict[str, Any] = {"died": "crashed"}
         else:

@@ -1,6 +1,7 @@
 """The long-lived Python process of a session, run inside the sandbox (source passed with -c).
 
-Protocol: one JSON request per line on the original stdin, {"id": int, "code": str}; one JSON
+Protocol: one JSON request per line on the original stdin, {"id": int, "code": str, "name": str}
+(the name labels its tracebacks: `File "<turn 3>"`); one JSON
 reply per line on the original stdout, {"id", "stdout", "stderr", "value", "error"}. Before any user code
 runs, those two descriptors are moved to private numbers and fds 0/1/2 are re-pointed (stdin
 to /dev/null, stdout/stderr to anonymous memory files), so whatever the code prints, from
@@ -66,8 +67,8 @@ def _format_error(filename: str) -> str:
     return ("Traceback (most recent call last):\n" if frames else "") + "".join(lines)
 
 
-def run_turn(code: str, namespace: dict[str, Any], number: int) -> dict[str, Any]:
-    filename = f"<turn {number}>"
+def run_turn(code: str, namespace: dict[str, Any], name: str) -> dict[str, Any]:
+    filename = f"<{name}>"
     value = error = None
     try:
         body, last = _split_last_expression(code, filename)
@@ -100,9 +101,9 @@ def main() -> None:
     replies.write(json.dumps({"ready": True}) + "\n")
     replies.flush()
     me = os.getpid()
-    for number, line in enumerate(requests, start=1):
+    for line in requests:
         request = json.loads(line)
-        reply = run_turn(request["code"], namespace, number)
+        reply = run_turn(request["code"], namespace, str(request["name"]))
         if os.getpid() != me:  # a process the turn forked came back here: it must not answer
             os._exit(0)
         reply["id"] = request["id"]

@@ -139,7 +139,7 @@ class Session:
                 self._interpreter.close()
             self._interpreter = self._factory()
             self._applied = 0
-            self.prefix_output = self._interpreter.run(self.prefix)
+            self.prefix_output = self._interpreter.run(self.prefix, name="prefix")
         return self._interpreter
 
     def _rollback(self, keep: int) -> None:
@@ -165,7 +165,7 @@ class Session:
             self._applied += 1  # it killed the interpreter before: skipped in a replay
             return
         interpreter = self._live()
-        turn.output = interpreter.run(turn.code)
+        turn.output = interpreter.run(turn.code, name=f"turn {i + 1}")  # numbered as the user sees turns
         # a turn that killed the interpreter: the next run starts a fresh one and replays without it
         self._applied = i + 1 if interpreter.alive else 0
 
@@ -173,10 +173,7 @@ class Session:
 
     def export(self, path: str | os.PathLike[str]) -> Path:
         """Write the program as a runnable .py file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.program(), encoding="utf-8")
-        return path
+        return _write(Path(path), self.program())
 
     def to_json(self) -> dict[str, Any]:
         params = dataclasses.asdict(self.params) if dataclasses.is_dataclass(self.params) else None
@@ -190,10 +187,7 @@ class Session:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the session (turns, code, outputs, sampling settings) as JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        return path
+        return _write(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(
@@ -236,3 +230,14 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _write(path: Path, text: str) -> Path:
+    """Write `text` to `path` (making its directory); a failure is a DataError naming the path."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}{where}") from None
+    return path
