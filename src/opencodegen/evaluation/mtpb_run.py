@@ -22,7 +22,7 @@ from opencodegen.errors import DataError
 from opencodegen.evaluation.mtpb import SINGLE_TURN_NOTE, Benchmark, Problem
 from opencodegen.evaluation.mtpb_generate import GENERATORS
 from opencodegen.evaluation.mtpb_report import plot_comparison, summarize
-from opencodegen.evaluation.mtpb_scoring import score_programs
+from opencodegen.evaluation.mtpb_scoring import CHECKER_SOURCE, TIME_LIMIT_S, checker_warnings, score_programs
 from opencodegen.evaluation.results import ResultStore
 
 KEY = ("id", "test", "sample")
@@ -120,9 +120,13 @@ def write_summary(
     results: dict[str, list[dict[str, Any]]],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """summary.json (the first mode's numbers at the top level, every mode under "modes") + PNG."""
+    """summary.json (the first mode's numbers at the top level, every mode under "modes") + PNG.
+
+    "warnings" lists what the original checker's rules make impossible in the scored problems.
+    """
     problems = benchmark.by_id()
     modes = {mode: summarize(records, problems) for mode, records in results.items()}
+    scored = sorted({r["id"] for records in results.values() for r in records}, key=int)
     if "single" in modes:
         modes["single"]["note"] = SINGLE_TURN_NOTE
     primary = next(iter(modes))
@@ -132,6 +136,8 @@ def write_summary(
         **modes[primary],
         "modes": modes,
         "data": {"path": benchmark.source, "sha256": benchmark.sha256, "warnings": benchmark.warnings},
+        "checker": {"rules": CHECKER_SOURCE, "time_limit_s": TIME_LIMIT_S},
+        "warnings": checker_warnings(problems[pid] for pid in scored),
         **(extra or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
