@@ -45,6 +45,8 @@ CASES = [
     ("x += 2 becomes x += print(2), then TypeError", "x = 1\nx += 2", 2, PASS),
     ("code that does not parse", "print(1", 1, FAIL),
     ("if __name__ == '__main__' runs", "if __name__ == '__main__':\n    print(6)", 6, PASS),
+    ("annotations are evaluated (no __future__ leaks in)", "def f(x: int):\n    pass\nf.__annotations__['x'] is int",
+     True, PASS),
     # -- which print counts
     ("print() last: no first argument", "print(1)\nprint()", 1, FAIL),
     ("the first of several arguments", "print(1, 2)", 1, PASS),

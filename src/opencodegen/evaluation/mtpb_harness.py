@@ -242,7 +242,7 @@ def run(program: str, time_limit: float) -> dict[str, Any]:
     signal.setitimer(signal.ITIMER_REAL, time_limit)
     try:
         try:
-            exec(compile(program, "<program>", "exec"), namespace)
+            exec(compile(program, "<program>", "exec", dont_inherit=True), namespace)  # no __future__ of ours
         except Exception as exc:  # swallowed by the original's do_exec, its time-out included
             error = f"{type(exc).__name__}: {exc}"[:1000]
         except BaseException as exc:  # SystemExit, KeyboardInterrupt: they stop the original's whole run
