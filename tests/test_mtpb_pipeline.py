@@ -59,7 +59,8 @@ def test_programs_file_is_scored_summarized_and_resumed(tmp_path, capsys):
                                            "passed": 7, "total": 10, "pass_rate": 70.0}  # fmt: skip
     assert set(summary["per_category"]) == {"string", "math"} and set(summary["per_turns"]) == {"3", "5"}
     assert summary["data"]["sha256"] == load_mtpb(mtpb_path()).sha256 and summary["data"]["warnings"]
-    assert summary["checker"] == {"rules": "salesforce/CodeGen codegen1/benchmark/mtpb_exec.py", "time_limit_s": 20.0}
+    assert summary["checker"] == {"rules": "salesforce/CodeGen codegen1/benchmark/mtpb_exec.py", "version": 2,
+                                  "time_limit_s": 20.0}  # fmt: skip
     assert summary["warnings"] == []  # nothing in problems 1 and 3 is impossible under the original's rules
     assert (out / "mtpb_categories.png").read_bytes()[:4] == b"\x89PNG"
     assert "MTPB programs: pass rate 65.00% over 2 problems (20 programs)" in capsys.readouterr().out
@@ -71,6 +72,13 @@ def test_programs_file_is_scored_summarized_and_resumed(tmp_path, capsys):
     assert main(argv) == 0
     assert results.read_text().splitlines()[:-1] == rows[:-1] and len(results.read_text().splitlines()) == 20
     assert json.loads((out / "summary.json").read_text())["pass_rate"] == pytest.approx(65.0)
+    # results scored under other rules (an older version) are never mixed with new ones
+    rows = results.read_text().splitlines()
+    results.write_text("\n".join([json.dumps({**json.loads(rows[0]), "checker": 1}), *rows[1:]]) + "\n")
+    assert main(argv) == 2
+    assert "1 results scored under other checker rules; delete that file" in capsys.readouterr().err
+    results.unlink()
+    assert main(argv) == 0 and len(results.read_text().splitlines()) == 20
     # the same OUT with other settings is refused with one clear line
     other = tmp_path / "other.jsonl"
     other.write_text(programs.read_text())

@@ -30,6 +30,7 @@ from opencodegen.evaluation.mtpb import Problem
 
 HARNESS_SOURCE = Path(__file__).with_name("mtpb_harness.py").read_text(encoding="utf-8")
 CHECKER_SOURCE = "salesforce/CodeGen codegen1/benchmark/mtpb_exec.py"
+CHECKER_VERSION = 2  # of our rules; stored with every result, so results of other rules are never mixed
 TIME_LIMIT_S = 20.0  # the original's time limit per program (a time-out its do_exec swallows)
 GRACE_S = 5.0  # after the limit: time for the harness to report; a program still running then is killed
 MEMORY_MB = 4096  # numpy + pandas fit with room to spare
@@ -108,6 +109,8 @@ def judge(result: Any, nonce: str, expected: Any) -> Score:
     report = read_report(result.stdout, nonce)
     if report is None:  # killed: it ran past its time limit plus GRACE_S, or out of memory
         status = result.status if result.status in ("timeout", "memory", "crashed") else "no_report"
+        if status == "timeout":
+            return Score(False, status, error=f"still running {GRACE_S:g} s after its time limit: killed")
         return Score(False, status, error=(result.stderr or "")[-500:] or None)
     stdout, error = str(report.get("stdout", "")), report.get("error")
     error = str(error) if error is not None else None
