@@ -58,6 +58,8 @@ CASES = [
     # -- exceptions and the time limit
     ("an exception after the print", "print(5)\nraise ValueError('late')", 5, PASS),
     ("an exception before the print", "raise ValueError('early')\nprint(5)", 5, FAIL),
+    ("an exception whose str() raises escapes do_exec", "class E(Exception):\n    def __str__(self):\n"
+     "        raise TypeError\nprint(5)\nraise E()", 5, FAIL),
     ("a NameError in the next print's argument", "print(5)\nprint(undefined_name)", 5, PASS),
     ("str() raises inside print: the call was recorded", "class A:\n    def __str__(self):\n        raise ValueError\n"
      "    def __int__(self):\n        return 5\nprint(A())", 5, PASS),

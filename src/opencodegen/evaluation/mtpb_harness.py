@@ -269,6 +269,8 @@ def main() -> None:
         report = run(program, time_limit)
     except TimeLimitReached:  # time ran out inside this harness's own code: the original fails it too
         report = {"error": "TimeLimitReached: while reading the last print", "printed": False}
+    except Exception as exc:  # e.g. str() of the program's exception raised: the original fails it too
+        report = {"error": f"the harness failed: {type(exc).__name__}", "printed": False}
     try:
         text = json.dumps(report)
     except Exception:  # e.g. a str subclass whose methods were tampered with
