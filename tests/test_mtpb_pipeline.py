@@ -59,6 +59,9 @@ def test_programs_file_is_scored_summarized_and_resumed(tmp_path, capsys):
                                            "passed": 7, "total": 10, "pass_rate": 70.0}  # fmt: skip
     assert set(summary["per_category"]) == {"string", "math"} and set(summary["per_turns"]) == {"3", "5"}
     assert summary["data"]["sha256"] == load_mtpb(mtpb_path()).sha256 and summary["data"]["warnings"]
+    assert summary["checker"] == {"rules": "salesforce/CodeGen codegen1/benchmark/mtpb_exec.py", "version": 2,
+                                  "time_limit_s": 20.0}  # fmt: skip
+    assert summary["warnings"] == []  # nothing in problems 1 and 3 is impossible under the original's rules
     assert (out / "mtpb_categories.png").read_bytes()[:4] == b"\x89PNG"
     assert "MTPB programs: pass rate 65.00% over 2 problems (20 programs)" in capsys.readouterr().out
     results = out / "results_programs.jsonl"
@@ -69,11 +72,29 @@ def test_programs_file_is_scored_summarized_and_resumed(tmp_path, capsys):
     assert main(argv) == 0
     assert results.read_text().splitlines()[:-1] == rows[:-1] and len(results.read_text().splitlines()) == 20
     assert json.loads((out / "summary.json").read_text())["pass_rate"] == pytest.approx(65.0)
+    # results scored under other rules (an older version) are never mixed with new ones
+    rows = results.read_text().splitlines()
+    results.write_text("\n".join([json.dumps({**json.loads(rows[0]), "checker": 1}), *rows[1:]]) + "\n")
+    assert main(argv) == 2
+    assert "1 results scored under other checker rules; delete that file" in capsys.readouterr().err
+    results.unlink()
+    assert main(argv) == 0 and len(results.read_text().splitlines()) == 20
     # the same OUT with other settings is refused with one clear line
     other = tmp_path / "other.jsonl"
     other.write_text(programs.read_text())
     assert main(["eval", "mtpb", "--data", str(mtpb_path()), "--programs", str(other), "--out", str(out)]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_summary_warns_about_what_the_original_rules_make_impossible(tmp_path):
+    bench = load_mtpb(mtpb_path())
+    records = [{"id": pid, "test": t, "sample": 0, "passed": False, "status": "wrong"} for pid in ("1", "41", "89")
+               for t in range(5)]  # fmt: skip
+    warnings = mtpb_run.write_summary(tmp_path, bench, {"programs": records})["warnings"]
+    assert [w.split(":")[0] for w in warnings] == ["problem 41", "problem 89"]
+    assert "2 test case(s) (1, 4) expect None" in warnings[0] and "no program can pass them" in warnings[0]
+    assert "5 test case(s) (0, 1, 2, 3, 4) expect dict" in warnings[1]
+    assert json.loads((tmp_path / "summary.json").read_text())["warnings"] == warnings
 
 
 def test_generation_pipeline_with_a_model_that_knows_the_answers(tmp_path):

@@ -201,12 +201,6 @@ def _quirks(problem: Problem, where: str) -> list[str]:
     files = sorted({m for p in problem.prompts for m in re.findall(r"[\w./-]+\.csv", p)})
     if files:
         notes.append(f"reads {', '.join(files)}, which MTPB does not ship: expect it to fail for every model")
-    odd = [str(t) for t in problem.tests if problem.outputs[t] is None or isinstance(problem.outputs[t], dict)]
-    if odd:
-        notes.append(
-            f"test case(s) {', '.join(odd)} expect None or a dict: the original checker rejects those types "
-            "(always fails); this one compares them by =="
-        )
     return notes
 
 

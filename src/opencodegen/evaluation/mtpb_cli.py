@@ -128,6 +128,8 @@ def run_mtpb(args: argparse.Namespace) -> int:
         print(f"MTPB {mode}: pass rate {numbers['pass_rate']:.2f}% over {numbers['problems']} problems "
               f"({numbers['programs']} programs)")  # fmt: skip
     print(f"isolation: {isolation.mode}")
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {out / 'summary.json'} and {out / 'mtpb_categories.png'}")
     return 0
 

@@ -25,7 +25,13 @@ from opencodegen.evaluation import run_record
 from opencodegen.evaluation.mtpb import SINGLE_TURN_NOTE, Benchmark, Problem
 from opencodegen.evaluation.mtpb_generate import GENERATORS
 from opencodegen.evaluation.mtpb_report import plot_comparison, summarize
-from opencodegen.evaluation.mtpb_scoring import score_programs
+from opencodegen.evaluation.mtpb_scoring import (
+    CHECKER_SOURCE,
+    CHECKER_VERSION,
+    TIME_LIMIT_S,
+    checker_warnings,
+    score_programs,
+)
 from opencodegen.evaluation.results import ResultStore
 
 KEY = ("id", "test", "sample")
@@ -99,6 +105,10 @@ def score(
 
     samples = list(samples)
     store = ResultStore(out / f"results_{mode}.jsonl", KEY)
+    stale = sum(r.get("checker") != CHECKER_VERSION for r in store.records)
+    if stale:
+        raise DataError(f"{store.path} holds {stale} results scored under other checker rules; delete that file "
+                        f"to score its samples again under the current rules (version {CHECKER_VERSION})")  # fmt: skip
     todo = [s for s in samples if _key(s) not in store]
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"MTPB {mode} scoring", unit="prog")
     with bar, ExecutionPool(workers=workers, preload=SCORE_PRELOAD, isolation=isolation) as pool:
@@ -107,7 +117,7 @@ def score(
             items = [(s["program"], problems[s["id"]].expected(s["test"])) for s in chunk]
             scores = score_programs(items, pool=pool, progress=bar.update)
             store.extend(
-                {"id": s["id"], "test": s["test"], "sample": s["sample"], **sc.to_record(),
+                {"id": s["id"], "test": s["test"], "sample": s["sample"], **sc.to_record(), "checker": CHECKER_VERSION,
                  "expected": problems[s["id"]].expected(s["test"]), "program": s["program"]}
                 for s, sc in zip(chunk, scores)
             )  # fmt: skip
@@ -121,9 +131,13 @@ def write_summary(
     results: dict[str, list[dict[str, Any]]],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """summary.json (the first mode's numbers at the top level, every mode under "modes") + PNG."""
+    """summary.json (the first mode's numbers at the top level, every mode under "modes") + PNG.
+
+    "warnings" lists what the original checker's rules make impossible in the scored problems.
+    """
     problems = benchmark.by_id()
     modes = {mode: summarize(records, problems) for mode, records in results.items()}
+    scored = sorted({r["id"] for records in results.values() for r in records}, key=int)
     if "single" in modes:
         modes["single"]["note"] = SINGLE_TURN_NOTE
     primary = next(iter(modes))
@@ -133,6 +147,8 @@ def write_summary(
         **modes[primary],
         "modes": modes,
         "data": {"path": benchmark.source, "sha256": benchmark.sha256, "warnings": benchmark.warnings},
+        "checker": {"rules": CHECKER_SOURCE, "version": CHECKER_VERSION, "time_limit_s": TIME_LIMIT_S},
+        "warnings": checker_warnings(problems[pid] for pid in scored),
         **(extra or {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

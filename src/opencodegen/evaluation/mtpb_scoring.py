@@ -1,12 +1,17 @@
-"""MTPB scoring as the reference does it, with every program run in the sandbox.
+"""MTPB scoring with the verdicts of CodeGen's checker, every program run in the sandbox.
+
+The rules are those of salesforce/CodeGen codegen1/benchmark/mtpb_exec.py (`eval_problem`,
+`do_exec`, `time_limit`, `check_equivalence`, `try_rewrite_ast_with_print`):
 
 1. If the last top-level statement is not a `print...(...)` call, its value is wrapped in
-   `print(...)` (the reference's AST rewrite, including its quirk that `x = f()` becomes
-   `x = print(f())`).
-2. The program runs in the sandbox under `mtpb_harness.py`, which reports the first argument
-   of the LAST print executed (an exception after that print does not matter).
-3. The report is rebuilt here from plain JSON and compared with the expected output by the
-   reference's type-coercing check (`check_equivalence`).
+   `print(...)` (including the quirk that `x = f()` becomes `x = print(f())`).
+2. The program runs in the sandbox under `mtpb_harness.py`, which mirrors how the original runs
+   it (its guard, its recording `print`, its 20 s limit whose time-out is swallowed like any
+   Exception) and reports the first argument of the LAST print, after the checker's coercions.
+3. The report is rebuilt here from plain JSON and the check is finished: a type mismatch casts
+   the output to the expected type (an expected bool compares as strings), then str/int/set/
+   list/bool/tuple compare by ==, float within 1e-6, ndarray by allclose, and any other type
+   (dict, None, ...) fails.
 """
 
 from __future__ import annotations
@@ -14,18 +19,24 @@ from __future__ import annotations
 import ast
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from opencodegen.evaluation.mtpb import Problem
+
 HARNESS_SOURCE = Path(__file__).with_name("mtpb_harness.py").read_text(encoding="utf-8")
-TIMEOUT_S = 20.0  # the reference's time limit per program
-MEMORY_MB = 4096  # numpy + pandas + scikit-learn fit with room to spare
+CHECKER_SOURCE = "salesforce/CodeGen codegen1/benchmark/mtpb_exec.py"
+CHECKER_VERSION = 2  # of our rules; stored with every result, so results of other rules are never mixed
+TIME_LIMIT_S = 20.0  # the original's time limit per program (a time-out its do_exec swallows)
+GRACE_S = 5.0  # after the limit: time for the harness to report; a program still running then is killed
+MEMORY_MB = 4096  # numpy + pandas fit with room to spare
 OUTPUT_LIMIT = 4 << 20  # the report (value + casts) stays well under this; the program's own stdout is capped apart
 ARRAY_KINDS = "biufU"
+COMPARED_TYPES = (str, int, set, list, bool, tuple)  # by ==; float within 1e-6, ndarray by allclose, others fail
 
 
 @dataclass(frozen=True)
@@ -33,7 +44,8 @@ class Score:
     """The verdict on one program: passed, and why not (status), with what it printed."""
 
     passed: bool
-    status: str  # passed | wrong | no_print | syntax_error | timeout | memory | crashed | no_report
+    # passed | wrong | no_print | syntax_error | timeout | aborted | memory | crashed | no_report
+    status: str
     output: str | None = None  # str() of the captured object, shortened
     error: str | None = None
     stdout: str = ""
@@ -58,7 +70,7 @@ def add_final_print(code: str) -> str:
     last = tree.body[-1]
     value = getattr(last, "value", None)
     if not isinstance(value, ast.expr):
-        return code  # for/if/def/... have no value to print: left as is, like the reference
+        return code  # for/if/def/... have no value to print: left as is, like the original
     if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id.startswith("print"):
         return code
     last.value = ast.Call(func=ast.Name(id="print", ctx=ast.Load()), args=[value], keywords=[])  # type: ignore[attr-defined]
@@ -70,20 +82,22 @@ def add_final_print(code: str) -> str:
 # 2. Running in the sandbox
 
 
-def execution_job(program: str, timeout: float = TIMEOUT_S) -> tuple[dict[str, Any] | None, str | Score]:
+def execution_job(program: str, time_limit: float = TIME_LIMIT_S) -> tuple[dict[str, Any] | None, str | Score]:
     """The run_program keyword arguments for a program and the nonce of its report.
 
     When the program does not parse, returns (None, the failing Score) instead.
     """
     try:
         rewritten = add_final_print(program)
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+    except (SyntaxError, ValueError) as exc:
         return None, Score(False, "syntax_error", error=f"{type(exc).__name__}: {exc}"[:500])
+    except (RecursionError, MemoryError):
+        rewritten = program  # the original runs the program as written when its rewrite fails
     nonce = secrets.token_hex(16)
     job = {
         "source": HARNESS_SOURCE,
-        "stdin": json.dumps({"nonce": nonce, "program": rewritten}),
-        "timeout": timeout,
+        "stdin": json.dumps({"nonce": nonce, "program": rewritten, "time_limit": time_limit}),
+        "timeout": time_limit + GRACE_S,
         "memory_mb": MEMORY_MB,
         "output_limit": OUTPUT_LIMIT,
     }
@@ -93,20 +107,28 @@ def execution_job(program: str, timeout: float = TIMEOUT_S) -> tuple[dict[str, A
 def judge(result: Any, nonce: str, expected: Any) -> Score:
     """Score one ExecutionResult of a job made by `execution_job`."""
     report = read_report(result.stdout, nonce)
-    if report is None:
+    if report is None:  # killed: it ran past its time limit plus GRACE_S, or out of memory
         status = result.status if result.status in ("timeout", "memory", "crashed") else "no_report"
+        if status == "timeout":
+            return Score(False, status, error=f"still running {GRACE_S:g} s after its time limit: killed")
         return Score(False, status, error=(result.stderr or "")[-500:] or None)
     stdout, error = str(report.get("stdout", "")), report.get("error")
     error = str(error) if error is not None else None
+    timed_out = error is not None and error.startswith("TimeLimitReached")
+    if report.get("aborted"):  # SystemExit & co.: the original's whole run would stop here
+        return Score(False, "aborted", error=error, stdout=stdout)
     if not report.get("printed"):
-        return Score(False, "no_print", error=error, stdout=stdout)
+        return Score(False, "timeout" if timed_out else "no_print", error=error, stdout=stdout)
+    if "coerce_error" in report:
+        return Score(False, "wrong", output=f"<coercion failed: {report['coerce_error']}>", error=error, stdout=stdout)
     try:
         value = decode(report["value"])
         casts = decode_casts(report.get("casts", {}))
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
         return Score(False, "wrong", output=f"<unreadable report: {exc}>", error=error, stdout=stdout)
-    passed = check_equivalence(value, expected, casts)
-    return Score(passed, "passed" if passed else "wrong", output=_short(value), error=error, stdout=stdout)
+    passed = check_equivalence(value, expected, casts, series=report.get("series") is True)
+    status = "passed" if passed else "timeout" if timed_out else "wrong"
+    return Score(passed, status, output=_short(value), error=error, stdout=stdout)
 
 
 def read_report(stdout: str, nonce: str) -> dict[str, Any] | None:
@@ -127,18 +149,19 @@ def score_programs(
     items: Sequence[tuple[str, Any]],
     pool: Any = None,
     progress: Callable[[int], None] | None = None,
-    timeout: float = TIMEOUT_S,
+    time_limit: float = TIME_LIMIT_S,
 ) -> list[Score]:
     """Score (program, expected output) pairs in sandboxes, results in input order.
 
-    `pool` is an opencodegen.execution.ExecutionPool (one is made for this call when None).
+    `pool` is an opencodegen.execution.ExecutionPool (one is made for this call when None);
+    `time_limit` is the original's 20 s unless a test needs it shorter.
     """
     if pool is None:
         from opencodegen.execution import ExecutionPool
 
         with ExecutionPool() as own:
-            return score_programs(items, own, progress, timeout)
-    prepared = [execution_job(program, timeout) for program, _ in items]
+            return score_programs(items, own, progress, time_limit)
+    prepared = [execution_job(program, time_limit) for program, _ in items]
     results = iter(pool.map([job for job, _ in prepared if job is not None]))
     scores: list[Score] = []
     for (job, nonce_or_score), (_, expected) in zip(prepared, items):
@@ -152,9 +175,31 @@ def score_programs(
     return scores
 
 
-def score_program(program: str, expected: Any) -> Score:
-    """Score one program (one sandbox run)."""
-    return score_programs([(program, expected)])[0]
+def checker_warnings(problems: Iterable[Problem]) -> list[str]:
+    """What the original's rules make impossible in these problems, one line per problem.
+
+    Expected outputs of a type its check_equivalence rejects (dict, None) fail whatever is
+    printed; programs that import scikit-learn fail under its reliability_guard.
+    """
+    notes = []
+    for problem in problems:
+        rejected: dict[str, list[str]] = {}
+        for test in problem.tests:
+            kind = type(problem.expected(test))
+            if kind not in (*COMPARED_TYPES, float):
+                rejected.setdefault("None" if kind is type(None) else kind.__name__, []).append(str(test))
+        for kind, tests in rejected.items():
+            notes.append(
+                f"problem {problem.id}: {len(tests)} test case(s) ({', '.join(tests)}) expect {kind}, a type the "
+                "original checker rejects: no program can pass them under its rules (followed here)"
+            )
+        if any("sklearn" in prompt for prompt in problem.prompts):
+            notes.append(
+                f"problem {problem.id}: its prompts use scikit-learn, which cannot be imported under the "
+                "original's reliability_guard (its import sets os.environ, whose putenv the guard removed, and "
+                "it needs joblib, which the guard blocks): programs that follow the prompts fail"
+            )
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,15 +250,16 @@ def decode(node: Any) -> Any:
         pairs = [(decode(k), decode(v)) for k, v in (_list(pair) for pair in _list(node["v"]))]
         return (_SUBCLASS[dict] if node.get("sub") else dict)(pairs)
     if tag == "ndarray":
-        dtype = _dtype(node["dtype"])
         shape = tuple(int(n) for n in _list(node["shape"]))
-        return np.array([decode(item) for item in _list(node["v"])], dtype=dtype).reshape(shape)
+        items = [decode(item) for item in _list(node["v"])]
+        if str(node["dtype"]) == "|O":  # item by item: np.array would turn nested lists into dimensions
+            array = np.empty(len(items), dtype=object)
+            for index, item in enumerate(items):
+                array[index] = item
+            return array.reshape(shape)
+        return np.array(items, dtype=_dtype(node["dtype"])).reshape(shape)
     if tag == "numpy":
         return _dtype(node["dtype"]).type(decode(node["v"]))
-    if tag == "Series":
-        import pandas
-
-        return pandas.Series(decode(node["v"]))
     if tag == "opaque":
         text = node.get("str")
         return Opaque(str(node.get("type")), text if isinstance(text, str) else None)
@@ -254,61 +300,42 @@ def _dtype(text: Any) -> np.dtype[Any]:
     return dtype
 
 
-_NP_INTS = (np.uint8, np.int16, np.int32, np.int64)
-_NP_FLOATS = (np.float16, np.float32, np.float64)
-_CASTABLE = {str: "str", int: "int", float: "float", list: "list"}
+_CASTS = {str: "str", int: "int", float: "float", list: "list"}  # computed on the live object
 
 
-def check_equivalence(output: Any, expected: Any, casts: dict[str, Any] | None = None) -> bool:
-    """The reference's check of the printed object against the expected output.
+def check_equivalence(output: Any, expected: Any, casts: dict[str, Any] | None = None, series: bool = False) -> bool:
+    """The rest of the original's check_equivalence, on the harness's coerced output.
 
-    Coercions (in this order, only the first that applies): pandas Series -> numpy (and the
-    expected value too); list whose first item is a tuple -> list of lists; numpy uint8/int16/
-    int32/int64 -> int; float16/32/64 -> float; bool_ -> bool; ndarray -> list. If the types
-    still differ: an expected bool compares as strings, otherwise the output is cast to the
-    expected type (`casts` holds casts computed on the live object, used when no coercion
-    applied). Floats pass within 1e-6, numpy arrays by allclose, everything else by ==.
-    A check that raises is a failure.
+    `series`: the printed object was a pandas Series (`output` is its numpy array), so the
+    expected value becomes an array too. If the types differ: an expected bool compares as
+    strings, otherwise the output is cast to the expected type (str/int/float/list casts come
+    from `casts`, made on the live object in the sandbox). Then str/int/set/list/bool/tuple
+    compare by ==, float within 1e-6, ndarray by allclose; any other type (dict, None, ...)
+    fails, as does a check that raises.
     """
     try:
-        return _check(output, expected, casts)
+        return _check(output, expected, casts or {}, series)
     except Exception:
         return False
 
 
-def _check(o1: Any, o2: Any, casts: dict[str, Any] | None) -> bool:
-    coerced = True
-    if _is_series(o1):
-        o1, o2 = o1.to_numpy(), np.array(o2)
-    elif type(o1) is list and o1 and type(o1[0]) is tuple:
-        o1 = [list(t) for t in o1]
-    elif type(o1) in _NP_INTS:
-        o1 = int(o1)
-    elif type(o1) in _NP_FLOATS:
-        o1 = float(o1)
-    elif type(o1) is np.bool_:
-        o1 = bool(o1)
-    elif type(o1) is np.ndarray:
-        o1 = o1.tolist()
-    else:
-        coerced = False
+def _check(o1: Any, o2: Any, casts: dict[str, Any], series: bool) -> bool:
+    if series:
+        o2 = np.array(o2)
     if type(o1) is not type(o2):
-        live = casts if casts is not None and not coerced else None
         if type(o2) is bool:
-            o1, o2 = (live["str"] if live is not None else str(o1)), str(o2)
-        elif live is not None and type(o2) in _CASTABLE:
-            o1 = live[_CASTABLE[type(o2)]]  # KeyError: the cast failed in the sandbox -> fail
+            o1, o2 = casts["str"], str(o2)  # KeyError: the cast failed in the sandbox -> fail
+        elif type(o2) in _CASTS:
+            o1 = casts[_CASTS[type(o2)]]
         else:
             o1 = type(o2)(o1)
+    if type(o1) in COMPARED_TYPES:
+        return bool(o1 == o2)
     if type(o1) is float:
-        return abs(o1 - o2) < 1e-6
+        return bool(abs(o1 - o2) < 1e-6)
     if type(o1) is np.ndarray:
         return bool(np.allclose(o1, o2))
-    return bool(o1 == o2)
-
-
-def _is_series(value: Any) -> bool:
-    return type(value).__module__.startswith("pandas") and type(value).__name__ == "Series"
+    return False  # the original raises "Unsupported type": the test fails
 
 
 def _short(value: Any, limit: int = 300) -> str:
