@@ -4,10 +4,12 @@ edit (later turns re-run), retry, undo, export of a runnable program."""
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
+from execution_helpers import processes_with
 from generation_helpers import one_thread  # noqa: F401 (fixture)
 from serving_helpers import serve, sse_data, tiny_model
 
@@ -81,3 +83,14 @@ def test_a_full_store_is_429_and_never_evicts_a_live_session(tmp_path_factory):
         http.delete(f"/v1/sessions/{first}")
         third = http.post("/v1/sessions", json={}).json()["id"]
         assert json.loads(http.get(f"/v1/sessions/{third}").text)["turns"] == []
+
+
+def test_a_turn_leaves_no_process_running(http):
+    sid = http.post("/v1/sessions", json={}).json()["id"]
+    marker = f"{time.time_ns() % 10**9 + 10**9}"
+    code = f"import os, subprocess\np = subprocess.Popen(['sleep', '{marker}'])\nif os.fork() == 0:\n    while True:\n        pass\np.pid"
+    events = turn(http, f"/v1/sessions/{sid}/turns", {"instruction": "Start a sleeper and a spinner.", "code": code})
+    assert events[-1]["session"]["turns"][0]["status"] == "ok", events[-1]
+    assert not processes_with(marker)  # killed before the turn answered
+    assert http.get("/health").json()["status"] == "ok"
+    assert http.delete(f"/v1/sessions/{sid}").status_code == 200
