@@ -104,8 +104,8 @@ class HTTPGuard:
             headers.setdefault(key, value)
         host = host_name(headers.get(b"host", b"").decode("latin-1"))
         if "*" not in self.allowed and host not in self.allowed:
-            raise APIError(421, f"Host {host!r} is not served here (allowed: {', '.join(sorted(self.allowed))}); "
-                           "start the server with --allowed-host NAME to serve it.", code="host_not_allowed")  # fmt: skip
+            raise APIError(421, f"Host {host!r} is not served here; to serve it, start the server with "
+                           f"--allowed-host {host or 'NAME'}.", code="host_not_allowed")  # fmt: skip
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             raise APIError(413, f"request body over {self.max_body_bytes} bytes", code="body_too_large")
