@@ -1,6 +1,7 @@
 """Load test of `opencodegen serve` on 127.0.0.1, and continuous batching vs one request at a time.
 
     python benchmarks/bench_serve.py [--model DIR] [--clients 64] [--requests 200] [--streams 16]
+    python benchmarks/bench_serve.py --attack [--attack-seconds 20]
 
 Starts the server (a random `tiny` model unless --model is given) as a subprocess bound to
 127.0.0.1 and measures, with an asyncio httpx client in this process:
@@ -12,6 +13,12 @@ Starts the server (a random `tiny` model unless --model is given) as a subproces
 2. throughput: the same `--streams` seeded streaming requests run one at a time, then all at
    once. Seeded outputs do not depend on the batch, so both runs generate the same tokens and
    the ratio of their tokens/s is the gain of continuous batching (the issue asks >= 3x).
+
+With --attack it measures instead the latency of /health and of a small completion request,
+first on an idle server, then while the attacks of issue 20 run together: slowloris connections,
+a declared 300 MB body, a chunked body past the limit, a trickled body, a 3.9 MB prompt to
+tokenize, a 2000-prompt request, hostile JSON, cross-site and foreign-Host requests, and a session
+turn that leaves spinning processes behind.
 
 Results are printed and written as JSON (--out).
 """
@@ -166,6 +173,134 @@ async def throughput(url: str, streams: int, max_tokens: int) -> dict:
     }  # fmt: skip
 
 
+# ----------------------------------------------------------------------------------- attack mode
+
+ATTACK_PROBE_TIMEOUT_S = 30.0
+SPINNER_TURN = "import os\nfor _ in range(2):\n    if os.fork() == 0:\n        while True:\n            pass\n'spun'"
+
+
+async def raw_request(port: int, head: bytes, body_chunks: list[bytes], hold_s: float) -> None:
+    """Send `head` and the chunks over a raw connection, keep it open `hold_s` seconds, close it."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return
+    try:
+        writer.write(head)
+        for chunk in body_chunks:
+            writer.write(chunk)
+            await writer.drain()
+        await asyncio.wait_for(reader.read(65536), hold_s)
+    except (OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        writer.close()
+
+
+async def attacks(url: str, port: int, stop: asyncio.Event) -> None:
+    """Every attack of issue 20 at once, over and over until `stop` is set."""
+    json_head = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+    async def repeat(make) -> None:
+        while not stop.is_set():
+            await make()
+
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        async def post(content: bytes, headers: dict) -> None:
+            try:
+                await client.post("/v1/completions", content=content, headers=headers)
+            except httpx.HTTPError:
+                pass
+
+        async def spinner_turn() -> None:
+            created = await client.post("/v1/sessions", json={})
+            if created.status_code != 201:
+                await asyncio.sleep(0.5)
+                return
+            sid = created.json()["id"]
+            await client.post(f"/v1/sessions/{sid}/turns", json={"instruction": "spin", "code": SPINNER_TURN})
+            await client.delete(f"/v1/sessions/{sid}")
+
+        json_type = {"content-type": "application/json"}
+        jobs = [
+            *(repeat(lambda: raw_request(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n", [], 60))
+              for _ in range(200)),  # slowloris
+            repeat(lambda: raw_request(port, json_head + b"Content-Length: 314572800\r\n\r\n", [b" " * 65536], 5)),
+            repeat(lambda: raw_request(port, json_head + b"Transfer-Encoding: chunked\r\n\r\n",
+                                       [b"10000\r\n" + b"x" * 65536 + b"\r\n"] * 80, 5)),
+            repeat(lambda: raw_request(port, json_head + b"Content-Length: 100\r\n\r\n{", [], 60)),  # trickle
+            repeat(lambda: post(json.dumps({"prompt": "x " * 1_950_000, "max_tokens": 1}).encode(), json_type)),
+            repeat(lambda: post(json.dumps({"prompt": [f"p{i}" for i in range(2000)], "max_tokens": 4}).encode(),
+                                json_type)),
+            repeat(lambda: post(b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", json_type)),
+            repeat(lambda: post(b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", json_type)),
+            repeat(lambda: post(b'{"prompt": "x"}', {"content-type": "text/plain"})),
+            repeat(lambda: post(b'{"prompt": "x"}', {**json_type, "host": "evil.example"})),
+            repeat(spinner_turn),
+        ]  # fmt: skip
+        await asyncio.gather(*jobs)
+
+
+async def latencies(url: str, seconds: float) -> dict:
+    """/health and a small completion, each polled in turn for `seconds`: their latencies (a request
+    that fails or takes over ATTACK_PROBE_TIMEOUT_S counts as failed, at that time-out)."""
+    measured: dict[str, list[float]] = {"health": [], "small_request": []}
+    failed = dict.fromkeys(measured, 0)
+    async with httpx.AsyncClient(base_url=url, timeout=ATTACK_PROBE_TIMEOUT_S) as client:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            for name, probe in (("health", client.get("/health")),
+                                ("small_request", client.post("/v1/completions", json={"prompt": "def f():",
+                                                                                       "max_tokens": 2}))):  # fmt: skip
+                started = time.perf_counter()
+                try:
+                    ok = (await probe).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                measured[name].append(time.perf_counter() - started)
+                failed[name] += not ok
+            await asyncio.sleep(0.05)
+
+    def summary(values: list[float], failures: int) -> dict:
+        values = sorted(values)
+        return {"count": len(values), "failed": failures, "p50_s": statistics.median(values),
+                "p95_s": values[int(0.95 * (len(values) - 1))], "max_s": values[-1]}  # fmt: skip
+
+    return {name: summary(values, failed[name]) for name, values in measured.items()}
+
+
+async def attack_mode(url: str, port: int, seconds: float) -> dict:
+    idle = await latencies(url, seconds / 4)
+    stop = asyncio.Event()
+    attacking = asyncio.ensure_future(attacks(url, port, stop))
+    await asyncio.sleep(2)  # let every attack get going
+    under_attack = await latencies(url, seconds)
+    stop.set()
+    attacking.cancel()
+    try:
+        await attacking
+    except asyncio.CancelledError:
+        pass
+    return {"idle": idle, "under_attack": under_attack}
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it is still finishing requests after 30 s (attacks leave some)."""
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def print_attack(results: dict) -> None:
+    for phase in ("idle", "under_attack"):
+        for name, s in results[phase].items():
+            print(f"{phase:>12} {name:<13} n={s['count']:<4} failed {s['failed']:<3} p50 {s['p50_s'] * 1000:7.1f} ms  "
+                  f"p95 {s['p95_s'] * 1000:7.1f} ms  max {s['max_s'] * 1000:7.1f} ms")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="checkpoint directory (default: a random tiny model)")
@@ -177,12 +312,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads (1: the client needs a core)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "opencodegen-bench-serve")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--attack", action="store_true", help="latency of /health and a small request under attack")
+    parser.add_argument("--attack-seconds", type=float, default=20.0)
     args = parser.parse_args()
 
     model = args.model or ensure_model(args.workdir)
     port = free_port()
     server = start_server(model, port, args.max_batch, max(256, args.clients), args.threads)
     url = f"http://127.0.0.1:{port}"
+    if args.attack:
+        try:
+            results = asyncio.run(attack_mode(url, port, args.attack_seconds))
+        finally:
+            stop_server(server)
+        print_attack(results)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     try:
         load = asyncio.run(load_test(url, args.clients, args.requests, args.max_tokens))
         batching = asyncio.run(throughput(url, args.streams, 64))

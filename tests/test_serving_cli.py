@@ -19,6 +19,15 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "--max-batch must be >= 1" in capsys.readouterr().err
 
 
+def test_a_non_loopback_address_needs_a_key_or_an_explicit_opt_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENCODEGEN_API_KEY", raising=False)
+    assert main(["serve", "--model", str(tmp_path), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: refusing to serve on 0.0.0.0 without --api-key") and "--insecure-no-key" in err
+    assert main(["serve", "--model", str(tmp_path), "--session-ttl", "0"]) == 2
+    assert "--session-ttl must be > 0" in capsys.readouterr().err
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

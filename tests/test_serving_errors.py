@@ -110,12 +110,12 @@ def test_session_errors(http):
     assert_error(http.post("/v1/sessions", json={"temperature": 5}), 400, "temperature")
     assert_error(http.post("/v1/sessions", json={"max_tokens": 512}), 400, "max_tokens", says="below the context")
     sid = http.post("/v1/sessions", json={"max_tokens": 8}).json()["id"]
-    assert_error(http.post(f"/v1/sessions/{sid}/undo"), 400, says="nothing to undo")
+    assert_error(http.post(f"/v1/sessions/{sid}/undo", json={}), 400, says="nothing to undo")
     assert_error(http.put(f"/v1/sessions/{sid}/turns/0", json={"code": "x = 1"}), 404, "index", "turn_not_found")
     assert_error(http.put(f"/v1/sessions/{sid}/turns/zero", json={"code": "x = 1"}), 400, "index")
     assert_error(http.put(f"/v1/sessions/{sid}/turns/0", json={}), 400, "code", "missing_parameter")
     assert_error(http.post(f"/v1/sessions/{sid}/turns", json={"instruction": ""}), 400, "instruction")
-    assert_error(http.post(f"/v1/sessions/{sid}/turns/3/retry"), 404, "index", "turn_not_found", "no turn 3")
+    assert_error(http.post(f"/v1/sessions/{sid}/turns/3/retry", json={}), 404, "index", "turn_not_found", "no turn 3")
     assert http.delete(f"/v1/sessions/{sid}").json() == {"id": sid, "deleted": True}
     assert_error(http.get(f"/v1/sessions/{sid}"), 404, "session_id")
 
@@ -135,28 +135,43 @@ def test_api_key(loaded):
 
 
 def test_full_queue_is_429_and_a_disconnect_frees_the_slot(loaded):
+    """Deterministic by construction: the scheduler is held (its step hook waits on a gate the test
+    opens) from the long request's first step until the server has seen the client hang up."""
     with serve(*loaded, max_batch=1, max_queue=1) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        scheduler = server.app.state.scheduler
+        gate, cancelled = threading.Event(), threading.Event()
+        cancel = scheduler.cancel
+
+        def observed_cancel(job):
+            cancelled.set()
+            cancel(job)
+
+        scheduler.cancel, scheduler.step_hook = observed_cancel, gate.wait
         long = {"prompt": "x", "max_tokens": 400, "temperature": 1.0, "seed": 0, "stream": True}
         queued: dict = {}
-        with http.stream("POST", "/v1/completions", json=long) as stream:
-            lines = stream.iter_lines()
-            first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
-            assert first["choices"][0]["finish_reason"] is None  # it runs and holds the only slot
+        try:
+            with http.stream("POST", "/v1/completions", json=long) as stream:
+                lines = stream.iter_lines()
+                first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+                assert first["choices"][0]["finish_reason"] is None  # it runs and holds the only slot
 
-            def wait_in_queue():
-                queued["response"] = httpx.post(server.url + "/v1/completions", json={**OK, "max_tokens": 3},
-                                                timeout=60)  # fmt: skip
+                def wait_in_queue():
+                    queued["response"] = httpx.post(server.url + "/v1/completions", json={**OK, "max_tokens": 3},
+                                                    timeout=60)  # fmt: skip
 
-            waiter = threading.Thread(target=wait_in_queue)
-            waiter.start()
-            deadline = time.monotonic() + 30
-            while http.get("/health").json()["queue_depth"] != 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            rejected = http.post("/v1/completions", json=OK)
-            assert_error(rejected, 429, None, "queue_full", "busy")
-            assert rejected.headers["retry-after"] == "1"
-        # the stream is closed: the long request leaves the batch and the queued one runs
+                waiter = threading.Thread(target=wait_in_queue)
+                waiter.start()
+                deadline = time.monotonic() + 30
+                while http.get("/health").json()["queue_depth"] != 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                rejected = http.post("/v1/completions", json=OK)
+                assert_error(rejected, 429, None, "queue_full", "busy")
+                assert rejected.headers["retry-after"] == "1"
+            # the stream is closed: once the server saw it, the long request leaves and the queued one runs
+            assert cancelled.wait(60)
+        finally:
+            gate.set()
         waiter.join(60)
         assert queued["response"].status_code == 200
         metrics = http.get("/metrics").text

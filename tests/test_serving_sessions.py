@@ -4,10 +4,12 @@ edit (later turns re-run), retry, undo, export of a runnable program."""
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
+from execution_helpers import processes_with
 from generation_helpers import one_thread  # noqa: F401 (fixture)
 from serving_helpers import serve, sse_data, tiny_model
 
@@ -22,7 +24,7 @@ def http(tmp_path_factory):
 
 
 def turn(http, path: str, body=None) -> list[dict]:
-    with http.stream("POST", path, json=body) as response:
+    with http.stream("POST", path, json={} if body is None else body) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         return sse_data(response)
 
@@ -55,7 +57,7 @@ def test_a_session_from_first_turn_to_export(http, tmp_path):
     state = events[-1]["session"]
     assert len(state["turns"]) == 2 and state["turns"][1]["instruction"] == "Double it."
 
-    state = http.post(f"/v1/sessions/{sid}/undo").json()
+    state = http.post(f"/v1/sessions/{sid}/undo", json={}).json()
     assert len(state["turns"]) == 1
     assert http.get(f"/v1/sessions/{sid}").json() == state
 
@@ -70,12 +72,25 @@ def test_a_session_from_first_turn_to_export(http, tmp_path):
     assert http.delete(f"/v1/sessions/{sid}").status_code == 200
 
 
-def test_the_oldest_idle_session_makes_room(tmp_path_factory):
+def test_a_full_store_is_429_and_never_evicts_a_live_session(tmp_path_factory):
     loaded = tiny_model(tmp_path_factory.mktemp("tiny"))
     with serve(*loaded, max_sessions=2) as server, httpx.Client(base_url=server.url, timeout=60) as http:
-        first, second = (http.post("/v1/sessions").json()["id"] for _ in range(2))
-        http.get(f"/v1/sessions/{first}")  # used last: the second one is now the oldest
-        third = http.post("/v1/sessions").json()["id"]
-        assert http.get(f"/v1/sessions/{second}").status_code == 404
-        assert {http.get(f"/v1/sessions/{s}").status_code for s in (first, third)} == {200}
+        first, second = (http.post("/v1/sessions", json={}).json()["id"] for _ in range(2))
+        refused = http.post("/v1/sessions", json={})
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_sessions"
+        assert "delete a session" in refused.json()["error"]["message"] and refused.headers["retry-after"]
+        assert {http.get(f"/v1/sessions/{s}").status_code for s in (first, second)} == {200}
+        http.delete(f"/v1/sessions/{first}")
+        third = http.post("/v1/sessions", json={}).json()["id"]
         assert json.loads(http.get(f"/v1/sessions/{third}").text)["turns"] == []
+
+
+def test_a_turn_leaves_no_process_running(http):
+    sid = http.post("/v1/sessions", json={}).json()["id"]
+    marker = f"{time.time_ns() % 10**9 + 10**9}"
+    code = f"import os, subprocess\np = subprocess.Popen(['sleep', '{marker}'])\nif os.fork() == 0:\n    while True:\n        pass\np.pid"
+    events = turn(http, f"/v1/sessions/{sid}/turns", {"instruction": "Start a sleeper and a spinner.", "code": code})
+    assert events[-1]["session"]["turns"][0]["status"] == "ok", events[-1]
+    assert not processes_with(marker)  # killed before the turn answered
+    assert http.get("/health").json()["status"] == "ok"
+    assert http.delete(f"/v1/sessions/{sid}").status_code == 200

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from execution_helpers import processes_with, wait_for
+from execution_helpers import processes_with
 from mtpb_helpers import FakeParams, ScriptedGenerator
 from opencodegen.errors import DataError, GenerationError
 from opencodegen.execution import isolation_report, run_program
@@ -150,15 +150,38 @@ def test_hostile_turn_is_contained_exactly_like_an_evaluation_job(tmp_path, monk
     assert in_session["loopback"] is False and in_session["few_pids"] is True
 
 
-def test_processes_started_by_a_turn_do_not_outlive_its_interpreter(session):
+SPAWN = """import os, subprocess
+sleeper = subprocess.Popen(['sleep', '{marker}'])
+r, w = os.pipe()
+if os.fork() == 0:  # a child in a session of its own leaves an orphan behind
+    os.setsid()
+    orphan = os.fork()
+    if orphan == 0:
+        while True:
+            pass
+    os.write(w, str(orphan).encode())
+    os._exit(0)
+orphan = int(os.read(r, 32))
+spinner = os.fork()
+if spinner == 0:
+    while True:
+        pass
+started = [sleeper.pid, orphan, spinner]
+len(started)"""
+GONE = """def gone(pid):
+    return not os.path.exists(f"/proc/{pid}")
+[gone(pid) for pid in started]"""
+
+
+def test_no_process_a_turn_started_outlives_the_turn(session):
     marker = f"{time.time_ns() % 10**9 + 10**9}"
-    started = session.add_turn("Start a child.", f"import subprocess\np = subprocess.Popen(['sleep', '{marker}'])")
-    assert started.output.status == "ok", started.output
-    assert wait_for(lambda: processes_with(marker))  # /proc may show it a moment after the exec
-    session.undo()  # a fresh interpreter replaces the old one, whose sandbox is torn down
-    assert wait_for(lambda: not processes_with(marker))
+    spawned = session.add_turn("Start processes that spin.", SPAWN.format(marker=marker))
+    assert (spawned.output.status, spawned.output.value) == ("ok", "3"), spawned.output
+    assert not processes_with(marker)  # killed before the turn answered
+    checked = session.add_turn("Look for them.", GONE)
+    assert checked.output.value == "[True, True, True]", checked.output  # the sleep, the orphan, the spinner
     session.add_turn("Fork and come back.", "import os\npid = os.fork()\npid")
-    assert session.add_turn("Still one interpreter answering.", "'ok'").output.value == "'ok'"
+    assert session.add_turn("Still one interpreter answering.", "len(started)").output.value == "3"
 
 
 def test_memory_and_crashes_end_the_interpreter_with_the_right_status():

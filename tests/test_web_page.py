@@ -2,10 +2,12 @@
 Playwright's Python package): three turns, code streaming in, edits that run in the sandbox,
 a retry, an undo and the download of a program that runs. Skipped without Chromium/Playwright."""
 
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,17 +19,24 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwr
 CHROMIUM = os.environ.get("OPENCODEGEN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).is_file():
     pytest.skip("no chromium binary (apt-get install chromium)", allow_module_level=True)
+REBOUND = "rebound.test"  # a name the browser resolves to 127.0.0.1, as after DNS rebinding
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+                 "--disable-component-update", "--disable-sync", f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"]  # fmt: skip
 SCREENSHOT = "web-session.png"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def server(tmp_path_factory):
     model, tokenizer = tiny_model(tmp_path_factory.mktemp("tiny"), favour="value =")  # long turns
-    with serve(model, tokenizer) as server, sync_api.sync_playwright() as playwright:
+    with serve(model, tokenizer) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 900}, accept_downloads=True)
         page.set_default_timeout(30_000)
@@ -107,3 +116,51 @@ def test_three_turns_undo_retry_edit_and_download(page, tmp_path):
     page.screenshot(path=str(tmp_path / SCREENSHOT), full_page=True)
     assert (tmp_path / SCREENSHOT).stat().st_size > 10_000
     print(f"screenshot: {tmp_path / SCREENSHOT}")
+
+
+CROSS_SITE_POSTS = """async (target) => {
+    const results = {};
+    try {  // a "simple" request: the browser sends it without asking the server first
+        await fetch(target + "/v1/sessions", {method: "POST", mode: "no-cors", body: "{}",
+                                              headers: {"Content-Type": "text/plain"}});
+        results.textPlain = "sent";
+    } catch (e) { results.textPlain = "blocked"; }
+    try {  // JSON needs a CORS preflight, which the server does not grant
+        await fetch(target + "/v1/sessions", {method: "POST", body: "{}",
+                                              headers: {"Content-Type": "application/json"}});
+        results.json = "sent";
+    } catch (e) { results.json = "blocked"; }
+    return results;
+}"""
+
+
+class BlankPage(http.server.BaseHTTPRequestHandler):
+    """The attacker's site: an empty page on another port (another origin, no CSP)."""
+
+    def do_GET(self):
+        body = b"<!doctype html><title>elsewhere</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_another_site_cannot_drive_the_server(server, page):
+    sessions = server.app.state.sessions
+    before = len(sessions)
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BlankPage)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    other = page.context.browser.new_page()
+    try:
+        other.goto(f"http://127.0.0.1:{elsewhere.server_address[1]}/")
+        assert other.evaluate(CROSS_SITE_POSTS, server.url) == {"textPlain": "sent", "json": "blocked"}
+        assert len(sessions) == before  # the text/plain POST reached the server and was refused (415)
+        rebound = other.goto(server.url.replace("127.0.0.1", REBOUND) + "/")  # DNS rebinding
+        assert rebound.status == 421 and "host_not_allowed" in other.content()
+    finally:
+        other.close()
+        elsewhere.shutdown()

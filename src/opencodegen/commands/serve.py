@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_isolation_argument(p)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 suits tiny models on a busy machine)")  # fmt: skip
+    _add_hardening_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from opencodegen.errors import ConfigError
     from opencodegen.execution.sandbox import resolve_isolation
     from opencodegen.serving.app import create_app
+    from opencodegen.serving.guard import header_timeout_protocol
     from opencodegen.synthesis.interpreter import Interpreter
     from opencodegen.synthesis.session import Session
 
@@ -57,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_tokens_limit is not None and args.max_tokens_limit < 1:
         raise ConfigError("--max-tokens-limit must be >= 1")
-    if not _is_loopback(args.host) and not args.api_key:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may run code "
-              "through the session page", file=sys.stderr)  # fmt: skip
+    _check_hardening_arguments(args)
     isolation = resolve_isolation(args.isolation)  # sessions run code: refuse now, not at the first one
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -71,11 +71,57 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit, max_sessions=args.max_sessions,
         session_factory=functools.partial(Session, interpreter_factory=functools.partial(
             Interpreter, isolation=isolation.request)),
+        allowed_hosts=[args.host, *args.allowed_host], max_prompts=args.max_prompts, session_ttl=args.session_ttl,
+        session_memory_budget_mb=args.session_memory_budget, max_sessions_per_client=args.max_sessions_per_client,
+        body_timeout=args.body_timeout,
     )  # fmt: skip
     print(f"serving {name} on http://{args.host}:{args.port} (web page at /, API at /v1; session code runs with "
           f"isolation {isolation.mode})", file=sys.stderr)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", http=header_timeout_protocol(args.header_timeout))
     return 0
+
+
+def _add_hardening_arguments(p: argparse.ArgumentParser) -> None:
+    """Who may reach the server and what one client may make it hold."""
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header names NAME (repeatable; '*': any). Loopback "
+                   "names and the --host address are always allowed; others get 421 (DNS rebinding)")  # fmt: skip
+    p.add_argument("--insecure-no-key", action="store_true",
+                   help="serve a non-loopback --host without --api-key (anyone who can reach it may run code)")  # fmt: skip
+    p.add_argument("--max-prompts", type=int, default=2048, help="prompts in one completion request")
+    p.add_argument("--session-ttl", type=float, default=1800.0,
+                   help="seconds a session may stay unused before it is closed (default: 30 min)")  # fmt: skip
+    p.add_argument("--session-memory-budget", type=int, default=None, metavar="MIB",
+                   help="memory for all sessions' interpreters together (default: half the machine's memory); "
+                   "new sessions beyond it get 429")  # fmt: skip
+    p.add_argument("--max-sessions-per-client", type=int, default=4, help="live sessions of one client address")
+    p.add_argument("--header-timeout", type=float, default=15.0,
+                   help="seconds a request's headers may take to arrive before the connection is closed")  # fmt: skip
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request's body may take to arrive (408 after that)")  # fmt: skip
+
+
+def _check_hardening_arguments(args: argparse.Namespace) -> None:
+    """Refuse a non-loopback address without a key unless --insecure-no-key says so."""
+    from opencodegen.errors import ConfigError
+    from opencodegen.synthesis.interpreter import MEMORY_MB
+
+    for name in ("max_prompts", "max_sessions_per_client"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("session_ttl", "header_timeout", "body_timeout"):
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+    if args.session_memory_budget is not None and args.session_memory_budget < MEMORY_MB:
+        raise ConfigError(f"--session-memory-budget must hold one session ({MEMORY_MB} MiB)")
+    if _is_loopback(args.host) or args.api_key:
+        return
+    if not args.insecure_no_key:
+        raise ConfigError(f"refusing to serve on {args.host} without --api-key: anyone who can reach it could run "
+                          "code through the session API. Set --api-key (or $OPENCODEGEN_API_KEY), or pass "
+                          "--insecure-no-key to do it anyway.")  # fmt: skip
+    print(f"warning: --insecure-no-key: serving on {args.host} without an API key; anyone who can reach it may "
+          "run code through the session API", file=sys.stderr)  # fmt: skip
 
 
 def _is_loopback(host: str) -> bool:

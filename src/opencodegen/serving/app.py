@@ -2,17 +2,22 @@
 synthesis page with its session API.
 
     app = create_app(model, tokenizer, model_name="codegen-350M-mono")
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    uvicorn.run(app, host="127.0.0.1", port=8000, http=header_timeout_protocol())
+
+The event loop only routes: parsing and tokenizing a completion request run on a small thread
+pool, the model on the scheduler's thread, each session on its own thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opencodegen.model import CodeGenForCausalLM
-from opencodegen.serving.completions import ClientGone, Limits, start_completion
+from opencodegen.serving.completions import ClientGone, Limits, Prepared, prepare, start_completion
+from opencodegen.serving.guard import BODY_TIMEOUT_S, MAX_BODY_BYTES, HTTPGuard
 from opencodegen.serving.metrics import Metrics
 from opencodegen.serving.protocol import (
     APIError,
@@ -43,6 +49,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 RETRY_AFTER_S = 1
+EXPIRY_SWEEP_S = 60.0  # how often idle sessions are looked for
+TOKENIZER_THREADS = 2
 
 
 def create_app(
@@ -56,23 +64,47 @@ def create_app(
     max_tokens_limit: int | None = None,
     max_sessions: int = 16,
     session_factory: Callable[[], Session] = Session,
+    allowed_hosts: Iterable[str] = (),
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout: float = BODY_TIMEOUT_S,
+    max_prompts: int = 2048,
+    session_ttl: float = 1800.0,
+    session_memory_budget_mb: int | None = None,
+    max_sessions_per_client: int = 4,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """A FastAPI app serving `model`; its scheduler thread runs while the app is up (lifespan)."""
+    """A FastAPI app serving `model`; its scheduler thread runs while the app is up (lifespan).
+
+    `allowed_hosts`: Host names served besides the loopback ones ("*": any); `clock` times the
+    sessions' idle expiry.
+    """
     context = model.config.n_positions
-    limits = Limits(context=context, max_tokens=min(max_tokens_limit or context, context), max_n=max_batch)
+    limits = Limits(context=context, max_tokens=min(max_tokens_limit or context, context), max_n=max_batch,
+                    max_prompts=max_prompts)  # fmt: skip
     metrics = Metrics()
     scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
-    sessions = SessionStore(scheduler, tokenizer, context, max_sessions=max_sessions, session_factory=session_factory)
+    sessions = SessionStore(scheduler, tokenizer, context, max_sessions=max_sessions, session_factory=session_factory,
+                            ttl_s=session_ttl, memory_budget_mb=session_memory_budget_mb,
+                            max_per_client=max_sessions_per_client, clock=clock)  # fmt: skip
+    tokenize_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="opencodegen-tokenize")
     started = int(time.time())
+
+    async def sweep_idle_sessions() -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_S)
+            sessions.expire()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler.start()
+        sweeper = asyncio.ensure_future(sweep_idle_sessions())
         try:
             yield
         finally:
+            sweeper.cancel()
             scheduler.stop()
             sessions.close()
+            tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="opencodegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler, app.state.metrics, app.state.sessions = scheduler, metrics, sessions
@@ -102,17 +134,27 @@ def create_app(
 
     if api_key is not None:
         app.add_middleware(BearerAuth, api_key=api_key)
+    # outermost (added last): runs before the key check and the routes
+    app.add_middleware(HTTPGuard, allowed_hosts=allowed_hosts, max_body_bytes=max_body_bytes,
+                       body_timeout=body_timeout)  # fmt: skip
 
     # ------------------------------------------------------------------ OpenAI API
+
+    def read_completion(raw: bytes) -> Prepared:
+        """Parse, check and tokenize a completion request (on the tokenizer pool, off the event loop)."""
+        body = parse_body(raw, CompletionRequest)
+        if body.model not in (None, model_name):
+            raise APIError(404, f"The model `{body.model}` does not exist (this server has `{model_name}`).",
+                           param="model", code="model_not_found")  # fmt: skip
+        return prepare(body, tokenizer, limits)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         try:
-            body = parse_body(await request.body(), CompletionRequest)
-            if body.model not in (None, model_name):
-                raise APIError(404, f"The model `{body.model}` does not exist (this server has `{model_name}`).",
-                               param="model", code="model_not_found")  # fmt: skip
-            run = start_completion(body, scheduler, tokenizer, limits, model_name)
+            raw = await request.body()
+            prepared = await asyncio.get_running_loop().run_in_executor(tokenize_pool, read_completion, raw)
+            body = prepared.body
+            run = start_completion(prepared, scheduler, tokenizer, model_name)
         except QueueFull as exc:
             metrics.count_request("rejected")
             raise APIError(429, f"The server is busy ({exc}); retry later.", type="server_busy",
@@ -182,7 +224,7 @@ def create_app(
     @app.post("/v1/sessions", status_code=201)
     async def create_session(request: Request) -> dict[str, Any]:
         raw = await request.body()
-        entry = sessions.create(parse_body(raw or b"{}", SessionCreate))
+        entry = sessions.create(parse_body(raw or b"{}", SessionCreate), request.client.host if request.client else "")
         return await entry.call(entry.state)
 
     @app.get("/v1/sessions/{session_id}")

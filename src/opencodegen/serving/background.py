@@ -9,15 +9,20 @@ from typing import Any
 
 import uvicorn
 
+from opencodegen.serving.guard import HEADER_TIMEOUT_S, header_timeout_protocol
+
 
 class BackgroundServer:
     """`with BackgroundServer(app) as server:` serves `app` on `server.url` until the block ends.
 
-    Binds 127.0.0.1 and a free port unless told otherwise.
+    Binds 127.0.0.1 and a free port unless told otherwise; `header_timeout` closes connections
+    whose request headers take longer.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0,
+                 header_timeout: float = HEADER_TIMEOUT_S):  # fmt: skip
         self.app, self.host, self.port, self.startup_timeout = app, host, port, startup_timeout
+        self.header_timeout = header_timeout
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -30,7 +35,8 @@ class BackgroundServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
+                                http=header_timeout_protocol(self.header_timeout))  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()

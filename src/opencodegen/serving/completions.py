@@ -26,6 +26,7 @@ class Limits:
     context: int  # n_positions of the model
     max_tokens: int  # --max-tokens-limit
     max_n: int  # samples per prompt (the batch must hold them all)
+    max_prompts: int = 2048  # prompts per request
 
 
 class ClientGone(Exception):
@@ -55,6 +56,9 @@ def prepare(body: CompletionRequest, tokenizer: CodeGenTokenizer, limits: Limits
         raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {limits.max_tokens}",
                        param="max_tokens", code="max_tokens_exceeded")  # fmt: skip
     items = body.prompt_items()
+    if len(items) > limits.max_prompts:
+        raise APIError(400, f"{len(items)} prompts in one request: this server allows at most {limits.max_prompts} "
+                       "(split the request)", param="prompt", code="too_many_prompts")  # fmt: skip
     texts = [p for p in items if isinstance(p, str)]
     encoded = iter(tokenizer.encode_batch(texts) if texts else [])
     prompts, echo_texts = [], []
@@ -235,10 +239,10 @@ async def _disconnected(request: Request) -> None:
 
 
 def start_completion(
-    body: CompletionRequest, scheduler: Scheduler, tokenizer: CodeGenTokenizer, limits: Limits, model_name: str
+    prepared: Prepared, scheduler: Scheduler, tokenizer: CodeGenTokenizer, model_name: str
 ) -> CompletionRun:
-    """Validate and queue a request; the caller answers with `.response()` or `.stream()`."""
-    prepared = prepare(body, tokenizer, limits)
+    """Queue a prepared request (call on the event loop); answer with `.response()` or `.stream()`."""
+    body = prepared.body
     job = scheduler.submit(
         prepared.prompts, prepared.params, stream=bool(body.stream),
         prompt_logprobs=bool(body.echo) and body.logprobs is not None, prompt_only=prepared.max_tokens == 0,

@@ -15,8 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MAX_STOPS = 4
 #: Largest `logprobs` (alternatives per token) we return.
 MAX_LOGPROBS = 20
-#: Request bodies larger than this are refused before parsing.
-MAX_BODY_BYTES = 4 << 20
 
 
 class APIError(Exception):
@@ -129,12 +127,16 @@ class TurnEdit(_Strict):
 
 
 def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
-    """Decode a JSON body into `model`, turning every problem into a 400 APIError."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
+    """Decode a JSON body into `model`, turning every problem into a 400 APIError.
+
+    (The body's size is bounded before: see `opencodegen.serving.guard`.)
+    """
     try:
         data = json.loads(raw) if raw.strip() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise APIError(400, "We could not parse the JSON body of your request (it is nested too deeply).",
+                       code="invalid_json") from None  # fmt: skip
+    except ValueError as exc:  # bad JSON, bad UTF-8, or an integer with too many digits
         raise APIError(400, f"We could not parse the JSON body of your request ({exc}).", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")

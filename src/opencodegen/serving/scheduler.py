@@ -2,7 +2,9 @@
 
 Between two decode steps, waiting requests are prefilled (one prefill per prompt, its KV rows
 repeated for the n samples) and merged into the running batch, and finished or cancelled
-sequences leave it. Sampling, stop strings and logprobs are the generation engine's
+sequences leave it. Admission is round-robin between requests: each waiting request in turn
+gets one prompt admitted, so a small request is not starved by one with many prompts that
+arrived first. Sampling, stop strings and logprobs are the generation engine's
 (`opencodegen.generation.sampling` / `.stopping`); each sequence draws its random numbers from
 its own (seed, prompt index, sample index) stream, so its output does not depend on its batch
 neighbours, and identical prompts of one request draw different samples.
@@ -18,6 +20,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +127,7 @@ class Job:
         self.unadmitted = len(prompts)  # prompt groups still waiting
         self.unfinished = len(prompts) * params.n  # choices not finished yet
         self.first_token_seen = False
+        self.next_prompt = 0  # the prompt group admitted next
         self._scheduler = scheduler
         self._loop = loop
 
@@ -147,6 +151,10 @@ class _Group:
     @property
     def prompt(self) -> list[int]:
         return self.job.prompts[self.prompt_index]
+
+    @property
+    def width(self) -> int:
+        return len(self.prompt)
 
 
 class _Row:
@@ -207,7 +215,11 @@ class _Row:
 
 
 class Scheduler:
-    """Owns the model thread, the waiting queue and the running batch."""
+    """Owns the model thread, the waiting queue and the running batch.
+
+    `step_hook` (called by the model thread before each step) and `finish_hook` (called with
+    each job whose last choice finished) let tests and instrumentation follow the steps.
+    """
 
     def __init__(
         self,
@@ -225,13 +237,14 @@ class Scheduler:
         self.metrics = metrics or Metrics()
         self.generator = Generator(model, tokenizer)  # its per-sequence state and limits are ours too
         self._cond = threading.Condition()
-        self._waiting: deque[_Group] = deque()
-        self._queued = 0  # jobs with a group still waiting
+        self._waiting: deque[Job] = deque()  # jobs with a group still waiting, in admission order
         self._cancelled: set[Job] = set()
         self._batch = RunningBatch(model)
         self._outbox: list[tuple[Job, Any]] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.step_hook: Callable[[], None] | None = None
+        self.finish_hook: Callable[[Job], None] | None = None
 
     # ------------------------------------------------------------------ asyncio side
 
@@ -251,7 +264,7 @@ class Scheduler:
 
     @property
     def queue_depth(self) -> int:
-        return self._queued
+        return len(self._waiting)
 
     def submit(
         self,
@@ -274,11 +287,10 @@ class Scheduler:
         with self._cond:
             if self._stopping or self._thread is None:
                 raise ShuttingDown("the server is shutting down")
-            if self._queued >= self.max_queue:
-                raise QueueFull(f"{self._queued} requests are waiting already")
-            self._waiting.extend(_Group(job, i) for i in range(len(prompts)))
-            self._queued += 1
-            self.metrics.set_load(self._queued, len(self._batch))
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting already")
+            self._waiting.append(job)
+            self.metrics.set_load(len(self._waiting), len(self._batch))
             self._cond.notify()
         return job
 
@@ -288,8 +300,7 @@ class Scheduler:
                 return
             job.cancelled = True
             if job.unadmitted:
-                self._waiting = deque(g for g in self._waiting if g.job is not job)
-                self._queued -= 1
+                self._waiting.remove(job)
             self._cancelled.add(job)
             self._cond.notify()
 
@@ -298,6 +309,8 @@ class Scheduler:
     def _run(self) -> None:
         with torch.inference_mode():
             while True:
+                if self.step_hook is not None:
+                    self.step_hook()
                 with self._cond:
                     while not (self._stopping or self._waiting or self._batch.rows or self._cancelled):
                         self._cond.wait()
@@ -315,31 +328,33 @@ class Scheduler:
                     log.exception("generation step failed")
                     self._fail({g.job for g in groups} | {s.job for s in self._batch.rows}, f"generation failed: {exc}")
                     self._batch = RunningBatch(self.model)
-                self.metrics.set_load(self._queued, len(self._batch))
+                self.metrics.set_load(len(self._waiting), len(self._batch))
                 self._flush()
         with self._cond:
-            left = {g.job for g in self._waiting} | {s.job for s in self._batch.rows}
+            left = set(self._waiting) | {s.job for s in self._batch.rows}
             self._waiting.clear()
-            self._queued = 0
         self._batch = RunningBatch(self.model)
         self._fail(left, "the server is shutting down")
         self._flush()
 
     def _admit(self) -> list[_Group]:
-        """Pop the waiting groups that fit into the batch (FIFO; holds the lock)."""
-        free, budget, groups = self.max_batch - len(self._batch), PREFILL_TOKEN_BUDGET, []
+        """Pop the waiting groups that fit into the batch, one per job in turn (holds the lock)."""
+        free, budget, groups, width = self.max_batch - len(self._batch), PREFILL_TOKEN_BUDGET, [], 0
         while self._waiting:
-            group = self._waiting[0]
-            width = max([len(group.prompt), *(len(g.prompt) for g in groups)])
-            if group.job.params.n > free or (groups and width * (len(groups) + 1) > budget):
+            job = self._waiting[0]
+            group = _Group(job, job.next_prompt)
+            width = max(width, group.width)
+            if job.params.n > free or (groups and width * (len(groups) + 1) > budget):
                 break
             self._waiting.popleft()
             groups.append(group)
-            free -= group.job.params.n
-            group.job.unadmitted -= 1
-            if group.job.unadmitted == 0:
-                self._queued -= 1
-                self.metrics.observe(queue_wait=time.monotonic() - group.job.arrival)
+            free -= job.params.n
+            job.next_prompt += 1
+            job.unadmitted -= 1
+            if job.unadmitted:
+                self._waiting.append(job)  # its next prompt waits for the others' turn
+            else:
+                self.metrics.observe(queue_wait=time.monotonic() - job.arrival)
         return groups
 
     def _prefill(self, groups: list[_Group]) -> None:
@@ -443,6 +458,8 @@ class Scheduler:
         job.unfinished -= 1
         if job.unfinished == 0:
             self.metrics.observe(latency=time.monotonic() - job.arrival)
+            if self.finish_hook is not None:
+                self.finish_hook(job)
 
     def _drop(self, jobs: set[Job]) -> None:
         """Remove the sequences of these (cancelled) jobs from the batch."""

@@ -8,19 +8,26 @@ to /dev/null, stdout/stderr to anonymous memory files), so whatever the code pri
 Python, C or a child process, is captured per turn and cannot garble the protocol.
 A turn whose last statement is an expression reports that expression's repr as its value,
 like an interactive prompt. The namespace persists from turn to turn.
+
+Nothing a turn starts outlives it: the worker is a child subreaper (orphans of its descendants
+become its children, so none escapes by double-forking or starting a new session), and before
+it answers a turn it stops, kills and reaps every descendant process.
 """
 
 from __future__ import annotations
 
 import ast
+import ctypes
 import json
 import os
+import signal
 import sys
 import traceback
 from typing import Any
 
 OUTPUT_LIMIT = 64_000  # characters of stdout/stderr kept per turn
 VALUE_LIMIT = 4_000
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def _capture_file(name: str, fd: int) -> int:
@@ -67,6 +74,51 @@ def _format_error(filename: str) -> str:
     return ("Traceback (most recent call last):\n" if frames else "") + "".join(lines)
 
 
+def become_subreaper() -> None:
+    """Make orphaned descendants our children (prctl), so `kill_descendants` reaches them all."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def descendants() -> list[int]:
+    """Pids of every live process below this one (one scan of /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], list(children.get(os.getpid(), ()))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def kill_descendants() -> None:
+    """Stop, kill and reap every process the turns started, until none is left."""
+    while True:
+        pids = descendants()
+        if not pids:
+            break
+        for sig in (signal.SIGSTOP, signal.SIGKILL):  # frozen first, so nothing forks meanwhile
+            for pid in pids + descendants():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        for pid in pids:  # reap our children; orphans of the others become ours, found next round
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
 def run_turn(code: str, namespace: dict[str, Any], name: str) -> dict[str, Any]:
     filename = f"<{name}>"
     value = error = None
@@ -97,6 +149,7 @@ def main() -> None:
     sys.stderr = open(err_fd, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    become_subreaper()
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
     replies.write(json.dumps({"ready": True}) + "\n")
     replies.flush()
@@ -106,6 +159,7 @@ def main() -> None:
         reply = run_turn(request["code"], namespace, str(request["name"]))
         if os.getpid() != me:  # a process the turn forked came back here: it must not answer
             os._exit(0)
+        kill_descendants()
         reply["id"] = request["id"]
         sys.stdout.flush()
         sys.stderr.flush()

@@ -8,9 +8,11 @@ const state = { session: null, busy: false, apiKey: sessionStorage.getItem("open
 
 // ------------------------------------------------------------------------------- HTTP helpers
 
-function headers(json) {
+// Every POST/PUT says application/json, with or without a body: the server refuses other types
+// (a cross-site page can send those without asking first).
+function headers(method) {
   const h = {};
-  if (json) h["Content-Type"] = "application/json";
+  if (method === "POST" || method === "PUT") h["Content-Type"] = "application/json";
   if (state.apiKey) h["Authorization"] = "Bearer " + state.apiKey;
   return h;
 }
@@ -19,7 +21,7 @@ async function send(method, path, body) {
   for (let attempt = 0; attempt < 2; attempt++) {
     const response = await fetch(path, {
       method,
-      headers: headers(body !== undefined),
+      headers: headers(method),
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     if (response.status === 401 && attempt === 0 && askForKey()) continue;
