@@ -17,6 +17,7 @@ problem and writes ``samples.rank{r}.jsonl`` / ``results.rank{r}.jsonl``; rank 0
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -31,6 +32,7 @@ from typing import Any
 
 from opencodegen.errors import ConfigError, DataError
 from opencodegen.evaluation.passk import estimate
+from opencodegen.evaluation.protocols import HUMAN_EVAL, Protocol, get_protocol
 from opencodegen.evaluation.results import ResultStore
 
 HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"
@@ -165,12 +167,15 @@ class Settings:
     source_digest: str = ""  # sha256 of the samples file (samples mode)
     n: int = 0  # model mode from here on
     temperatures: list[float] = field(default_factory=list)
-    top_p: float = 0.95
-    max_new_tokens: int = 128
+    top_p: float = HUMAN_EVAL.top_p
+    max_new_tokens: int | None = HUMAN_EVAL.new_tokens  # None: the budget is max_total_tokens
     seed: int = 0
     batch_size: int = 0
     world: int = 1
     quantize: str | None = None  # e.g. "int8" (absent from the run.json of older versions: None)
+    protocol: str | None = HUMAN_EVAL.name  # protocols.PROTOCOLS; None in samples mode
+    top_k: int = HUMAN_EVAL.top_k
+    max_total_tokens: int | None = None  # prompt + completion at most this many tokens (bigcode)
 
     @classmethod
     def load(cls, out: Path) -> Settings:
@@ -243,15 +248,20 @@ def generate_samples(
     n: int,
     temperatures: Sequence[float],
     top_p: float,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     seed: int,
     batch_size: int,
     progress: bool = True,
+    protocol: Protocol = HUMAN_EVAL,
+    top_k: int = 0,
+    max_total_tokens: int | None = None,
 ) -> None:
     """Sample n completions per problem and temperature into `store`, skipping those present.
 
     Each batch of `batch_size` samples has its own seed, so a batch regenerated after a kill
-    gives the same completions and only the missing ones are written.
+    gives the same completions and only the missing ones are written. `protocol` gives the stop
+    strings, truncation and text clean-up; the budget is `max_new_tokens`, or `max_total_tokens`
+    minus the prompt's tokens (an empty completion when nothing fits, as bigcode's harness gives).
     """
     from opencodegen.generation import SamplingParams
 
@@ -264,17 +274,24 @@ def generate_samples(
             if not missing:
                 bar.update(len(indices))
                 continue
-            params = SamplingParams(n=len(indices), max_new_tokens=max_new_tokens, temperature=temperature,
-                                    top_p=top_p, seed=sample_seed(seed, problem.task_id, temperature, start),
-                                    truncate="humaneval")  # fmt: skip
+            budget = max_new_tokens
+            if max_total_tokens is not None:
+                budget = max_total_tokens - len(generator.tokenizer.encode(problem.prompt))
             done = bar.n
-            (completions,) = generator.generate([problem.prompt], params, progress=bar.update)
-            if len(completions) != len(indices):
-                raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
+            if budget < 1:
+                texts = [("", "length")] * len(indices)
+            else:
+                params = SamplingParams(n=len(indices), max_new_tokens=budget, temperature=temperature, top_p=top_p,
+                                        top_k=top_k, seed=sample_seed(seed, problem.task_id, temperature, start),
+                                        truncate=protocol.truncate, stop=protocol.stop)  # fmt: skip
+                (completions,) = generator.generate([problem.prompt], params, progress=bar.update)
+                if len(completions) != len(indices):
+                    raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
+                texts = [(protocol.finish(c.text, protocol.truncate), c.finish_reason) for c in completions]
             store.extend(
-                {"task_id": problem.task_id, "temperature": temperature, "sample": i, "completion": c.text,
-                 "finish_reason": c.finish_reason}
-                for i, c in zip(indices, completions) if i in missing
+                {"task_id": problem.task_id, "temperature": temperature, "sample": i, "completion": text,
+                 "finish_reason": reason}
+                for i, (text, reason) in zip(indices, texts) if i in missing
             )  # fmt: skip
             bar.update(done + len(indices) - bar.n)  # exact, whatever the generator reported
 
@@ -355,11 +372,15 @@ def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[str,
             "counts": sizes, "dropped_k": sorted(dropped), "syntax_valid": syntax_valid}  # fmt: skip
 
 
-def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
-    """Write summary.json and the pass@k-vs-temperature plot; return the summary."""
+def write_report(
+    out: Path, records: list[dict[str, Any]], ks: Sequence[int], settings: Settings | None = None
+) -> dict[str, Any]:
+    """Write summary.json (with the run's `settings`) and the pass@k-vs-temperature plot; return the summary."""
     from opencodegen.evaluation.report import plot_passk_vs_temperature
 
     summary = summarize(records, ks)
+    if settings is not None:
+        summary["settings"] = asdict(settings)
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     numeric = {float(t): row for t, row in summary["results"].items() if t != NO_TEMPERATURE}
     if numeric:
@@ -389,12 +410,15 @@ def run_with_generator(
     """Sample, execute and (on rank 0) merge and summarize. Returns the summary on rank 0."""
     out = options.out
     check_settings(out, settings)
-    mine = list(problems)[options.rank :: options.world]
+    protocol = get_protocol(settings.protocol or HUMAN_EVAL.name)
+    # the model continues the protocol's prompt, and that prompt starts the program it is scored on
+    mine = [dataclasses.replace(p, prompt=protocol.prompt(p.prompt)) for p in problems][options.rank :: options.world]
     suffix = _suffix(options.rank, options.world)
     samples = ResultStore(out / f"samples{suffix}.jsonl", KEY)
     generate_samples(generator, mine, samples, n=settings.n, temperatures=settings.temperatures,
                      top_p=settings.top_p, max_new_tokens=settings.max_new_tokens, seed=settings.seed,
-                     batch_size=settings.batch_size, progress=options.progress)  # fmt: skip
+                     batch_size=settings.batch_size, progress=options.progress, protocol=protocol,
+                     top_k=settings.top_k, max_total_tokens=settings.max_total_tokens)  # fmt: skip
     results = ResultStore(out / f"results{suffix}.jsonl", KEY)
     execute_samples(samples.records, mine, results, timeout=settings.timeout, workers=options.workers,
                     progress=options.progress)  # fmt: skip
@@ -411,13 +435,13 @@ def run_samples_file(
     execute_samples(samples, problems, results, timeout=settings.timeout, workers=options.workers,
                     progress=options.progress)  # fmt: skip
     by_key = {tuple(r[k] for k in KEY): r for r in results.records}
-    return write_report(options.out, [by_key[tuple(s[k] for k in KEY)] for s in samples], options.ks)
+    return write_report(options.out, [by_key[tuple(s[k] for k in KEY)] for s in samples], options.ks, settings)
 
 
 def _finish(problems: Sequence[Problem], settings: Settings, options: RunOptions) -> dict[str, Any] | None:
     if options.world == 1:
         records = ResultStore(options.out / "results.jsonl", KEY).records
-        return write_report(options.out, _ordered(records, problems), options.ks)
+        return write_report(options.out, _ordered(records, problems), options.ks, settings)
     _write_atomic(options.out / f"rank{options.rank}.done", json.dumps({"rank": options.rank}) + "\n")
     if options.rank != 0:
         return None
@@ -457,7 +481,7 @@ def merge(
     for kind, items in records.items():
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _ordered(items, problems))
         _write_atomic(out / f"{kind}.jsonl", lines)
-    return write_report(out, _ordered(records["results"], problems), options.ks)
+    return write_report(out, _ordered(records["results"], problems), options.ks, settings)
 
 
 def merge_run(options: RunOptions) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 from opencodegen import default_model
 from opencodegen.commands import add_quantize_argument
 from opencodegen.errors import ConfigError
+from opencodegen.evaluation.protocols import add_protocol_argument, get_protocol, protocol_settings
 
 
 def add_mtpb_parsers(sub: Any) -> None:
@@ -29,7 +30,9 @@ def add_mtpb_parsers(sub: Any) -> None:
     p.add_argument("--mode", choices=["multi", "single", "both"], default="multi", help="multi-turn, single-turn or both")
     p.add_argument("--n", type=int, default=1, help="samples per test case (default 1)")
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p (default 0.95)")
+    add_protocol_argument(p, "mtpb")
+    p.add_argument("--top-p", type=float, help="nucleus top-p (default: the protocol's, 0.95)")
+    p.add_argument("--top-k", type=int, help="keep the k most likely tokens, 0 = off (default: the protocol's)")
     p.add_argument("--programs", metavar="FILE.jsonl", help='score these programs instead of generating: rows {"id", "test", "program"}')
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: number of CPUs)")
     p.set_defaults(func=run_mtpb)
@@ -92,6 +95,8 @@ def run_mtpb(args: argparse.Namespace) -> int:
     if args.programs:
         if args.model:
             raise ConfigError("give either --model (generate) or --programs (score), not both")
+        if args.protocol is not None:
+            raise ConfigError("--protocol sets how --model writes programs; --programs are scored as they are")
         mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()), "data_sha256": benchmark.sha256})
         ids = {p.id for p in problems}
         samples = [s for s in mtpb_run.load_programs(args.programs, by_id) if s["id"] in ids]
@@ -102,17 +107,20 @@ def run_mtpb(args: argparse.Namespace) -> int:
             raise ConfigError("--n must be at least 1")
         from opencodegen.generation import Generator, SamplingParams
 
+        sampling = protocol_settings(args, "mtpb")
+        protocol = get_protocol(sampling["protocol"], "mtpb")
         model, tokenizer = _load_model(args)
         settings = {"model": _model_id(args.model), "n": args.n, "temperature": args.temperature,
-                    "top_p": args.top_p, "seed": args.seed, "data_sha256": benchmark.sha256,
+                    **sampling, "seed": args.seed, "data_sha256": benchmark.sha256,
                     **({"quantize": args.quantize} if args.quantize else {})}  # fmt: skip
         mtpb_run.check_config(out, settings)
-        params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        params = SamplingParams(n=args.n, temperature=args.temperature, top_p=sampling["top_p"],
+                                top_k=sampling["top_k"], seed=args.seed)  # fmt: skip
         generator = Generator(model, tokenizer)
         modes = ["multi", "single"] if args.mode == "both" else [args.mode]
         results = {}
         for mode in modes:
-            samples = mtpb_run.generate(problems, generator, params, mode, out)
+            samples = mtpb_run.generate(problems, generator, params, mode, out, protocol)
             results[mode] = mtpb_run.score(samples, by_id, mode, out, args.workers)
         extra = {"settings": settings}
     summary = mtpb_run.write_summary(out, benchmark, results, extra)
