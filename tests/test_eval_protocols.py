@@ -127,6 +127,15 @@ def test_top_k_50_keeps_every_token_tied_with_the_50th():
     assert set(freq.nonzero().flatten().tolist()) == kept  # each tied token is drawn (p ~ 3e-4 each)
 
 
+def test_top_k_ties_in_one_row_leave_the_other_rows_alone():
+    """A batch where one row has ties with its 3rd score and one has none: each keeps its own set."""
+    logits = torch.tensor([[5.0, 4.0, 3.0, 3.0, 3.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    probs, ids = TokenSampler(SamplingParams(temperature=1.0, top_p=1.0, top_k=3))._nucleus(logits)
+    kept = [set(i[p > 0].tolist()) for p, i in zip(probs, ids)]
+    assert kept == [{0, 1, 2, 3, 4}, {0, 1, 2}]
+    assert torch.allclose(probs[1][probs[1] > 0], logits[1, :3].softmax(-1))
+
+
 def test_temperature_applies_before_top_p():
     """Logits [2, 1, 0, -1] with top-p 0.95: at T 1 the nucleus is 3 tokens (masses before them 0,
     .64, .88), at T 0.5 (scores [4, 2, 0, -2]) it is 2 (0, .87, .98); 4.16.2 scales first."""

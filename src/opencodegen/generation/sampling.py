@@ -150,8 +150,9 @@ class TokenSampler:
         k = vocab
         if top_k and top_k < vocab:
             kth = scores.topk(top_k).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
             k = int((scores >= kth).sum(-1).max().item())
+            if k > top_k:  # some row has ties with its k-th score: they stay, what is below goes
+                scores = scores.masked_fill(scores < kth, float("-inf"))
         if k == vocab and top_p >= 1:  # plain temperature sampling: any fixed order will do
             probs = (scores - _logsumexp(scores)).clamp_(min=_EXP_FLOOR).exp_()
             return probs, torch.arange(vocab, device=scores.device).expand_as(scores)
