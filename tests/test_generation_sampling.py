@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DRAWS = 40_000
 
 
-def test_defaults_are_the_reference_sampler():
+def test_defaults_are_the_demo_sampler_without_top_k():
     p = SamplingParams()
     assert (p.n, p.max_new_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop, p.truncate, p.logprobs) == (
         1, 128, 0.2, 0.95, 0, None, (), None, None

@@ -164,6 +164,7 @@ def test_sigkill_during_execution_then_rerun(problems, tmp_path):
     by_key = {(r["task_id"], r["sample"]): r for r in records}
     in_order = [by_key[(s["task_id"], i % 3)] for i, s in enumerate(samples)]
     summary = json.loads((out / "summary.json").read_text())
+    assert summary.pop("settings")["protocol"] is None  # a samples file is scored as it is
     assert summary == {**he.summarize(in_order, (1, 2)), "isolation": isolation_report()["mode"]}
 
 
@@ -203,7 +204,9 @@ def test_two_ranks_merge_to_the_single_process_result(problems, tmp_path):
     assert [p.returncode for p in ranks] == [0, 0], outputs
     merged = json.loads(outputs[0][0].strip().splitlines()[-1])
     assert outputs[1][0].strip() == "null"  # rank 1 leaves the summary to rank 0
-    assert merged == json.loads((single / "summary.json").read_text())
+    single_summary = json.loads((single / "summary.json").read_text())
+    assert (merged["settings"]["world"], single_summary["settings"]["world"]) == (2, 1)
+    assert {**merged, "settings": None} == {**single_summary, "settings": None}
     rank_tasks = [{r["task_id"] for r in read_jsonl(sharded / f"results.rank{r}.jsonl")} for r in (0, 1)]
     assert not rank_tasks[0] & rank_tasks[1] and len(rank_tasks[0] | rank_tasks[1]) == 7
     for name in ("samples.jsonl", "results.jsonl"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from opencodegen import default_model
 from opencodegen.commands import add_isolation_argument, add_quantize_argument
 from opencodegen.errors import ConfigError
+from opencodegen.evaluation.protocols import add_protocol_argument, protocol_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,8 +103,11 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
     h.add_argument("--n", type=int, default=200, help="samples per problem and temperature (default: 200)")
     h.add_argument("--temperature", type=float, nargs="+", default=[0.2, 0.6, 0.8],
                    help="sampling temperatures (default: 0.2 0.6 0.8)")
-    h.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
-    h.add_argument("--max-new-tokens", type=int, default=128, help="tokens per completion (default: 128)")
+    add_protocol_argument(h, "humaneval")
+    h.add_argument("--top-p", type=float, help="nucleus sampling mass (default: the protocol's, 0.95)")
+    h.add_argument("--top-k", type=int, help="keep the k most likely tokens, 0 = off (default: the protocol's)")
+    h.add_argument("--max-new-tokens", type=int,
+                   help="tokens per completion (default: the protocol's budget; see docs/evaluation.md)")
     h.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same samples")
     h.add_argument("--batch-size", type=int, help="samples per generation call (default: --n)")
     h.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="k of pass@k (default: 1 10 100)")
@@ -156,21 +160,23 @@ def run_humaneval(args: argparse.Namespace) -> int:
     common = dict(problems_file=args.problems, limit=args.limit, problems=he.problems_digest(problems),
                   timeout=args.timeout, versions=run_record.package_versions())  # fmt: skip
     if args.samples:
+        if args.protocol is not None:
+            raise ConfigError("--protocol sets how --model samples; a --samples file is scored as it is")
         if world != 1:
             raise ConfigError("--samples runs as one process; --shard is for sampling with --model")
         settings = he.Settings(mode="samples", source=str(Path(args.samples).resolve()),
-                               source_digest=he.file_digest(args.samples), **common)  # fmt: skip
+                               source_digest=he.file_digest(args.samples), protocol=None, **common)  # fmt: skip
         outside = [p.task_id for p in benchmark[len(problems) :]]
         return _print_summary(he.run_samples_file(args.samples, problems, settings, options, outside), options.out)
     args.model = default_model.resolve(args.model)
-    if args.n < 1 or args.max_new_tokens < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise ConfigError("--n, --max-new-tokens and --batch-size must be at least 1")
+    if args.n < 1 or (args.batch_size is not None and args.batch_size < 1):
+        raise ConfigError("--n and --batch-size must be at least 1")
+    sampling = protocol_settings(args, "humaneval")  # refuses bad values before the model loads
     generator, directory = _load_generator(args.model, args.device, args.dtype, args.quantize, world)
     settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
-                           top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                           batch_size=args.batch_size or args.n, world=world, quantize=args.quantize,
+                           seed=args.seed, batch_size=args.batch_size or args.n, world=world, quantize=args.quantize,
                            model=run_record.model_record(args.model, directory, generator.model),
-                           **common)  # fmt: skip
+                           **sampling, **common)  # fmt: skip
     summary = he.run_with_generator(generator, problems, settings, options)
     return _print_summary(summary, options.out) if summary is not None else 0
 

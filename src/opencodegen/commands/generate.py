@@ -15,8 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
         help="complete a prompt (sampling, stop strings, CodeGen truncation, streaming)",
-        description="Sample completions of a prompt. Defaults follow CodeGen's reference sampler "
-        "(temperature 0.2, top-p 0.95, 128 new tokens).",
+        description="Sample completions of a prompt. Defaults are CodeGen's demo sampler's "
+        "(jaxformer/hf/sample.py: temperature 0.2, top-p 0.95, 128 new tokens) without the top-k 50 "
+        "its transformers version added.",
     )
     default_model.add_argument(p)
     source = p.add_mutually_exclusive_group(required=True)

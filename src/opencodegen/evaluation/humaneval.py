@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from opencodegen.errors import DataError
 from opencodegen.evaluation import run_record
 from opencodegen.evaluation.passk import estimate, pass_at_k
+from opencodegen.evaluation.protocols import HUMAN_EVAL, Protocol, get_protocol
 from opencodegen.evaluation.results import ResultStore
 
 if TYPE_CHECKING:
@@ -259,8 +260,8 @@ class Settings:
     source_digest: str = ""  # sha256 of the samples file (samples mode)
     n: int = 0  # model mode from here on
     temperatures: list[float] = field(default_factory=list)
-    top_p: float = 0.95
-    max_new_tokens: int = 128
+    top_p: float = HUMAN_EVAL.top_p
+    max_new_tokens: int | None = HUMAN_EVAL.new_tokens  # None: the budget is max_total_tokens
     seed: int = 0
     batch_size: int = 0
     world: int = 1
@@ -268,6 +269,9 @@ class Settings:
     model: dict[str, Any] = field(default_factory=dict)  # run_record.model_record of the model sampled
     versions: dict[str, str] = field(default_factory=dict)  # run_record.package_versions
     isolation: str | None = None  # the sandbox mode programs run under (set by the run: bwrap-root, ..., none)
+    protocol: str | None = HUMAN_EVAL.name  # protocols.PROTOCOLS; None in samples mode
+    top_k: int = HUMAN_EVAL.top_k
+    max_total_tokens: int | None = None  # prompt + completion at most this many tokens (bigcode)
 
     @classmethod
     def load(cls, out: Path) -> Settings:
@@ -302,8 +306,11 @@ def check_settings(out: Path, settings: Settings) -> None:
     resume a run made with other settings, naming them (see run_record.check_record)."""
     wanted = asdict(settings)
     if settings.mode == "model":
-        base = sampling_params(settings.top_p, settings.max_new_tokens, settings.seed)
-        wanted["sampling"] = run_record.sampling_record(base, per_batch=("n", "temperature"))
+        base = sampling_params(settings.top_p, settings.max_new_tokens, settings.seed,
+                               get_protocol(settings.protocol or HUMAN_EVAL.name), settings.top_k,
+                               settings.max_total_tokens)  # fmt: skip
+        per_batch = ("n", "temperature") + (("max_new_tokens",) if settings.max_total_tokens is not None else ())
+        wanted["sampling"] = run_record.sampling_record(base, per_batch=per_batch)
     run_record.check_record(out / "run.json", wanted)
 
 
@@ -317,11 +324,16 @@ def _suffix(rank: int, world: int) -> str:
     return "" if world == 1 else f".rank{rank}"
 
 
-def sampling_params(top_p: float, max_new_tokens: int, seed: int) -> SamplingParams:
-    """The sampler of a model run; each batch sets its n and temperature."""
+def sampling_params(
+    top_p: float, max_new_tokens: int | None, seed: int, protocol: Protocol = HUMAN_EVAL, top_k: int = 0,
+    max_total_tokens: int | None = None,
+) -> SamplingParams:
+    """The sampler of a model run with its protocol's stops and truncation; each batch sets its n and
+    temperature, and its budget too when the protocol counts the prompt in it (`max_total_tokens`)."""
     from opencodegen.generation import SamplingParams
 
-    return SamplingParams(max_new_tokens=max_new_tokens, top_p=top_p, seed=seed, truncate="humaneval")
+    return SamplingParams(max_new_tokens=max_new_tokens or max_total_tokens, top_p=top_p, top_k=top_k, seed=seed,
+                          truncate=protocol.truncate, stop=protocol.stop)  # fmt: skip
 
 
 def sample_key(task_id: str, temperature: float) -> str:
@@ -341,18 +353,23 @@ def generate_samples(
     n: int,
     temperatures: Sequence[float],
     top_p: float,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     seed: int,
     batch_size: int,
     progress: bool = True,
+    protocol: Protocol = HUMAN_EVAL,
+    top_k: int = 0,
+    max_total_tokens: int | None = None,
 ) -> None:
     """Sample n completions per problem and temperature into `store`, skipping those present.
 
     Sample i of a problem at a temperature draws from the stream of (seed, problem, temperature, i),
     so a batch regenerated after a kill gives the same completions (only the missing ones are
-    written), and `batch_size` does not change which samples are drawn.
+    written), and `batch_size` does not change which samples are drawn. `protocol` gives the stop
+    strings, truncation and text clean-up; the budget is `max_new_tokens`, or `max_total_tokens`
+    minus the prompt's tokens (an empty completion when nothing fits, as bigcode's harness gives).
     """
-    base = sampling_params(top_p, max_new_tokens, seed)
+    base = sampling_params(top_p, max_new_tokens, seed, protocol, top_k, max_total_tokens)
     plan = [(p, t, start) for p in problems for t in temperatures for start in range(0, n, batch_size)]
     total = len(problems) * len(temperatures) * n
     with _progress(total, "sampling", "sample", progress) as bar:
@@ -362,16 +379,24 @@ def generate_samples(
             if not missing:
                 bar.update(len(indices))
                 continue
-            params = dataclasses.replace(base, n=len(indices), temperature=temperature)
+            budget = max_new_tokens
+            if max_total_tokens is not None:
+                budget = max_total_tokens - len(generator.tokenizer.encode(problem.prompt))
             done = bar.n
-            (completions,) = generator.generate([problem.prompt], params, progress=bar.update,
-                                                keys=[sample_key(problem.task_id, temperature)], first_sample=start)
-            if len(completions) != len(indices):
-                raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
+            if budget < 1:
+                texts = [("", "length")] * len(indices)
+            else:
+                params = dataclasses.replace(base, n=len(indices), temperature=temperature, max_new_tokens=budget)
+                (completions,) = generator.generate([problem.prompt], params, progress=bar.update,
+                                                    keys=[sample_key(problem.task_id, temperature)],
+                                                    first_sample=start)  # fmt: skip
+                if len(completions) != len(indices):
+                    raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
+                texts = [(protocol.finish(c.text, protocol.truncate), c.finish_reason) for c in completions]
             store.extend(
-                {"task_id": problem.task_id, "temperature": temperature, "sample": i, "completion": c.text,
-                 "finish_reason": c.finish_reason}
-                for i, c in zip(indices, completions) if i in missing
+                {"task_id": problem.task_id, "temperature": temperature, "sample": i, "completion": text,
+                 "finish_reason": reason}
+                for i, (text, reason) in zip(indices, texts) if i in missing
             )  # fmt: skip
             bar.update(done + len(indices) - bar.n)  # exact, whatever the generator reported
 
@@ -466,11 +491,11 @@ def per_problem(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> list[di
 
 
 def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int], settings: Settings) -> dict[str, Any]:
-    """Write summary.json (with the run's isolation mode), per_problem.jsonl and the
+    """Write summary.json (with the run's isolation mode and settings), per_problem.jsonl and the
     pass@k-vs-temperature plot; return the summary."""
     from opencodegen.evaluation.report import plot_passk_vs_temperature
 
-    summary = {**summarize(records, ks), "isolation": settings.isolation}
+    summary = {**summarize(records, ks), "isolation": settings.isolation, "settings": asdict(settings)}
     rows = per_problem(records, ks)
     _write_atomic(out / "per_problem.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -504,12 +529,15 @@ def run_with_generator(
     out = options.out
     settings = _with_isolation(settings, options)
     check_settings(out, settings)
-    mine = list(problems)[options.rank :: options.world]
+    protocol = get_protocol(settings.protocol or HUMAN_EVAL.name)
+    # the model continues the protocol's prompt, and that prompt starts the program it is scored on
+    mine = [dataclasses.replace(p, prompt=protocol.prompt(p.prompt)) for p in problems][options.rank :: options.world]
     suffix = _suffix(options.rank, options.world)
     samples = ResultStore(out / f"samples{suffix}.jsonl", KEY)
     generate_samples(generator, mine, samples, n=settings.n, temperatures=settings.temperatures,
                      top_p=settings.top_p, max_new_tokens=settings.max_new_tokens, seed=settings.seed,
-                     batch_size=settings.batch_size, progress=options.progress)  # fmt: skip
+                     batch_size=settings.batch_size, progress=options.progress, protocol=protocol,
+                     top_k=settings.top_k, max_total_tokens=settings.max_total_tokens)  # fmt: skip
     results = ResultStore(out / f"results{suffix}.jsonl", KEY)
     execute_samples(samples.records, mine, results, timeout=settings.timeout, workers=options.workers,
                     progress=options.progress, isolation=options.isolation)  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any
 from opencodegen import default_model
 from opencodegen.commands import add_isolation_argument, add_quantize_argument
 from opencodegen.errors import ConfigError
+from opencodegen.evaluation.protocols import add_protocol_argument, get_protocol, protocol_settings
 
 
 def add_mtpb_parsers(sub: Any) -> None:
@@ -29,7 +30,9 @@ def add_mtpb_parsers(sub: Any) -> None:
     p.add_argument("--mode", choices=["multi", "single", "both"], default="multi", help="multi-turn, single-turn or both")
     p.add_argument("--n", type=int, default=1, help="samples per test case (default 1)")
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p (default 0.95)")
+    add_protocol_argument(p, "mtpb")
+    p.add_argument("--top-p", type=float, help="nucleus top-p (default: the protocol's, 0.95)")
+    p.add_argument("--top-k", type=int, help="keep the k most likely tokens, 0 = off (default: the protocol's)")
     p.add_argument("--programs", metavar="FILE.jsonl", help='score these programs instead of generating: rows {"id", "test", "program"}')
     p.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: number of CPUs)")
     add_isolation_argument(p)
@@ -95,6 +98,8 @@ def run_mtpb(args: argparse.Namespace) -> int:
     out = Path(args.out)
     by_id = benchmark.by_id()
     if args.programs:
+        if args.protocol is not None:
+            raise ConfigError("--protocol sets how --model writes programs; --programs are scored as they are")
         from opencodegen.evaluation.humaneval import file_digest
 
         mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()),
@@ -110,9 +115,12 @@ def run_mtpb(args: argparse.Namespace) -> int:
         from opencodegen.evaluation.run_record import package_versions, sampling_record
         from opencodegen.generation import Generator, SamplingParams
 
+        sampling = protocol_settings(args, "mtpb")  # refuses bad values before the model loads
+        protocol = get_protocol(sampling["protocol"], "mtpb")
         model, tokenizer, record = _load_model(args)
-        params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-        settings = {"model": record, "n": args.n, "temperature": args.temperature, "top_p": args.top_p,
+        params = SamplingParams(n=args.n, temperature=args.temperature, top_p=sampling["top_p"],
+                                top_k=sampling["top_k"], seed=args.seed)  # fmt: skip
+        settings = {"model": record, "n": args.n, "temperature": args.temperature, **sampling,
                     "seed": args.seed, "data_sha256": benchmark.sha256, "sampling": sampling_record(params),
                     "versions": package_versions(), "isolation": isolation.mode}  # fmt: skip
         mtpb_run.check_config(out, settings)
@@ -120,7 +128,7 @@ def run_mtpb(args: argparse.Namespace) -> int:
         modes = ["multi", "single"] if args.mode == "both" else [args.mode]
         results = {}
         for mode in modes:
-            samples = mtpb_run.generate(problems, generator, params, mode, out)
+            samples = mtpb_run.generate(problems, generator, params, mode, out, protocol)
             results[mode] = mtpb_run.score(samples, by_id, mode, out, args.workers, isolation.request)
         extra = {"settings": settings}
     summary = mtpb_run.write_summary(out, benchmark, results, {**extra, "isolation": isolation.mode})

@@ -19,6 +19,8 @@ exactly the samples it lost.
 The model's context bounds both: a budget never exceeds what is left after the prompt (at
 least a quarter of the context), and a history longer than that is cut from the left (the
 reference sampler would stop with an assertion there). Records keep the budget used.
+With a `protocol`, completions get its text handling (e.g. the 4.16.2 decode clean-up under
+``codegen-release``) before they join the history, as in the script it restates.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import dataclasses
 from typing import Any
 
 from opencodegen.evaluation.mtpb import Problem, single_turn_budget, single_turn_prompt
+from opencodegen.evaluation.protocols import Protocol
 from opencodegen.synthesis.history import PREFIX, append_turn, turn_prompt
 
 
@@ -51,7 +54,16 @@ def stream_key(problem: Problem, test: int, turn: int | str) -> str:
     return f"{problem.id}|test={test}|turn={turn}"
 
 
-def generate_multi_turn(generator: Any, problem: Problem, params: Any) -> list[dict[str, Any]]:
+def _finished(outputs: list[list[Any]], protocol: Protocol | None, truncate: str | None) -> list[list[Any]]:
+    """`outputs` of one generate call with each completion's text as `protocol` hands it on."""
+    if protocol is None:
+        return outputs
+    return [[dataclasses.replace(c, text=protocol.finish(c.text, truncate)) for c in row] for row in outputs]
+
+
+def generate_multi_turn(
+    generator: Any, problem: Problem, params: Any, protocol: Protocol | None = None
+) -> list[dict[str, Any]]:
     """params.n samples per test case of one problem, as sample records (one per program)."""
     tests = list(problem.tests)
     turns = {t: problem.turns(t) for t in tests}
@@ -74,6 +86,7 @@ def generate_multi_turn(generator: Any, problem: Problem, params: Any) -> list[d
         )
         budgets.append(step.max_new_tokens)
         outputs = generator.generate(prompts, step, keys=keys, first_sample=samples)
+        outputs = _finished(outputs, protocol, step.truncate)
         if turn == 0:
             states = [
                 (t, s, append_turn(PREFIX, turns[t][0], c.text), [c.text], [c.finish_reason])
@@ -92,7 +105,9 @@ def generate_multi_turn(generator: Any, problem: Problem, params: Any) -> list[d
     ]  # fmt: skip
 
 
-def generate_single_turn(generator: Any, problem: Problem, params: Any) -> list[dict[str, Any]]:
+def generate_single_turn(
+    generator: Any, problem: Problem, params: Any, protocol: Protocol | None = None
+) -> list[dict[str, Any]]:
     """params.n single-turn programs per test case of one problem (reconstruction)."""
     tests = list(problem.tests)
     prompts = [single_turn_prompt(problem, t) for t in tests]
@@ -103,6 +118,7 @@ def generate_single_turn(generator: Any, problem: Problem, params: Any) -> list[
         truncate_prompt=True,
     )
     outputs = generator.generate(prompts, step, keys=[stream_key(problem, t, "single") for t in tests])
+    outputs = _finished(outputs, protocol, step.truncate)
     return [
         {"mode": "single", "id": problem.id, "test": t, "sample": s, "program": prompt + c.text,
          "completions": [c.text], "finish_reasons": [c.finish_reason], "max_new_tokens": [step.max_new_tokens]}

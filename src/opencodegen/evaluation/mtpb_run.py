@@ -32,6 +32,7 @@ from opencodegen.evaluation.mtpb_scoring import (
     checker_warnings,
     score_programs,
 )
+from opencodegen.evaluation.protocols import Protocol
 from opencodegen.evaluation.results import ResultStore
 
 KEY = ("id", "test", "sample")
@@ -49,15 +50,16 @@ def check_config(out: Path, config: dict[str, Any]) -> None:
 
 
 def generate(
-    problems: Sequence[Problem], generator: Any, params: Any, mode: str, out: Path
+    problems: Sequence[Problem], generator: Any, params: Any, mode: str, out: Path, protocol: Protocol | None = None
 ) -> list[dict[str, Any]]:
-    """Generated programs of `mode` for `problems`, resuming from OUT/samples_<mode>.jsonl."""
+    """Generated programs of `mode` for `problems` (texts handled as `protocol` says), resuming
+    from OUT/samples_<mode>.jsonl."""
     store = ResultStore(out / f"samples_{mode}.jsonl", KEY)
     for problem in tqdm(problems, desc=f"MTPB {mode}-turn generation", unit="problem"):
         wanted = [(problem.id, t, s) for t in problem.tests for s in range(params.n)]
         if all(key in store for key in wanted):
             continue
-        records = GENERATORS[mode](generator, problem, params)
+        records = GENERATORS[mode](generator, problem, params, protocol)
         store.extend(r for r in records if _key(r) not in store)
     ids = {p.id for p in problems}
     return [r for r in store.records if r["id"] in ids]

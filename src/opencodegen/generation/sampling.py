@@ -31,7 +31,9 @@ _EXP_FLOOR = -87.0
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. Defaults equal CodeGen's reference sampler (T 0.2, top-p 0.95, no top-k).
+    """How to sample. Defaults: the temperature, top-p and budget of CodeGen's demo sampler
+    (jaxformer/hf/sample.py), but without the top-k 50 that its transformers 4.16.2 added unasked
+    (the `codegen-release` evaluation protocol sets it; see docs/evaluation.md).
 
     temperature 0 means greedy. `stop`: strings that end a completion (not included in the text).
     `truncate`: "codegen" (CodeGen's truncation rules), "humaneval" (the HumanEval stop list) or
@@ -167,13 +169,20 @@ class TokenSampler:
     def _nucleus(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidate (probabilities, token ids) of each row in decreasing order, zero past the cut.
 
-        `scores` [B, V] are logits / temperature. Top-k keeps the k best tokens; top-p then keeps the
-        smallest prefix whose mass reaches p (a token stays when the mass before it is < p). The
-        probabilities are renormalised over the top-k set, as in the reference warpers.
+        `scores` [B, V] are logits / temperature. Top-k keeps every token scoring at least the k-th
+        best (ties with it stay, as in transformers' TopKLogitsWarper); top-p then keeps the smallest
+        prefix whose mass reaches p (a token stays when the mass before it is < p), with the
+        probabilities renormalised over the top-k set: temperature, top-k, top-p, the order of
+        transformers 4.16.2's warpers.
         """
         top_k, top_p = self.params.top_k, self.params.top_p
         vocab = scores.shape[-1]
-        k = min(top_k, vocab) if top_k else vocab
+        k = vocab
+        if top_k and top_k < vocab:
+            kth = scores.topk(top_k).values[:, -1:]
+            k = int((scores >= kth).sum(-1).max().item())
+            if k > top_k:  # some row has ties with its k-th score: they stay, what is below goes
+                scores = scores.masked_fill(scores < kth, float("-inf"))
         if k == vocab and top_p >= 1:  # plain temperature sampling: any fixed order will do
             probs = (scores - _logsumexp(scores)).clamp_(min=_EXP_FLOOR).exp_()
             return probs, torch.arange(vocab, device=scores.device).expand_as(scores)
