@@ -69,19 +69,11 @@ def edit_turn(page, index: int, code: str) -> None:
 def test_three_turns_undo_retry_edit_and_download(page, tmp_path):
     sync_api.expect(page.locator("#model")).to_contain_text(MODEL_NAME)
     sync_api.expect(page.locator("#undo")).to_be_disabled()  # nothing to undo yet
-    # record every text the code box shows while a turn is written: streaming shows it grow
-    page.evaluate("""() => {
-        window.codeLengths = [];
-        new MutationObserver(() => {
-            const code = document.querySelector('#turns > li.pending pre.code');
-            if (code) window.codeLengths.push(code.textContent.length);
-        }).observe(document.querySelector('#turns'), {subtree: true, childList: true, characterData: true});
-    }""")
 
     run_turn(page, "Assign the list [3, 1, 2] to a variable named xs.")
-    lengths = page.evaluate("window.codeLengths")
-    final = len(turns(page).nth(0).locator("pre.code").text_content())
-    assert final > 50 and len(set(lengths) - {0}) >= 5, lengths  # the code arrived in pieces
+    # how many pieces of the streamed code the browser showed depends on how the network coalesced the
+    # events; that the code streams is asserted over raw HTTP (test_serving_sessions)
+    assert len(turns(page).nth(0).locator("pre.code").text_content()) > 50
 
     edit_turn(page, 0, "xs = [3, 1, 2]")
     sync_api.expect(turns(page).nth(0).locator(".status")).to_have_text("ok")
