@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from opencodegen import default_model
+from opencodegen import default_model, hub
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.model import CodeGenForCausalLM
@@ -60,8 +60,8 @@ def qkv_to_released(w: torch.Tensor, mp_num: int = MP_NUM) -> torch.Tensor:
 
 # ---- locating and reading files -------------------------------------------------------------
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike[str]) -> Path:
-    """A local checkpoint directory, a hub id downloaded (or taken from the local HF cache), or
-    "default": the embedded demo model (`opencodegen.default_model`)."""
+    """A local checkpoint directory, a hub id (the local HF cache first, else downloaded; see
+    opencodegen.hub), or "default": the embedded demo model (`opencodegen.default_model`)."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
@@ -70,23 +70,24 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike[str]) -> Path:
         return default_model.DIRECTORY
     if path.exists():
         raise CheckpointError(f"{path}: expected a checkpoint directory, found a file")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
-        try:
-            from huggingface_hub import list_repo_files, snapshot_download
-
-            try:
-                has_safetensors = any(f.endswith(".safetensors") for f in list_repo_files(name))
-            except Exception:  # offline: use whatever the local cache holds
-                has_safetensors = True
-            patterns = _HUB_PATTERNS if has_safetensors else [*_HUB_PATTERNS, "*.bin"]
-            return Path(snapshot_download(name, allow_patterns=patterns))
-        except Exception as exc:
-            raise CheckpointError(
-                f"{name!r} is no local directory, and fetching it from the Hugging Face hub failed "
-                f"({type(exc).__name__}: {exc}). If this machine is offline, pass a local checkpoint "
-                "directory (config.json + weights + tokenizer files)."
-            ) from None
+    if hub.is_hub_id(name):
+        return hub.snapshot(name, has_weights, _hub_patterns)
     raise CheckpointError(f"{path}: no such checkpoint directory")
+
+
+def has_weights(directory: Path) -> bool:
+    """Whether `directory` holds a config.json and complete weights (a usable cached snapshot)."""
+    try:
+        return (directory / "config.json").is_file() and bool(weight_files(directory))
+    except CheckpointError:
+        return False
+
+
+def _hub_patterns(files: list[str]) -> list[str]:
+    """What to download of a hub repository: config, tokenizer and safetensors weights (the
+    .bin weights only where there are no safetensors)."""
+    has_safetensors = any(f.endswith(".safetensors") for f in files)
+    return _HUB_PATTERNS if has_safetensors else [*_HUB_PATTERNS, "*.bin"]
 
 
 def weight_files(directory: Path) -> list[Path]:
