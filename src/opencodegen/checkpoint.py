@@ -16,6 +16,7 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -25,6 +26,9 @@ from opencodegen import default_model, hub
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.model import CodeGenForCausalLM
+
+if TYPE_CHECKING:
+    from opencodegen.tokenizer import CodeGenTokenizer
 
 MP_NUM = 4
 _IGNORED_KEYS = re.compile(r"attn\.(causal_mask|masked_bias|bias)$")
@@ -40,6 +44,8 @@ _SAFETENSORS_DTYPES = {
 }
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+# lm_head bias of an exported embedding row that no token names: exp() of it is 0 next to any real logit
+UNUSED_ROW_BIAS = -1e4
 
 
 # ---- fused qkv layout ------------------------------------------------------------------------
@@ -418,14 +424,28 @@ def export_gptj(
     directory: str | os.PathLike[str],
     dtype: torch.dtype | str | None = None,
     max_shard_bytes: int = 4 << 30,
+    tokenizer: CodeGenTokenizer | None = None,
 ) -> None:
     """Write the model as a GPTJForCausalLM checkpoint (separate q/k/v, same rotary and
-    parallel residual), the layout vLLM, TGI and CTranslate2 serve."""
+    parallel residual), the layout vLLM, TGI and CTranslate2 serve.
+
+    With `tokenizer`, its files go along, padded with placeholder tokens to one per embedding
+    row (CTranslate2's GPT-J converter requires it; CodeGen has 50295 tokens for 51200 rows),
+    and the lm_head bias of the rows no real token names is UNUSED_ROW_BIAS, so that no
+    consumer samples a placeholder and every consumer's log-probabilities are those of our
+    engine, which never samples those rows either.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(dtype) if dtype is not None else model.dtype
-    write_safetensors(_exported_state(model, dtype, _gptj_qkv), directory, max_shard_bytes)
+    state = _exported_state(model, dtype, _gptj_qkv)
     c = model.config
+    if tokenizer is not None:
+        if len(tokenizer) < c.vocab_size:
+            state["lm_head.bias"] = state["lm_head.bias"].clone()
+            state["lm_head.bias"][len(tokenizer) :] = UNUSED_ROW_BIAS
+        tokenizer.padded_to(c.vocab_size).save_pretrained(directory)
+    write_safetensors(state, directory, max_shard_bytes)
     config = {
         "model_type": "gptj",
         "architectures": ["GPTJForCausalLM"],
