@@ -108,12 +108,13 @@ UNCHECKED = {
     "torch>=2.6": "`from torch.distributed.fsdp import fully_shard, CPUOffloadPolicy` (training/distributed.py) "
     "is public from 2.6 (pytorch/pytorch#141868 moved FSDP2 there, targeting 2.6; 2.5 only has "
     "torch.distributed._composable.fsdp); a torch wheel is too large to install per check",
-    "starlette>=0.36.3": "the lowest starlette that fastapi 0.110 (our fastapi bound) accepts; the code uses "
+    "starlette>=0.36.3": "fastapi 0.110.0's METADATA requires starlette>=0.36.3,<0.37.0; the code uses "
     "starlette.requests.Request and starlette.exceptions.HTTPException, both far older",
     "ctranslate2>=4.8 (test extra)": "tests/test_gptj_ctranslate2.py passed with 4.8.0 (pip install --no-deps "
     "--target DIR ctranslate2==4.8.0, DIR first on PYTHONPATH) and 4.8.5",
-    "others": "numpy, safetensors, tqdm, rich, matplotlib, pyyaml, fastapi, uvicorn, pandas, scikit-learn, pyarrow: "
-    "bounds as declared before, tested only at the versions installed in the development environment",
+    "others": "safetensors, tqdm, rich, matplotlib, pyyaml, fastapi, uvicorn, pandas, scikit-learn, pyarrow: "
+    "bounds as declared before, tested only at the versions installed in the development environment "
+    "(numpy's 1.24 runs in the datasketch check)",
 }
 
 
