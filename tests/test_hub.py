@@ -100,6 +100,20 @@ def test_cached_model_loads_without_any_network_attempt(hf_home, network_attempt
     assert network_attempts == []
 
 
+def test_files_of_the_repository_never_downloaded_do_not_hide_the_cached_model(hf_home, network_attempts, tiny_model,
+                                                                                monkeypatch):
+    """huggingface_hub records the repository's file list; a model downloaded without some of
+    those files (the .bin weights beside the safetensors) still resolves from the cache."""
+    tree_cache = pytest.importorskip("huggingface_hub._tree_cache")
+    snapshot = cache_snapshot(hf_home, tiny_model)
+    listing = {name: tree_cache.TreeCacheEntry(size=1, blob_id="0" * 40)
+               for name in ["config.json", "model.safetensors", "pytorch_model.bin", "README.md"]}
+    tree_cache.write_tree_cache(str(snapshot.parent.parent), COMMIT, listing)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory, _ = load_model(REPO)
+    assert directory == snapshot and network_attempts == []
+
+
 def test_uncached_offline_error_names_the_cache_and_the_variable(hf_home, network_attempts, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError) as caught:

@@ -42,14 +42,20 @@ def hub_offline() -> bool:
 
 def cached_snapshot(repo_id: str, complete: Callable[[Path], bool]) -> Path | None:
     """The cached snapshot of `repo_id` at refs/main when `complete(snapshot)` holds, else None;
-    never touches the network."""
-    from huggingface_hub import snapshot_download
+    never touches the network.
 
+    It reads huggingface_hub's cache layout (models--ORG--NAME/refs/main names the commit whose
+    files are in snapshots/COMMIT/) instead of calling snapshot_download(local_files_only=True),
+    which newer huggingface_hub versions refuse when the repository holds files never downloaded
+    (e.g. the .bin weights beside the safetensors ones).
+    """
+    repo_dir = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
     try:
-        directory = Path(snapshot_download(repo_id, cache_dir=hub_cache_dir(), local_files_only=True))
-    except Exception:  # not cached, or cached partially: the caller goes to the network
+        commit = (repo_dir / "refs" / "main").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    return directory if complete(directory) else None
+    directory = repo_dir / "snapshots" / commit
+    return directory if commit and directory.is_dir() and complete(directory) else None
 
 
 def _not_cached(repo_id: str, reason: str) -> CheckpointError:
