@@ -16,15 +16,19 @@ import re
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from opencodegen import default_model
+from opencodegen import default_model, hub
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.model import CodeGenForCausalLM
+
+if TYPE_CHECKING:
+    from opencodegen.tokenizer import CodeGenTokenizer
 
 MP_NUM = 4
 _IGNORED_KEYS = re.compile(r"attn\.(causal_mask|masked_bias|bias)$")
@@ -40,6 +44,8 @@ _SAFETENSORS_DTYPES = {
 }
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+# lm_head bias of an exported embedding row that no token names: exp() of it is 0 next to any real logit
+UNUSED_ROW_BIAS = -1e4
 
 
 # ---- fused qkv layout ------------------------------------------------------------------------
@@ -60,8 +66,8 @@ def qkv_to_released(w: torch.Tensor, mp_num: int = MP_NUM) -> torch.Tensor:
 
 # ---- locating and reading files -------------------------------------------------------------
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike[str]) -> Path:
-    """A local checkpoint directory, a hub id downloaded (or taken from the local HF cache), or
-    "default": the embedded demo model (`opencodegen.default_model`)."""
+    """A local checkpoint directory, a hub id (the local HF cache first, else downloaded; see
+    opencodegen.hub), or "default": the embedded demo model (`opencodegen.default_model`)."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
@@ -70,23 +76,24 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike[str]) -> Path:
         return default_model.DIRECTORY
     if path.exists():
         raise CheckpointError(f"{path}: expected a checkpoint directory, found a file")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
-        try:
-            from huggingface_hub import list_repo_files, snapshot_download
-
-            try:
-                has_safetensors = any(f.endswith(".safetensors") for f in list_repo_files(name))
-            except Exception:  # offline: use whatever the local cache holds
-                has_safetensors = True
-            patterns = _HUB_PATTERNS if has_safetensors else [*_HUB_PATTERNS, "*.bin"]
-            return Path(snapshot_download(name, allow_patterns=patterns))
-        except Exception as exc:
-            raise CheckpointError(
-                f"{name!r} is no local directory, and fetching it from the Hugging Face hub failed "
-                f"({type(exc).__name__}: {exc}). If this machine is offline, pass a local checkpoint "
-                "directory (config.json + weights + tokenizer files)."
-            ) from None
+    if hub.is_hub_id(name):
+        return hub.snapshot(name, has_weights, _hub_patterns)
     raise CheckpointError(f"{path}: no such checkpoint directory")
+
+
+def has_weights(directory: Path) -> bool:
+    """Whether `directory` holds a config.json and complete weights (a usable cached snapshot)."""
+    try:
+        return (directory / "config.json").is_file() and bool(weight_files(directory))
+    except CheckpointError:
+        return False
+
+
+def _hub_patterns(files: list[str]) -> list[str]:
+    """What to download of a hub repository: config, tokenizer and safetensors weights (the
+    .bin weights only where there are no safetensors)."""
+    has_safetensors = any(f.endswith(".safetensors") for f in files)
+    return _HUB_PATTERNS if has_safetensors else [*_HUB_PATTERNS, "*.bin"]
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -417,14 +424,28 @@ def export_gptj(
     directory: str | os.PathLike[str],
     dtype: torch.dtype | str | None = None,
     max_shard_bytes: int = 4 << 30,
+    tokenizer: CodeGenTokenizer | None = None,
 ) -> None:
     """Write the model as a GPTJForCausalLM checkpoint (separate q/k/v, same rotary and
-    parallel residual), the layout vLLM, TGI and CTranslate2 serve."""
+    parallel residual), the layout vLLM, TGI and CTranslate2 serve.
+
+    With `tokenizer`, its files go along, padded with placeholder tokens to one per embedding
+    row (CTranslate2's GPT-J converter requires it; CodeGen has 50295 tokens for 51200 rows),
+    and the lm_head bias of the rows no real token names is UNUSED_ROW_BIAS, so that no
+    consumer samples a placeholder and every consumer's log-probabilities are those of our
+    engine, which never samples those rows either.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = parse_dtype(dtype) if dtype is not None else model.dtype
-    write_safetensors(_exported_state(model, dtype, _gptj_qkv), directory, max_shard_bytes)
+    state = _exported_state(model, dtype, _gptj_qkv)
     c = model.config
+    if tokenizer is not None:
+        if len(tokenizer) < c.vocab_size:
+            state["lm_head.bias"] = state["lm_head.bias"].clone()
+            state["lm_head.bias"][len(tokenizer) :] = UNUSED_ROW_BIAS
+        tokenizer.padded_to(c.vocab_size).save_pretrained(directory)
+    write_safetensors(state, directory, max_shard_bytes)
     config = {
         "model_type": "gptj",
         "architectures": ["GPTJForCausalLM"],

@@ -113,6 +113,17 @@ class CodeGenTokenizer:
         tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials if t in vocab])
         self._tok = tok
 
+    def padded_to(self, size: int) -> CodeGenTokenizer:
+        """A copy whose added tokens continue with placeholders ``<|extratoken_N|>`` (GPT-J's
+        names) up to ``size`` ids, for consumers that need a token per embedding row."""
+        taken = set(self._vocab) | set(self._extra)
+        names = (f"<|extratoken_{n}|>" for n in range(1, size + len(taken) + 1))
+        placeholders = [name for name in names if name not in taken][: max(0, size - len(self))]
+        return CodeGenTokenizer(
+            self._vocab, self._merges, (*self._extra, *placeholders), special_tokens=self.special_tokens,
+            model_max_length=self.model_max_length, config=self._config,
+        )
+
     # ----------------------------------------------------------------- sizes and special ids
     def __len__(self) -> int:
         """Number of real ids: BPE vocabulary plus added tokens (50295 Multi/Mono, 50257 NL)."""

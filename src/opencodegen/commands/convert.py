@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     j.add_argument("--dtype", help="float32, bfloat16 or float16 (default: as stored)")
     j.set_defaults(func=run_jaxformer)
 
-    g = sub.add_parser("gptj", help="HF CodeGen checkpoint -> GPTJForCausalLM directory (for vLLM, TGI, CTranslate2)")
+    g = sub.add_parser("gptj", help="HF CodeGen checkpoint -> GPTJForCausalLM directory (CTranslate2 tested; vLLM, TGI untested)")
     g.add_argument("source", help="CodeGen checkpoint directory or hub id")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--dtype", help="float32, bfloat16 or float16 (default: as stored)")
@@ -83,12 +83,19 @@ def run_jaxformer(args: argparse.Namespace) -> int:
 
 def run_gptj(args: argparse.Namespace) -> int:
     from opencodegen.checkpoint import export_gptj, load_model
-    from opencodegen.training.checkpointing import copy_tokenizer_files
+    from opencodegen.tokenizer import CodeGenTokenizer
+    from opencodegen.training.checkpointing import TOKENIZER_FILES
 
     directory, model = load_model(args.source)
-    export_gptj(model, args.out, dtype=args.dtype)
-    copied = copy_tokenizer_files(directory, Path(args.out))
-    print(f"wrote GPT-J checkpoint {args.out}" + ("" if copied else " (the source had no tokenizer files)"))
+    has_tokenizer = any((directory / name).is_file() for name in TOKENIZER_FILES)
+    tokenizer = CodeGenTokenizer.from_pretrained(directory) if has_tokenizer else None
+    export_gptj(model, args.out, dtype=args.dtype, tokenizer=tokenizer)
+    if tokenizer is None:
+        print(f"wrote GPT-J checkpoint {args.out} (the source had no tokenizer files)")
+    else:
+        padded = model.config.vocab_size - len(tokenizer)
+        print(f"wrote GPT-J checkpoint {args.out}"
+              + (f" (tokenizer padded with {padded} placeholder tokens, one per embedding row)" if padded > 0 else ""))
     return 0
 
 

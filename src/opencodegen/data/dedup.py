@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from opencodegen.extras import require
+
 WORD = re.compile(r"\w+")
 MINHASH_SEED = 1
 
@@ -56,6 +58,7 @@ class NearDedup:
     """MinHash LSH index; `is_duplicate(sig)` is True when a kept document is a candidate."""
 
     def __init__(self, threshold: float = 0.85, num_perm: int = 128) -> None:
+        require("datasketch", "data", "near dedup (--near-dedup)")
         from datasketch import MinHash, MinHashLSH
 
         self.num_perm = num_perm

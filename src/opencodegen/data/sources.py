@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opencodegen.errors import DataError
+from opencodegen.extras import require
 
 EXTENSIONS: dict[str, str] = {
     ".py": "python", ".pyi": "python", ".pyw": "python",
@@ -233,6 +234,7 @@ class CorpusReader:
             self.skipped.skip("unreadable")
 
     def _parquet(self, path: Path) -> Iterator[Document]:
+        require("pyarrow", "data", "reading parquet files")
         import pyarrow as pa
         import pyarrow.parquet as pq
 
