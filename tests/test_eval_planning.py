@@ -105,6 +105,17 @@ def test_mtpb_prints_the_plan_and_sizes_the_batch(tiny, capsys, monkeypatch):
     assert lines[0].startswith("plan: batch 3 rows") and lines[1].startswith("plan: estimate from a warm-up")
 
 
+def test_mtpb_cli_prints_the_plan_and_warns(tiny, tmp_path, capsys):
+    argv = ["eval", "mtpb", "--model", str(tiny), "--data", str(mtpb_path()), "--problems", "3", "--num-samples", "2",
+            "--temperature", "0", "--out", str(tmp_path / "out"), "--device", "cpu", "--workers", "1"]  # fmt: skip
+    assert cli(argv) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("plan:", "warning: T = 0"))]
+    assert err[0] == "plan: 1 problems, 5 test cases x 2 samples = 10 programs per mode (multi)"
+    assert err[1].startswith("plan: multi-turn: 30 turn completions") and err[2].startswith("warning: T = 0")
+    assert err[3].startswith("plan: batch 10 rows") and err[4].startswith("plan: estimate from a warm-up")
+    assert sum(1 for _ in (tmp_path / "out" / "samples_multi.jsonl").open()) == 10
+
+
 def test_batch_rule_fits_the_16b_model_on_a_40gb_card():
     config = CodeGenConfig.from_preset("codegen-16B-mono")
     free = 40_000_000_000 - 2 * 16_100_000_000  # a 40 GB card holding the fp16 weights
