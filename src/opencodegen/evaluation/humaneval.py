@@ -37,6 +37,7 @@ HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee069
 KEY = ("task_id", "temperature", "sample")
 NO_TEMPERATURE = "samples"  # summary key of samples that carry no temperature
 FLUSH_EVERY = 64  # results appended (and fsync'ed) in groups of this many
+SYNTAX_CHECK_MAX_CHARS = 1 << 16  # longer sources are not compiled on the host (see is_valid_python)
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,15 @@ def program(problem: Problem, completion: str) -> str:
     return problem.prompt + completion + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
 
 
-@functools.lru_cache(maxsize=4096)
 def is_valid_python(source: str) -> bool:
-    """Whether `source` compiles (parsed only, never run). Cached: samples drawn at low
-    temperatures repeat, and this runs in the host process, beside the sandbox workers."""
+    """Whether `source` compiles (parsed only, never run). This runs in the host process, where
+    compiling costs memory in proportion to the text: a source over SYNTAX_CHECK_MAX_CHARS is
+    never compiled and counts as not valid (no HumanEval prompt and completion comes near it)."""
+    return len(source) <= SYNTAX_CHECK_MAX_CHARS and _compiles(source)
+
+
+@functools.lru_cache(maxsize=1024)  # samples drawn at low temperatures repeat (at most 64 M characters held)
+def _compiles(source: str) -> bool:
     try:
         compile(source, "<sample>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
