@@ -778,8 +778,8 @@ def serve(config: dict[str, Any]) -> None:
     # 5 alternating HumanEval rounds). The job loop makes no reference cycles; a collection every
     # GC_EVERY_BATCHES batches bounds what a surprise one would keep. Job children collect as usual.
     gc.disable()
+    state, memory = own_state(), _own_memory()  # as it is before anything else can touch it
     write_frame(replies, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "job_uid": config["job_uid"]})
-    state, memory = own_state(), _own_memory()
     for done in itertools.count(1):
         try:
             batch = read_frame(requests)["jobs"]
@@ -788,6 +788,9 @@ def serve(config: dict[str, Any]) -> None:
         if done % GC_EVERY_BATCHES == 0:
             gc.collect()
         for job in batch:
+            if own_state() != state or _own_memory() - memory > SERVER_GROWTH_MB << 20:
+                write_frame(replies, {"retire": True})  # changed (or grown): the host runs the job elsewhere
+                return
             try:
                 result = run_job(job, config)
             except Exception as exc:  # a failure of the server itself, never of the program
@@ -795,11 +798,8 @@ def serve(config: dict[str, Any]) -> None:
                           "duration": 0.0, "error_type": "SandboxError", "error": f"{type(exc).__name__}: {exc}"}
             try:
                 clean_up(config)
-                intact = own_state() == state and _own_memory() - memory < SERVER_GROWTH_MB << 20
-            except Exception:  # the sandbox is not clean
+            except Exception:  # the sandbox is not clean: answer, then quit so that the host replaces it
                 traceback.print_exc()
-                intact = False
-            if not intact:  # answer, then quit: the host replaces this server before its next job
                 write_frame(replies, {**result, "retire": True})
                 return
             write_frame(replies, result)
@@ -815,9 +815,8 @@ def own_state() -> tuple:
 
 
 def _own_memory() -> int:
-    """This process's resident bytes."""
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * PAGE_SIZE
+    """This process's peak resident bytes so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
 
 
 def guard(config: dict[str, Any]) -> int:

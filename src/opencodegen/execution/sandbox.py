@@ -600,9 +600,10 @@ class WorkerProcess:
 
     def run_batch(self, jobs: list[dict[str, Any]]) -> Iterator[dict[str, Any] | None]:
         """Results of normalized jobs in order; a None ends it early: the worker died or hung
-        on that job and must be replaced. It also ends early, with `retiring` set, after the
-        result of a job that left the server unclean or changed (its limits, priority, CPUs or
-        memory): the worker quits, and the jobs after that one need another."""
+        on that job and must be replaced. It also ends early, with `retiring` set, when the
+        server quits instead of running the next job (its limits, priority, CPUs or memory changed
+        since it started) or after a job it could not clean up after: the jobs without a result
+        need another worker."""
         try:
             _server.write_frame(self._to, {"jobs": jobs})
         except OSError:
@@ -612,7 +613,8 @@ class WorkerProcess:
             reply = self._process._receive(time.monotonic() + job["timeout"] + REPLY_GRACE_S)
             if reply is not None and reply.pop("retire", False):
                 self.retiring = True
-                yield reply
+                if reply:  # the result of the job it could not clean up after
+                    yield reply
                 return
             yield reply
             if reply is None:
