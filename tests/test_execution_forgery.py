@@ -233,14 +233,13 @@ REMAINING = {
             return 0.5
     """),
     "finding the report key in the harness's own objects": (1, """
-        import os, sys
-        frame = sys._getframe()
+        import hashlib, os, sys
         def report_when_done():
             f = sys._getframe()
             while f is not None:
                 key = f.f_locals.get("key")
                 if type(key) is bytes and len(key) == 16:
-                    os.write(3, key + b"P")
+                    os.write(3, b"P" + hashlib.sha256(key + b"P").digest()[:16])
                     os._exit(0)
                 f = f.f_back
         class Reporter(Exception):

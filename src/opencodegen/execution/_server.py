@@ -24,12 +24,13 @@ of its job, removes its scratch directory (as it does on any way out) and exits.
 also dies with it (SIGKILL): by its parent-death signal, or in a sandbox with the pid namespace.
 
 A program passes when its code ran to the end: the child then writes ONE report to the status
-pipe, starting with a random key the server made for this job. The key exists only in the
-memory of the server and of the child (never on a descriptor, in /proc or in the environment),
-so blind writes, `sys.exit`, `os._exit`, closed descriptors or printed text cannot fake a
-report, and any other bytes on the status pipe before the report fail the job. A program written
-against this harness's internals could find the key in its own interpreter's objects (as it
-could fool any checker that runs in the same interpreter); see docs/evaluation.md.
+pipe, signed with a random key the server made for this job (a digest of the key and the
+report). The key exists only in the memory of the server and of the child, never on a
+descriptor, in a pipe, in /proc or in the environment, so blind writes, `sys.exit`, `os._exit`,
+closed descriptors, printed text or a report read off the pipe cannot make a passing one, and
+any other bytes on the status pipe fail the job. A program written against this harness's
+internals could find the key in its own interpreter's objects (as it could fool any checker
+that runs in the same interpreter); see docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import _signal
 import builtins
 import ctypes
 import gc
+import hashlib
+import hmac
 import itertools
 import json
 import linecache
@@ -45,6 +48,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import stat
 import struct
 import sys
@@ -59,8 +63,8 @@ PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 STATUS_FD = 3  # the child's end of the status pipe
-KEY_BYTES = 16  # the random key a report starts with
-REPORT_CODES = {b"P": "passed", b"F": "failed", b"M": "memory"}  # the byte after the key
+KEY_BYTES = TAG_BYTES = 16  # the random key of a job; the digest that signs its report
+REPORT_CODES = {b"P": "passed", b"F": "failed", b"M": "memory"}  # a report's first byte
 ERROR_TYPE_LIMIT = 256  # characters of an exception's class name in a report (its message: output_limit)
 SERVER_GROWTH_MB = 256  # a fork-server whose own memory grew by more is replaced
 SETUP_FAILED = 125  # exit code of a child whose sandbox set-up failed (never the program's fault)
@@ -168,7 +172,7 @@ def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple
     a job needs: only the descriptors under them change. `fds` become 0, 1, 2 and STATUS_FD; with
     a `key` (a fork-server job) the child reports to STATUS_FD once the program has finished.
     """
-    write, exit_now, getpid = os.write, os._exit, os.getpid  # kept before the program can patch them
+    write, exit_now, getpid, sha256 = os.write, os._exit, os.getpid, hashlib.sha256  # before the program can patch them
     code = SETUP_FAILED
     try:
         gc.enable()  # off in the fork-server (see serve)
@@ -181,7 +185,7 @@ def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple
             status = b"M" if issubclass(type(exc), MemoryError) else b"F"
             code, body, error = _exit_code(exc), _describe(exc, job.get("output_limit", 0)), exc
         if key is not None and getpid() == me:  # a fork of the program never reports
-            _write_all(write, b"".join((key, status, body)))
+            _write_all(write, b"".join((status, sha256(b"".join((key, status, body))).digest()[:TAG_BYTES], body)))
         if error is not None:
             _print_traceback(error, job["source"])
         for stream in (sys.stdout, sys.stderr):
@@ -583,7 +587,8 @@ class _Output:
 def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Run one job in a forked child and report how it went."""
     own_ns = config["own_pid_namespace"]
-    (stdin_r, stdin_w), (out_r, out_w), (err_r, err_w), (status_r, status_w) = (os.pipe() for _ in range(4))
+    stdin_r, stdin_w = os.pipe()
+    (out_r, out_w), (err_r, err_w), (status_r, status_w) = (_one_way_channel() for _ in range(3))
     key = os.urandom(KEY_BYTES)  # only in this process's memory, and the child's (see _child)
     limits = job_limits(int(job["timeout"]) + 2, job["memory_mb"], config["nproc"])
     job["code"] = _precompile(job["source"])
@@ -593,7 +598,7 @@ def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     for fd in (stdin_r, out_w, err_w, status_w):
         os.close(fd)
     stdout, stderr = _Output(job["output_limit"]), _Output(job["output_limit"])
-    status = _Output(KEY_BYTES + 2 + ERROR_TYPE_LIMIT + job["output_limit"])  # the longest report
+    status = _Output(1 + TAG_BYTES + ERROR_TYPE_LIMIT + 1 + job["output_limit"])  # the longest report
     sinks = {out_r: stdout, err_r: stderr, status_r: status}
     try:
         verdict, duration = _watch(pid, job, config, sinks, stdin_w)
@@ -608,17 +613,28 @@ def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     return _verdict(verdict, wait_status, _read_report(bytes(status.data), key), stdout, stderr, duration)
 
 
+def _one_way_channel() -> tuple[int, int]:
+    """(read end, write end) of a channel from a job to the server: a socket pair, not a pipe,
+    because a pipe's write end re-opened through /proc/self/fd reads what the job's other writers
+    (the harness) write; a socket cannot be re-opened, and reading the job's end only ever yields
+    what the server sends, which is nothing."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.shutdown(socket.SHUT_WR)
+    return ours.detach(), theirs.detach()
+
+
 def _read_report(data: bytes, key: bytes) -> tuple[str, str | None, str | None] | None:
-    """(status, error type, message) from the status pipe; None when nothing came. Bytes that do
-    not start with the key (the program wrote to the pipe before the child did) fail the job."""
+    """(status, error type, message) from the status pipe; None when nothing came. Anything but
+    exactly one report signed with `key` (the program wrote to the pipe) fails the job."""
     if not data:
         return None
-    code = data[len(key) : len(key) + 1]
-    if not data.startswith(key) or code not in REPORT_CODES:
+    code, tag, body = data[:1], data[1 : 1 + TAG_BYTES], data[1 + TAG_BYTES :]
+    expected = hashlib.sha256(b"".join((key, code, body))).digest()[:TAG_BYTES]
+    if code not in REPORT_CODES or not hmac.compare_digest(tag, expected):
         return "failed", "TamperedReport", "the program wrote to the sandbox's report channel"
     if REPORT_CODES[code] == "passed":
         return "passed", None, None
-    error_type, _, error = data[len(key) + 1 :].decode("utf-8", "replace").partition("\0")
+    error_type, _, error = body.decode("utf-8", "replace").partition("\0")
     return REPORT_CODES[code], error_type, error
 
 
