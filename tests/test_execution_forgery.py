@@ -239,7 +239,7 @@ REMAINING = {
             while f is not None:
                 key = f.f_locals.get("key")
                 if type(key) is bytes and len(key) == 16:
-                    os.write(3, b"P" + hashlib.sha256(key + b"P").digest()[:16])
+                    os.write(3, b"P" + hashlib.blake2b(b"P", key=key, digest_size=16).digest())
                     os._exit(0)
                 f = f.f_back
         class Reporter(Exception):

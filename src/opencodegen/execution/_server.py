@@ -24,7 +24,7 @@ of its job, removes its scratch directory (as it does on any way out) and exits.
 also dies with it (SIGKILL): by its parent-death signal, or in a sandbox with the pid namespace.
 
 A program passes when its code ran to the end: the child then writes ONE report to the status
-pipe, signed with a random key the server made for this job (a digest of the key and the
+pipe, signed with a random key the server made for this job (a keyed BLAKE2 digest of the
 report). The key exists only in the memory of the server and of the child, never on a
 descriptor, in a pipe, in /proc or in the environment, so blind writes, `sys.exit`, `os._exit`,
 closed descriptors, printed text or a report read off the pipe cannot make a passing one, and
@@ -39,8 +39,6 @@ import _signal
 import builtins
 import ctypes
 import gc
-import hashlib
-import hmac
 import itertools
 import json
 import linecache
@@ -55,6 +53,7 @@ import sys
 import time
 import traceback
 import types
+from _blake2 import blake2b  # keyed: a MAC (hashlib would load OpenSSL into every forked job)
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -172,7 +171,7 @@ def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple
     a job needs: only the descriptors under them change. `fds` become 0, 1, 2 and STATUS_FD; with
     a `key` (a fork-server job) the child reports to STATUS_FD once the program has finished.
     """
-    write, exit_now, getpid, sha256 = os.write, os._exit, os.getpid, hashlib.sha256  # before the program can patch them
+    write, exit_now, getpid, mac = os.write, os._exit, os.getpid, blake2b  # before the program can patch them
     code = SETUP_FAILED
     try:
         gc.enable()  # off in the fork-server (see serve)
@@ -185,7 +184,7 @@ def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple
             status = b"M" if issubclass(type(exc), MemoryError) else b"F"
             code, body, error = _exit_code(exc), _describe(exc, job.get("output_limit", 0)), exc
         if key is not None and getpid() == me:  # a fork of the program never reports
-            _write_all(write, b"".join((status, sha256(b"".join((key, status, body))).digest()[:TAG_BYTES], body)))
+            _write_all(write, b"".join((status, mac(status + body, key=key, digest_size=TAG_BYTES).digest(), body)))
         if error is not None:
             _print_traceback(error, job["source"])
         for stream in (sys.stdout, sys.stderr):
@@ -629,8 +628,7 @@ def _read_report(data: bytes, key: bytes) -> tuple[str, str | None, str | None] 
     if not data:
         return None
     code, tag, body = data[:1], data[1 : 1 + TAG_BYTES], data[1 + TAG_BYTES :]
-    expected = hashlib.sha256(b"".join((key, code, body))).digest()[:TAG_BYTES]
-    if code not in REPORT_CODES or not hmac.compare_digest(tag, expected):
+    if code not in REPORT_CODES or tag != blake2b(code + body, key=key, digest_size=TAG_BYTES).digest():
         return "failed", "TamperedReport", "the program wrote to the sandbox's report channel"
     if REPORT_CODES[code] == "passed":
         return "passed", None, None

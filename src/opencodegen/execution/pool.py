@@ -97,7 +97,7 @@ class _Worker(threading.Thread):
                     break
                 todo.pop(0)[1].set_result(ExecutionResult(**reply))
             else:
-                if self.process.retiring:  # it quit after that result: the rest go to a new one
+                if self.process.retiring:  # it quit: the jobs left go to a new one
                     self._discard(wait=0)
                 continue
             hung = self.process.alive()

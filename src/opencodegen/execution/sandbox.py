@@ -175,7 +175,9 @@ class Isolation:
         return {
             "mode": self.mode,
             "isolated": ["limits (CPU time, address space, file size, open files, wall clock, total memory)",
-                         "processes (own session; descendants are killed when a job ends)",
+                         "processes (jobs stay in the worker's session, which is killed when a job ends or "
+                         "the worker goes; a seccomp filter keeps them from signalling or tracing the worker "
+                         "or the host, and refuses memfds, System V IPC, io_uring and new user namespaces)",
                          "environment (cleared)"],
             "not_isolated": NOT_ISOLATED,
             "reason": self.reason,
@@ -593,7 +595,7 @@ class WorkerProcess:
             self.close()
             raise SandboxError(f"the execution worker did not start: {log or 'no output'}")
         self.pid = self._process.pid
-        self.retiring = False  # it answered its last job and quits (see `run_batch`)
+        self.retiring = False  # it quits: the jobs without a result need another worker (see `run_batch`)
 
     def alive(self) -> bool:
         return self._process.returncode is None
