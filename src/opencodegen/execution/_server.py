@@ -407,6 +407,10 @@ class _ShmInfo(ctypes.Structure):  # struct shm_info, what shmctl(SHM_INFO) fill
                 ("shm_swp", ctypes.c_ulong), ("swap_attempts", ctypes.c_ulong), ("swap_successes", ctypes.c_ulong)]  # fmt: skip
 
 
+_shm_info = _ShmInfo()
+_shm_info_ref = ctypes.byref(_shm_info)
+
+
 def _sysv_ipc_in_use() -> bool:
     """Whether any System V IPC object exists (one cheap syscall per kind: its *_INFO count)."""
     for call, info, count_field in IPC_INFO_CALLS:
@@ -497,9 +501,8 @@ def held_outside_processes(config: dict[str, Any]) -> int:
     for directory in config["scratch"]:
         usage = os.statvfs(directory)
         held += (usage.f_blocks - usage.f_bfree) * usage.f_frsize
-    if _libc.shmctl(0, SHM_INFO, _ipc_info) >= 0:
-        shm_info = ctypes.cast(_ipc_info, ctypes.POINTER(_ShmInfo)).contents
-        held += (shm_info.shm_rss + shm_info.shm_swp) * PAGE_SIZE
+    if _libc.shmctl(0, SHM_INFO, _shm_info_ref) >= 0:
+        held += (_shm_info.shm_rss + _shm_info.shm_swp) * PAGE_SIZE
     return held
 
 
@@ -586,8 +589,8 @@ class _Output:
 def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Run one job in a forked child and report how it went."""
     own_ns = config["own_pid_namespace"]
-    stdin_r, stdin_w = os.pipe()
-    (out_r, out_w), (err_r, err_w), (status_r, status_w) = (_one_way_channel() for _ in range(3))
+    (stdin_r, stdin_w), (err_r, err_w) = os.pipe(), os.pipe()  # stderr carries nothing a verdict reads
+    (out_r, out_w), (status_r, status_w) = _one_way_channel(), _one_way_channel()
     key = os.urandom(KEY_BYTES)  # only in this process's memory, and the child's (see _child)
     limits = job_limits(int(job["timeout"]) + 2, job["memory_mb"], config["nproc"])
     job["code"] = _precompile(job["source"])
@@ -613,10 +616,11 @@ def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one_way_channel() -> tuple[int, int]:
-    """(read end, write end) of a channel from a job to the server: a socket pair, not a pipe,
-    because a pipe's write end re-opened through /proc/self/fd reads what the job's other writers
-    (the harness) write; a socket cannot be re-opened, and reading the job's end only ever yields
-    what the server sends, which is nothing."""
+    """(read end, write end) of a channel from a job to the server that a verdict is read from
+    (the report; stdout, where MTPB's harness reports): a socket pair, not a pipe, because a
+    pipe's write end re-opened through /proc/self/fd reads what the job's other writers (the
+    harness) write; a socket cannot be re-opened, and reading the job's end only ever yields what
+    the server sends, which is nothing."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.shutdown(socket.SHUT_WR)
     return ours.detach(), theirs.detach()
@@ -824,8 +828,9 @@ RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.starts
 
 def own_state() -> tuple:
     """What a job must not change about the fork-server: its limits, priority, CPUs and scheduling."""
-    return (tuple(resource.getrlimit(r) for r in RLIMITS), os.getpriority(os.PRIO_PROCESS, 0),
-            os.sched_getaffinity(0), os.sched_getscheduler(0))  # fmt: skip
+    getrlimit = resource.getrlimit
+    return ([getrlimit(r) for r in RLIMITS], os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0),
+            os.sched_getscheduler(0))  # fmt: skip
 
 
 def _own_memory() -> int:
