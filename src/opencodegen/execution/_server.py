@@ -24,11 +24,11 @@ of its job, removes its scratch directory (as it does on any way out) and exits.
 also dies with it (SIGKILL): by its parent-death signal, or in a sandbox with the pid namespace.
 
 A program passes when its code ran to the end: the child then writes ONE report to the status
-pipe, signed with a random key the server made for this job (a keyed BLAKE2 digest of the
+channel, signed with a random key the server made for this job (a keyed BLAKE2 digest of the
 report). The key exists only in the memory of the server and of the child, never on a
 descriptor, in a pipe, in /proc or in the environment, so blind writes, `sys.exit`, `os._exit`,
-closed descriptors, printed text or a report read off the pipe cannot make a passing one, and
-any other bytes on the status pipe fail the job. A program written against this harness's
+closed descriptors, printed text or a report read off the channel cannot make a passing one,
+and any other bytes on the status channel fail the job. A program written against this harness's
 internals could find the key in its own interpreter's objects (as it could fool any checker
 that runs in the same interpreter); see docs/evaluation.md.
 """
@@ -61,7 +61,7 @@ PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
-STATUS_FD = 3  # the child's end of the status pipe
+STATUS_FD = 3  # the child's end of the status channel
 KEY_BYTES = TAG_BYTES = 16  # the random key of a job; the digest that signs its report
 REPORT_CODES = {b"P": "passed", b"F": "failed", b"M": "memory"}  # a report's first byte
 ERROR_TYPE_LIMIT = 256  # characters of an exception's class name in a report (its message: output_limit)
@@ -627,8 +627,8 @@ def _one_way_channel() -> tuple[int, int]:
 
 
 def _read_report(data: bytes, key: bytes) -> tuple[str, str | None, str | None] | None:
-    """(status, error type, message) from the status pipe; None when nothing came. Anything but
-    exactly one report signed with `key` (the program wrote to the pipe) fails the job."""
+    """(status, error type, message) from the status channel; None when nothing came. Anything but
+    exactly one report signed with `key` (the program wrote to the channel) fails the job."""
     if not data:
         return None
     code, tag, body = data[:1], data[1 : 1 + TAG_BYTES], data[1 + TAG_BYTES :]
@@ -707,7 +707,7 @@ def _watch(
 
 
 def _drain(fd: int, sink: _Output) -> None:
-    """Read what is left in a pipe whose writers are gone (never blocks)."""
+    """Read what is left in a channel whose writers are gone (never blocks)."""
     os.set_blocking(fd, False)
     while True:
         try:
