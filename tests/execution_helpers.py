@@ -57,3 +57,32 @@ def wait_for(condition: Callable[[], object], seconds: float = 5.0) -> bool:
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.05)
     return bool(condition())
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc/<pid>/task/*/children."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task"):
+            with open(f"/proc/{parent}/task/{task}/children") as f:
+                children = [int(x) for x in f.read().split()]
+            found += children
+            todo += children
+    return found
+
+
+def sandbox_trees(worker_pids: list[int]) -> dict[int, dict]:
+    """Per worker process (a sandbox's bubblewrap): the processes below it, whether the first is
+    the fork-server, and that server's peak resident memory in kB."""
+    trees = {}
+    for pid in worker_pids:
+        below = descendants(pid)
+        server, peak = False, 0
+        if below:
+            with open(f"/proc/{below[0]}/cmdline", "rb") as f:
+                server = b"<sandbox-server>" in f.read()
+            with open(f"/proc/{below[0]}/status") as f:
+                peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        trees[pid] = {"processes": below, "server": server, "peak_kb": peak}
+    return trees

@@ -94,3 +94,88 @@ def test_nothing_of_a_sandbox_outlives_its_killed_host(mode, kind, busy, tmp_pat
         if host.poll() is None:
             host.kill()
             host.wait()
+
+
+FALLBACK_HOST = """
+import json, os, signal, sys, time
+sys.path[:0] = sys.argv[1:3]
+from execution_helpers import processes_with, wait_for
+from opencodegen.execution import ExecutionPool
+marker = os.environ["MARKER"]  # only in the environment: only the daemon's `sleep` shows it
+DAEMON = f'''
+import os, signal, sys, time
+if os.fork() == 0:
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "{marker}"])
+    os._exit(0)
+os.wait()
+server = os.getppid()
+with open(f"/proc/{{server}}/stat") as f:
+    host = int(f.read().rsplit(")", 1)[1].split()[1])
+refused = []
+for target in (server, host, -server, -os.getpgid(host), -1):  # signal 0: a permission check only
+    try:
+        os.kill(target, 0)
+    except PermissionError:
+        refused.append(target)
+for call in (os.setsid, lambda: os.setpgid(0, os.getpgid(server))):
+    try:
+        call()
+    except PermissionError:
+        refused.append(call.__name__)
+try:
+    os.kill(server, signal.SIGKILL)
+except PermissionError:
+    refused.append("SIGKILL")
+print(len(refused))
+if sys.argv[-1] == "hang":
+    time.sleep(60)
+'''
+with ExecutionPool(workers=1, isolation="none") as pool:
+    (server,) = pool.process_ids()
+    first = pool.run(DAEMON, timeout=10)
+    first_gone = wait_for(lambda: not processes_with(marker))
+    same_server = pool.process_ids() == [server]
+    hanging = pool.submit(source=DAEMON.replace("sys.argv[-1]", "'hang'"), timeout=3)
+    assert wait_for(lambda: processes_with(marker), seconds=30)
+    os.kill(server, signal.SIGKILL)  # the server dies while its job's daemon runs
+    second = hanging.result()
+    replaced = pool.process_ids() != [server]
+gone = wait_for(lambda: not processes_with(marker))
+print(json.dumps({"first": [first.status, first.stdout], "first_gone": first_gone,
+                  "same_server": same_server, "second": second.status, "replaced": replaced, "gone": gone}))
+"""
+
+
+@pytest.mark.parametrize("user", ["invoking", "nobody"])
+def test_nothing_outlives_a_fallback_job_or_its_killed_server(user, tmp_path):
+    """Without a sandbox a job cannot leave its server's session, signal its server or the host,
+    and what it left when its server died is killed by the host."""
+    if user == "nobody" and not AS_NOBODY:
+        pytest.skip("needs root, setpriv and a system python to run as another user")
+    python = "/usr/bin/python3" if user == "nobody" else sys.executable
+    marker = str(10**9 + time.time_ns() % 10**9)
+    tmp_path.chmod(0o777)
+    done = subprocess.run(
+        [*MODES["user" if user == "nobody" else "none"], python, "-I", "-c", FALLBACK_HOST, str(SRC),
+         str(Path(__file__).parent)],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MARKER": marker},
+        timeout=300,
+    )  # fmt: skip
+    try:
+        if "No module named" in done.stderr:
+            pytest.skip(f"the system python cannot import what opencodegen needs: {done.stderr[-300:]}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout.splitlines()[-1])
+        assert out["first"] == ["passed", "8\n"], out  # every signal, setsid, setpgid and the kill refused
+        assert out["first_gone"] and out["same_server"]
+        assert out["second"] in ("crashed", "timeout") and out["replaced"], out
+        assert out["gone"], "a job's daemon outlived its killed fork-server"
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from execution_helpers import descendants
 from opencodegen.execution import ExecutionPool, ExecutionResult, isolation_report, run_program
 from opencodegen.execution import sandbox as sandbox_module
 
@@ -127,6 +129,29 @@ def test_a_dead_worker_is_replaced():
         results = list(pool.map({"source": f"print({i})"} for i in range(5)))
         assert [r.stdout for r in results] == [f"{i}\n" for i in range(5)]
         assert pool.process_ids() != [first]
+
+
+@pytest.mark.parametrize("change", ["open files", "priority", "CPUs"])
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_a_server_whose_own_state_changed_is_replaced(isolation, change):
+    """A fork-server checks its limits, priority and CPUs after every job (jobs cannot change them:
+    the seccomp filter; here the host does): it answers that job, quits, and the rest of the batch
+    runs on a new one."""
+    with ExecutionPool(workers=1, isolation=isolation) as pool:
+        (worker,) = pool.process_ids()
+        server = worker if isolation == "none" else descendants(worker)[0]  # below bubblewrap
+        if change == "open files":
+            resource.prlimit(server, resource.RLIMIT_NOFILE, (200, 200))
+        elif change == "priority":
+            os.setpriority(os.PRIO_PROCESS, server, os.getpriority(os.PRIO_PROCESS, server) + 1)
+        else:
+            cpus = os.sched_getaffinity(server)
+            if len(cpus) < 2:
+                pytest.skip("one CPU: no other affinity to give the server")
+            os.sched_setaffinity(server, {min(cpus)})
+        results = list(pool.map({"source": f"print({i})"} for i in range(5)))
+        assert [(r.status, r.stdout) for r in results] == [("passed", f"{i}\n") for i in range(5)]
+        assert pool.process_ids() != [worker]
 
 
 def test_isolation_report_names_the_mode():

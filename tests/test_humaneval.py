@@ -256,3 +256,19 @@ def test_quantized_sampling_is_recorded_and_kept_apart(tmp_path):
     assert json.loads((out / "run.json").read_text())["quantize"] == "int8"
     assert len(read_jsonl(out / "samples.jsonl")) == 2
     assert cli(argv) == 2  # the float model's run is another run: refused in the same --out
+
+
+def test_the_host_never_compiles_a_huge_completion():
+    """is_valid_python runs in the host: a completion over the cap counts as not valid Python and
+    is never compiled (a 9 MB one took the CLI to gigabytes)."""
+    import tracemalloc
+
+    fits = "x = 1\n" * (he.SYNTAX_CHECK_MAX_CHARS // 6)
+    huge = "x = [" + "1, " * (3 << 20) + "]\n"
+    assert he.is_valid_python(fits) and not he.is_valid_python(fits + "(")
+    tracemalloc.start()
+    try:
+        assert not he.is_valid_python(huge)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()

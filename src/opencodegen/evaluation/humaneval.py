@@ -75,10 +75,18 @@ def checked(problem: Problem, source: str) -> str:
     return source + "\n" + problem.test + "\n" + f"check({problem.entry_point})"
 
 
-@functools.lru_cache(maxsize=4096)
+SYNTAX_CHECK_MAX_CHARS = 1 << 16  # longer sources are not compiled on the host (see is_valid_python)
+
+
 def is_valid_python(source: str) -> bool:
-    """Whether `source` compiles (parsed only, never run). Cached: samples drawn at low
-    temperatures repeat, and this runs in the host process, beside the sandbox workers."""
+    """Whether `source` compiles (parsed only, never run). This runs in the host process, where
+    compiling costs memory in proportion to the text: a source over SYNTAX_CHECK_MAX_CHARS is
+    never compiled and counts as not valid (no HumanEval prompt and completion comes near it)."""
+    return len(source) <= SYNTAX_CHECK_MAX_CHARS and _compiles(source)
+
+
+@functools.lru_cache(maxsize=1024)  # samples drawn at low temperatures repeat (at most 64 M characters held)
+def _compiles(source: str) -> bool:
     try:
         compile(source, "<sample>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, RecursionError, MemoryError):

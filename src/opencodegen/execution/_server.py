@@ -23,10 +23,14 @@ SIGHUP when the host dies and SIGTERM when the host stops it: either way it kill
 of its job, removes its scratch directory (as it does on any way out) and exits. A job child
 also dies with it (SIGKILL): by its parent-death signal, or in a sandbox with the pid namespace.
 
-A program passes when its code ran to the end: the child then writes a report that starts with
-a nonce it reads only after the program finished. `sys.exit`, `os._exit`, closed descriptors or
-printed text cannot fake that report; a program written against this harness's internals could
-(as with any checker that runs in the same interpreter), but the isolation holds regardless.
+A program passes when its code ran to the end: the child then writes ONE report to the status
+channel, signed with a random key the server made for this job (a keyed BLAKE2 digest of the
+report). The key exists only in the memory of the server and of the child, never on a
+descriptor, in a pipe, in /proc or in the environment, so blind writes, `sys.exit`, `os._exit`,
+closed descriptors, printed text or a report read off the channel cannot make a passing one,
+and any other bytes on the status channel fail the job. A program written against this harness's
+internals could find the key in its own interpreter's objects (as it could fool any checker
+that runs in the same interpreter); see docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -42,18 +46,26 @@ import os
 import resource
 import select
 import signal
+import socket
 import stat
 import struct
 import sys
 import time
 import traceback
 import types
+from _blake2 import blake2b  # keyed: a MAC (hashlib would load OpenSSL into every forked job)
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 PR_SET_CHILD_SUBREAPER = 36
-STATUS_FD, NONCE_FD = 3, 4
+PR_SET_NO_NEW_PRIVS = 38
+STATUS_FD = 3  # the child's end of the status channel
+KEY_BYTES = TAG_BYTES = 16  # the random key of a job; the digest that signs its report
+REPORT_CODES = {b"P": "passed", b"F": "failed", b"M": "memory"}  # a report's first byte
+ERROR_TYPE_LIMIT = 256  # characters of an exception's class name in a report (its message: output_limit)
+SERVER_GROWTH_MB = 256  # a fork-server whose own memory grew by more is replaced
 SETUP_FAILED = 125  # exit code of a child whose sandbox set-up failed (never the program's fault)
 MEMORY_POLL_S = 0.05  # a job's memory check interval (fork-server jobs are short)
 GUARD_POLL_S = 0.1  # the same for an interactive job (mostly idle, waiting for its host)
@@ -132,22 +144,69 @@ def _place_files(directory: str, files: dict[str, Any]) -> None:
             f.write(data)
 
 
-def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple[int, ...]) -> None:
-    """Set the child up and run the program; never returns.
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
+def seccomp_loader(program: bytes) -> Any:
+    """The argument PR_SET_SECCOMP takes for `program` (it keeps `program` alive)."""
+    prog = _SockFprog(len(program) // 8, program)
+    prog.program = program
+    return prog
+
+
+def _load_seccomp(prog: Any) -> None:
+    """Load a seccomp filter into this process for good (without a sandbox, in a job's child)."""
+    ulong = ctypes.c_ulong
+    if (_libc.prctl(PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) != 0
+            or _libc.prctl(PR_SET_SECCOMP, ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog), ulong(0), ulong(0)) != 0):
+        raise OSError(ctypes.get_errno(), "cannot load the seccomp filter")  # fmt: skip
+
+
+def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple[int, ...], key: bytes | None) -> None:
+    """Set the child up and run the program; never returns (a program cannot make it).
 
     Kept lean: every object a forked child touches costs it a copy-on-write page fault. The
     server's environment and its (empty, unused) sys.stdin/stdout/stderr objects are already what
-    a job needs: only the descriptors under them change.
+    a job needs: only the descriptors under them change. `fds` become 0, 1, 2 and STATUS_FD; with
+    a `key` (a fork-server job) the child reports to STATUS_FD once the program has finished.
     """
-    read, write, exit_now = os.read, os.write, os._exit  # kept before the program can patch them
-    gc.enable()  # off in the fork-server (see serve)
+    write, exit_now, getpid, mac = os.write, os._exit, os.getpid, blake2b  # before the program can patch them
+    code = SETUP_FAILED
+    try:
+        gc.enable()  # off in the fork-server (see serve)
+        main = _set_up_child(job, limits, config, fds)
+        me, code = getpid(), 0
+        status, body, error = b"P", b"", None
+        try:
+            exec(job.get("code") or compile(job["source"], "<string>", "exec", dont_inherit=True), main.__dict__)
+        except BaseException as exc:  # SystemExit too: a program that stops early did not pass
+            status = b"M" if issubclass(type(exc), MemoryError) else b"F"
+            code, body, error = _exit_code(exc), _describe(exc, job.get("output_limit", 0)), exc
+        if key is not None and getpid() == me:  # a fork of the program never reports
+            _write_all(write, b"".join((status, mac(status + body, key=key, digest_size=TAG_BYTES).digest(), body)))
+        if error is not None:
+            _print_traceback(error, job["source"])
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+    finally:
+        exit_now(code)
+
+
+def _set_up_child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple[int, ...]) -> types.ModuleType:
+    """Everything a job's child does before the program starts; returns its fresh `__main__`."""
     own_ns = config["own_pid_namespace"]
     try:
-        if not own_ns:  # in a pid namespace the kernel kills everything when the server (PID 1) dies
+        if own_ns:
+            os.setsid()
+        else:  # in a pid namespace the kernel kills everything when the server (PID 1) dies
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the server (cleared by a uid drop)
             if os.getppid() != config["pid"]:  # the server died before that
-                exit_now(SETUP_FAILED)
-        os.setsid()
+                os._exit(SETUP_FAILED)
+            os.setpgid(0, 0)  # its own group, in the server's session: the host can find all of it there
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.closerange(len(fds), config["max_fd"])
@@ -168,34 +227,61 @@ def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple
         directory = config["job_dir"]
         _place_files(directory, job["files"])
         os.chdir(directory)
+        if config.get("job_filter") is not None:
+            _load_seccomp(config["job_filter"])
         sys.path.insert(0, directory)
         sys.argv = ["-c"]
         main = types.ModuleType("__main__")
         main.__dict__["__builtins__"] = builtins
         sys.modules["__main__"] = main
+        return main
     except BaseException:
         traceback.print_exc()
-        exit_now(SETUP_FAILED)
-    status, error_type, error, code = "passed", None, None, 0
+        os._exit(SETUP_FAILED)
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The exit status of a program that raised `exc` (SystemExit's code when it is an int)."""
     try:
-        exec(job.get("code") or compile(job["source"], "<string>", "exec", dont_inherit=True), main.__dict__)
-    except BaseException as exc:  # SystemExit too: a program that stops early did not pass
-        status = "memory" if isinstance(exc, MemoryError) else "failed"
-        error_type, error = type(exc).__name__, str(exc)
-        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
-        linecache.cache["<string>"] = (len(job["source"]), None, job["source"].splitlines(True), "<string>")
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)  # the program's frames only
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-    try:  # only builtin str operations from here: the program cannot have patched them
-        report = "\0".join((status, error_type or "", error or ""))
-        write(STATUS_FD, read(NONCE_FD, 64) + report.encode("utf-8", "backslashreplace"))
+        if isinstance(exc, SystemExit) and type(exc.code) is int:
+            return exc.code & 0xFF
     except BaseException:
         pass
-    exit_now(code & 0xFF)
+    return 1
+
+
+def _describe(exc: BaseException, limit: int) -> bytes:
+    """The report body of an exception: its class name, NUL, its message (at most `limit` bytes).
+
+    The program's own code may run here (a __str__) but never sees the key; anything that is not
+    a plain str becomes a placeholder, so no method of the program's can touch the report.
+    """
+    try:
+        name, text = type(exc).__name__, str(exc)
+    except BaseException:
+        return b"UnprintableException\0"
+    if type(name) is not str or type(text) is not str:
+        return b"UnprintableException\0"
+    return b"".join((name[:ERROR_TYPE_LIMIT].encode("utf-8", "backslashreplace")[:ERROR_TYPE_LIMIT], b"\0",
+                     text[:limit].encode("utf-8", "backslashreplace")[:limit]))  # fmt: skip
+
+
+def _write_all(write: Any, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[write(STATUS_FD, view) :]
+    except BaseException:
+        pass  # the program closed or replaced the descriptor: no report, no pass
+
+
+def _print_traceback(exc: BaseException, source: str) -> None:
+    """The program's frames only, to its stderr (which the program may have broken)."""
+    try:
+        linecache.cache["<string>"] = (len(source), None, source.splitlines(True), "<string>")
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+    except BaseException:
+        pass
 
 
 # ----------------------------------------------------------------------------- cleanup
@@ -248,14 +334,17 @@ def job_processes(own_pid_namespace: bool) -> list[int]:
     return sorted(seen)
 
 
-def over_memory(pids: list[int], limit: int) -> bool:
-    """Whether the processes use more than `limit` bytes of memory.
+def over_memory(pids: list[int], limit: int, config: dict[str, Any] | None = None) -> bool:
+    """Whether the processes use more than `limit` bytes of memory (with a sandbox's `config`:
+    together with what the job holds outside them, `held_outside_processes`).
 
     Cheap first: the sum of resident sizes (/proc/<pid>/statm, O(1) per process) bounds the
     proportional set size from above; only when it is over the limit are the page tables walked
     for the exact proportional set size (`resident_bytes`), so forked copies sharing pages are
     not counted twice.
     """
+    if config is not None:
+        limit -= held_outside_processes(config)
     resident = 0
     for pid in pids:
         try:
@@ -307,9 +396,19 @@ def kill_everything(own_pid_namespace: bool) -> dict[int, int]:
         reaped[pid] = wait_status
 
 
-IPC_RMID, IPC_INFO_CALLS = 0, (("shmctl", 14, 0), ("msgctl", 12, 0), ("semctl", 19, 7))  # SHM/MSG/SEM_INFO
+IPC_RMID, SHM_INFO = 0, 14
+IPC_INFO_CALLS = (("shmctl", SHM_INFO, 0), ("msgctl", 12, 0), ("semctl", 19, 7))  # SHM/MSG/SEM_INFO
 SYSV_IPC = {"shm": "shmctl", "msg": "msgctl", "sem": "semctl"}  # /proc/sysvipc file -> libc call
 _ipc_info = (ctypes.c_int * 64)()
+
+
+class _ShmInfo(ctypes.Structure):  # struct shm_info, what shmctl(SHM_INFO) fills in
+    _fields_ = [("used_ids", ctypes.c_int), ("shm_tot", ctypes.c_ulong), ("shm_rss", ctypes.c_ulong),
+                ("shm_swp", ctypes.c_ulong), ("swap_attempts", ctypes.c_ulong), ("swap_successes", ctypes.c_ulong)]  # fmt: skip
+
+
+_shm_info = _ShmInfo()
+_shm_info_ref = ctypes.byref(_shm_info)
 
 
 def _sysv_ipc_in_use() -> bool:
@@ -384,11 +483,61 @@ def remove_scratch(config: dict[str, Any]) -> None:
 
 
 def clean_up(config: dict[str, Any]) -> None:
-    """Undo whatever the last job changed: its files, directory modes, System V IPC objects."""
+    """Undo whatever the last job changed: its files, directory modes, System V IPC objects (in a
+    sandbox's own IPC namespace; without one, jobs cannot make any and the host's are not ours)."""
     for directory, mode in config["scratch_modes"].items():
         os.chmod(directory, mode)
         wipe(directory, config["keep"])
-    remove_sysv_ipc(config["job_uid"])
+    if config["own_pid_namespace"]:
+        remove_sysv_ipc(config["job_uid"])
+
+
+def held_outside_processes(config: dict[str, Any]) -> int:
+    """Bytes a job holds that no process's memory shows: in a sandbox, the files in its private
+    tmpfs mounts (/tmp, /dev/shm) and its System V shared memory (the sandbox's own namespace)."""
+    if not config["own_pid_namespace"]:
+        return 0
+    held = 0
+    for directory in config["scratch"]:
+        usage = os.statvfs(directory)
+        held += (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+    if _libc.shmctl(0, SHM_INFO, _shm_info_ref) >= 0:
+        held += (_shm_info.shm_rss + _shm_info.shm_swp) * PAGE_SIZE
+    return held
+
+
+def kill_session(session: int) -> list[int]:
+    """Without a sandbox, from the host: kill every process of `session` (the fork-server's, which
+    its jobs cannot leave), e.g. what a job left when its server died; the pids it killed."""
+    killed: list[int] = []
+    for _ in range(100):
+        members = [pid for pid, sid in _sessions().items() if sid == session and pid != os.getpid()]
+        if not members:
+            return killed
+        for sig in (signal.SIGSTOP, signal.SIGKILL):  # freeze first so nothing forks meanwhile
+            for pid in members:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        killed += members
+        time.sleep(0.01)
+    return killed
+
+
+def _sessions() -> dict[int, int]:
+    """The session of every live process (zombies left out: they are dead already)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != b"Z":
+                found[int(entry)] = int(fields[3])
+    return found
 
 
 def remove_tree(directory: str) -> None:
@@ -440,30 +589,55 @@ class _Output:
 def run_job(job: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Run one job in a forked child and report how it went."""
     own_ns = config["own_pid_namespace"]
-    (stdin_r, stdin_w), (out_r, out_w), (err_r, err_w), (status_r, status_w), (nonce_r, nonce_w) = (
-        os.pipe() for _ in range(5)
-    )
-    nonce = os.urandom(16).hex().encode()
-    os.write(nonce_w, nonce)  # read by the child only once the program's code has finished
-    os.close(nonce_w)
+    (stdin_r, stdin_w), (err_r, err_w) = os.pipe(), os.pipe()  # stderr carries nothing a verdict reads
+    (out_r, out_w), (status_r, status_w) = _one_way_channel(), _one_way_channel()
+    key = os.urandom(KEY_BYTES)  # only in this process's memory, and the child's (see _child)
     limits = job_limits(int(job["timeout"]) + 2, job["memory_mb"], config["nproc"])
     job["code"] = _precompile(job["source"])
     pid = os.fork()
     if pid == 0:
-        _child(job, limits, config, (stdin_r, out_w, err_w, status_w, nonce_r))
-    for fd in (stdin_r, out_w, err_w, status_w, nonce_r):
+        _child(job, limits, config, (stdin_r, out_w, err_w, status_w), key)
+    for fd in (stdin_r, out_w, err_w, status_w):
         os.close(fd)
-    stdout, stderr, status = _Output(job["output_limit"]), _Output(job["output_limit"]), bytearray()
-    sinks: dict[int, _Output | bytearray] = {out_r: stdout, err_r: stderr, status_r: status}
+    stdout, stderr = _Output(job["output_limit"]), _Output(job["output_limit"])
+    status = _Output(1 + TAG_BYTES + ERROR_TYPE_LIMIT + 1 + job["output_limit"])  # the longest report
+    sinks = {out_r: stdout, err_r: stderr, status_r: status}
     try:
-        verdict, duration = _watch(pid, job, own_ns, sinks, stdin_w)
+        verdict, duration = _watch(pid, job, config, sinks, stdin_w)
+        if verdict is None and held_outside_processes(config) > job["memory_mb"] << 20:
+            verdict = "memory"  # what it left in its tmpfs mounts (memfds are refused)
         wait_status = kill_everything(own_ns).get(pid, -1)  # -1: never reaped (cannot happen)
         for fd, sink in sinks.items():
             _drain(fd, sink)
     finally:
         for fd in sinks:
             os.close(fd)
-    return _verdict(verdict, wait_status, bytes(status), nonce, stdout, stderr, duration)
+    return _verdict(verdict, wait_status, _read_report(bytes(status.data), key), stdout, stderr, duration)
+
+
+def _one_way_channel() -> tuple[int, int]:
+    """(read end, write end) of a channel from a job to the server that a verdict is read from
+    (the report; stdout, where MTPB's harness reports): a socket pair, not a pipe, because a
+    pipe's write end re-opened through /proc/self/fd reads what the job's other writers (the
+    harness) write; a socket cannot be re-opened, and reading the job's end only ever yields what
+    the server sends, which is nothing."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.shutdown(socket.SHUT_WR)
+    return ours.detach(), theirs.detach()
+
+
+def _read_report(data: bytes, key: bytes) -> tuple[str, str | None, str | None] | None:
+    """(status, error type, message) from the status channel; None when nothing came. Anything but
+    exactly one report signed with `key` (the program wrote to the channel) fails the job."""
+    if not data:
+        return None
+    code, tag, body = data[:1], data[1 : 1 + TAG_BYTES], data[1 + TAG_BYTES :]
+    if code not in REPORT_CODES or tag != blake2b(code + body, key=key, digest_size=TAG_BYTES).digest():
+        return "failed", "TamperedReport", "the program wrote to the sandbox's report channel"
+    if REPORT_CODES[code] == "passed":
+        return "passed", None, None
+    error_type, _, error = body.decode("utf-8", "replace").partition("\0")
+    return REPORT_CODES[code], error_type, error
 
 
 def _precompile(source: str) -> types.CodeType | None:
@@ -480,12 +654,8 @@ def _precompile(source: str) -> types.CodeType | None:
         return None
 
 
-def _add(sink: _Output | bytearray, chunk: bytes) -> None:
-    sink.add(chunk) if isinstance(sink, _Output) else sink.extend(chunk)
-
-
 def _watch(
-    pid: int, job: dict[str, Any], own_ns: bool, sinks: dict[int, _Output | bytearray], stdin_w: int
+    pid: int, job: dict[str, Any], config: dict[str, Any], sinks: dict[int, _Output], stdin_w: int
 ) -> tuple[str | None, float]:
     """Feed stdin and collect output until the child exits or a limit is hit.
 
@@ -509,7 +679,7 @@ def _watch(
             if now >= deadline:
                 return "timeout", now - started
             if now >= next_memory_check:
-                if over_memory(job_processes(own_ns), job["memory_mb"] << 20):
+                if over_memory(job_processes(config["own_pid_namespace"]), job["memory_mb"] << 20, config):
                     return "memory", now - started
                 next_memory_check = now + MEMORY_POLL_S
             events = poller.poll(max(min(deadline, next_memory_check) - now, 0.0) * 1000)
@@ -527,7 +697,7 @@ def _watch(
                     continue
                 chunk = os.read(fd, 1 << 16)
                 if chunk:
-                    _add(sinks[fd], chunk)
+                    sinks[fd].add(chunk)
                 else:
                     poller.unregister(fd)
     finally:
@@ -536,8 +706,8 @@ def _watch(
             os.close(stdin_w)
 
 
-def _drain(fd: int, sink: _Output | bytearray) -> None:
-    """Read what is left in a pipe whose writers are gone (never blocks)."""
+def _drain(fd: int, sink: _Output) -> None:
+    """Read what is left in a channel whose writers are gone (never blocks)."""
     os.set_blocking(fd, False)
     while True:
         try:
@@ -546,21 +716,19 @@ def _drain(fd: int, sink: _Output | bytearray) -> None:
             return
         if not chunk:
             return
-        _add(sink, chunk)
+        sink.add(chunk)
 
 
 def _verdict(
-    forced: str | None, wait_status: int, report_bytes: bytes, nonce: bytes, stdout: _Output, stderr: _Output,
-    duration: float,
+    forced: str | None, wait_status: int, report: tuple[str, str | None, str | None] | None, stdout: _Output,
+    stderr: _Output, duration: float,
 ) -> dict[str, Any]:
     """The result record: a limit that was hit, else the child's report, else how it died."""
     exit_code = os.waitstatus_to_exitcode(wait_status) if wait_status >= 0 else None
     status, error_type, error = forced, None, None
     if status is None:
-        at = report_bytes.rfind(nonce)
-        fields = report_bytes[at + len(nonce) :].decode("utf-8", "replace").split("\0", 2) if at >= 0 else []
-        if len(fields) == 3 and fields[0] in ("passed", "failed", "memory"):
-            status, error_type, error = fields[0], fields[1] or None, fields[2] if fields[1] else None
+        if report is not None:
+            status, error_type, error = report
         elif exit_code == SETUP_FAILED:
             status, error_type, error = "crashed", "SandboxError", "the sandbox could not set the job up"
         elif exit_code == -signal.SIGXCPU:
@@ -591,8 +759,9 @@ def _set_up_site(path: list[str]) -> None:
     sys.path.extend(p for p in path if p not in sys.path and os.path.isdir(p))
 
 
-def _prepare(config: dict[str, Any]) -> None:
-    """Set-up shared by the fork-server and the guard, before any job starts."""
+def _prepare(config: dict[str, Any], requests: int) -> None:
+    """Set-up shared by the fork-server and the guard, before any job starts. Without a sandbox
+    the host's first frame on `requests` is the jobs' seccomp filter (it names this process)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as PID 1, signals without a handler are dropped
     for name in config["server_env"]:  # meant for the server alone
         os.environ.pop(name, None)
@@ -601,6 +770,8 @@ def _prepare(config: dict[str, Any]) -> None:
     if not config["own_pid_namespace"]:
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         _die_with_host(config)
+        program = read_frame(requests)["filter"]
+        config["job_filter"] = seccomp_loader(bytes.fromhex(program)) if program else None
     _set_up_site(config["path"])
     for name in config["preload"]:
         try:
@@ -618,13 +789,14 @@ def serve(config: dict[str, Any]) -> None:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
     os.close(devnull)
-    _prepare(config)
+    _prepare(config, requests)
     gc.freeze()  # the collector then leaves the shared pages of forked children alone
     # No automatic collections in the server: each one writes to the headers of the objects it
     # walks, i.e. copy-on-write faults after every fork (+12 % programs/s without them, median of
     # 5 alternating HumanEval rounds). The job loop makes no reference cycles; a collection every
     # GC_EVERY_BATCHES batches bounds what a surprise one would keep. Job children collect as usual.
     gc.disable()
+    state, memory = own_state(), _own_memory()  # as it is before anything else can touch it
     write_frame(replies, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "job_uid": config["job_uid"]})
     for done in itertools.count(1):
         try:
@@ -634,6 +806,9 @@ def serve(config: dict[str, Any]) -> None:
         if done % GC_EVERY_BATCHES == 0:
             gc.collect()
         for job in batch:
+            if own_state() != state or _own_memory() - memory > SERVER_GROWTH_MB << 20:
+                write_frame(replies, {"retire": True})  # changed (or grown): the host runs the job elsewhere
+                return
             try:
                 result = run_job(job, config)
             except Exception as exc:  # a failure of the server itself, never of the program
@@ -643,36 +818,50 @@ def serve(config: dict[str, Any]) -> None:
                 clean_up(config)
             except Exception:  # the sandbox is not clean: answer, then quit so that the host replaces it
                 traceback.print_exc()
-                write_frame(replies, result)
+                write_frame(replies, {**result, "retire": True})
                 return
             write_frame(replies, result)
+
+
+RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
+
+
+def own_state() -> tuple:
+    """What a job must not change about the fork-server: its limits, priority, CPUs and scheduling."""
+    getrlimit = resource.getrlimit
+    return ([getrlimit(r) for r in RLIMITS], os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0),
+            os.sched_getscheduler(0))  # fmt: skip
+
+
+def _own_memory() -> int:
+    """This process's peak resident bytes so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
 
 
 def guard(config: dict[str, Any]) -> int:
     """Run ONE long-lived job that talks to the host over the inherited pipes, watch its memory,
     and when it ends kill whatever it left; returns the exit code that says how it ended."""
+    _prepare(config, 0)
     job = read_frame(0)["job"]
-    _prepare(config)
     limits = job_limits(job["cpu_seconds"], job["memory_mb"], config["nproc"])
     null = os.open(os.devnull, os.O_RDWR)
     write_frame(1, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "job_uid": config["job_uid"]})
     pid = os.fork()
     if pid == 0:
-        _child(job, limits, config, (0, 1, 2, null, null))
+        _child(job, limits, config, (0, 1, 2, null), None)
     os.dup2(null, 0)  # from now on only the job holds the host's pipes
     os.dup2(null, 1)
-    own_ns = config["own_pid_namespace"]
-    memory = _wait_watching_memory(pid, int(job["memory_mb"]) << 20, own_ns)
-    wait_status = kill_everything(own_ns).get(pid, -1)
+    memory = _wait_watching_memory(pid, int(job["memory_mb"]) << 20, config)
+    wait_status = kill_everything(config["own_pid_namespace"]).get(pid, -1)
     return OUTCOME_BASE + OUTCOMES.index("memory" if memory else _outcome(wait_status))
 
 
-def _wait_watching_memory(pid: int, limit: int, own_ns: bool) -> bool:
+def _wait_watching_memory(pid: int, limit: int, config: dict[str, Any]) -> bool:
     """Block until the job's process ends (False) or its processes go over `limit` bytes (True)."""
     pidfd = os.pidfd_open(pid)
     try:
         while not select.select([pidfd], [], [], GUARD_POLL_S)[0]:
-            if over_memory(job_processes(own_ns), limit):
+            if over_memory(job_processes(config["own_pid_namespace"]), limit, config):
                 return True
         return False
     finally:

@@ -97,7 +97,9 @@ class _Worker(threading.Thread):
                     break
                 todo.pop(0)[1].set_result(ExecutionResult(**reply))
             else:
-                return
+                if self.process.retiring:  # it quit: the jobs left go to a new one
+                    self._discard(wait=0)
+                continue
             hung = self.process.alive()
             self._discard(wait=0)
             job, future = todo[0]

@@ -26,19 +26,16 @@ long-lived sandboxed job that talks to the host over pipes (a `SandboxedProcess`
 
 from __future__ import annotations
 
-import errno
 import functools
 import io
 import itertools
 import json
 import logging
 import os
-import platform
 import queue
 import select
 import shutil
 import site
-import struct
 import subprocess
 import sys
 import sysconfig
@@ -51,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from opencodegen.errors import OpenCodeGenError
-from opencodegen.execution import _server
+from opencodegen.execution import _server, seccomp
 
 log = logging.getLogger("opencodegen.execution")
 
@@ -180,12 +177,16 @@ class Isolation:
                 "limits (CPU time, address space, file size, open files, processes, wall clock, total memory)",
             ]
             if seccomp_program() is not None:
-                isolated.append("kernel keyrings (denied by a seccomp filter: they would outlive a job)")
+                isolated.append("kernel (a seccomp filter refuses keyrings, memfds, io_uring, new user namespaces, "
+                                "userfaultfd, perf events, bpf, and changing another process's limits, "
+                                "priority or CPUs)")  # fmt: skip
             return {"mode": self.mode, "isolated": isolated, "not_isolated": [], "reason": self.reason}
         return {
             "mode": self.mode,
             "isolated": ["limits (CPU time, address space, file size, open files, wall clock, total memory)",
-                         "processes (own session; descendants are killed when a job ends)",
+                         "processes (jobs stay in the worker's session, which is killed when a job ends or "
+                         "the worker goes; a seccomp filter keeps them from signalling or tracing the worker "
+                         "or the host, and refuses memfds, System V IPC, io_uring and new user namespaces)",
                          "environment (cleared)"],
             "not_isolated": NOT_ISOLATED,
             "reason": self.reason,
@@ -384,25 +385,9 @@ def _bwrap_argv(plan: Isolation) -> list[str]:
     return argv
 
 
-# Syscalls denied inside the sandbox: the kernel keyrings outlive processes, so one job could
-# leave data there for the next. Per machine: (AUDIT_ARCH value, (add_key, request_key, keyctl)).
-SECCOMP_DENIED = {"x86_64": (0xC000003E, (248, 249, 250)), "aarch64": (0xC00000B7, (217, 218, 219))}
-
-
 def seccomp_program() -> bytes | None:
-    """A classic-BPF seccomp filter (EPERM for SECCOMP_DENIED, foreign ABIs and x32), or None here."""
-    machine = SECCOMP_DENIED.get(platform.machine())
-    if machine is None:
-        return None
-    audit_arch, numbers = machine
-    load, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    allow, deny = 0x7FFF0000, 0x00050000 | errno.EPERM
-    checks = [(jge, 0x40000000)] if platform.machine() == "x86_64" else []  # the x32 ABI's numbers
-    checks += [(jeq, nr) for nr in numbers]
-    program = [(load, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, deny), (load, 0, 0, 0)]
-    program += [(code, len(checks) - i, 0, k) for i, (code, k) in enumerate(checks)]  # jump to `deny`
-    program += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
-    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+    """The seccomp filter of a whole sandbox (see `seccomp.sandbox_filter`), or None on this machine."""
+    return seccomp.sandbox_filter()
 
 
 def _server_config(plan: Isolation, role: str, index: int, scratch: str | None,
@@ -486,10 +471,10 @@ class SandboxedProcess:
         pass_fds = []
         if isolation.sandboxed:
             argv = _bwrap_argv(isolation) + argv
-            seccomp = seccomp_program()
-            if seccomp is not None:
+            bpf = seccomp_program()
+            if bpf is not None:
                 read_end, write_end = os.pipe()
-                os.write(write_end, seccomp)
+                os.write(write_end, bpf)
                 os.close(write_end)
                 pass_fds.append(read_end)
                 argv[1:1] = ["--seccomp", str(read_end)]
@@ -510,6 +495,12 @@ class SandboxedProcess:
         self.pid = int(self._proc.pid)
         self.stdin: io.RawIOBase = self._proc.stdin  # type: ignore[assignment]
         self.stdout: io.RawIOBase = self._proc.stdout  # type: ignore[assignment]
+        if not isolation.sandboxed:  # the jobs' filter names the server, whose pid is known only now
+            bpf = seccomp.fallback_filter(self.pid, os.getpid(), os.getpgid(0))
+            try:
+                _server.write_frame(self.stdin.fileno(), {"filter": bpf.hex() if bpf else None})
+            except OSError:
+                pass  # it died at once: the first read says so
 
     @property
     def returncode(self) -> int | None:
@@ -555,6 +546,8 @@ class SandboxedProcess:
                     pass
         if self.wait(wait) is None:
             self.kill()
+        if not self.isolation.sandboxed:  # what its jobs left if it died first (they cannot leave its session)
+            _server.kill_session(self.pid)
         self._log.close()
         self._remove_scratch()
 
@@ -645,13 +638,17 @@ class WorkerProcess:
             self.close()
             raise SandboxError(f"the execution worker did not start: {log or 'no output'}")
         self.pid = self._process.pid
+        self.retiring = False  # it quits: the jobs without a result need another worker (see `run_batch`)
 
     def alive(self) -> bool:
         return self._process.returncode is None
 
     def run_batch(self, jobs: list[dict[str, Any]]) -> Iterator[dict[str, Any] | None]:
         """Results of normalized jobs in order; a None ends it early: the worker died or hung
-        on that job and must be replaced."""
+        on that job and must be replaced. It also ends early, with `retiring` set, when the
+        server quits instead of running the next job (its limits, priority, CPUs or memory changed
+        since it started) or after a job it could not clean up after: the jobs without a result
+        need another worker."""
         try:
             _server.write_frame(self._to, {"jobs": jobs})
         except OSError:
@@ -659,6 +656,11 @@ class WorkerProcess:
             return
         for job in jobs:
             reply = self._process._receive(time.monotonic() + job["timeout"] + REPLY_GRACE_S)
+            if reply is not None and reply.pop("retire", False):
+                self.retiring = True
+                if reply:  # the result of the job it could not clean up after
+                    yield reply
+                return
             yield reply
             if reply is None:
                 return

@@ -4,7 +4,7 @@ Protocol: one JSON request per line on the original stdin, {"id": int, "code": s
 (the name labels its tracebacks: `File "<turn 3>"`); one JSON
 reply per line on the original stdout, {"id", "stdout", "stderr", "value", "error"}. Before any user code
 runs, those two descriptors are moved to private numbers and fds 0/1/2 are re-pointed (stdin
-to /dev/null, stdout/stderr to anonymous memory files), so whatever the code prints, from
+to /dev/null, stdout/stderr to unnamed files), so whatever the code prints, from
 Python, C or a child process, is captured per turn and cannot garble the protocol.
 A turn whose last statement is an expression reports that expression's repr as its value,
 like an interactive prompt. The namespace persists from turn to turn.
@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from typing import Any
 
@@ -30,10 +31,11 @@ VALUE_LIMIT = 4_000
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _capture_file(name: str, fd: int) -> int:
-    memfd = os.memfd_create(name)
-    os.dup2(memfd, fd)
-    os.close(memfd)
+def _capture_file(fd: int) -> int:
+    """Point `fd` at an unnamed file in the private working directory (memfds are refused in the
+    sandbox: their memory would count against no limit; a sandbox's tmpfs files count)."""
+    with tempfile.TemporaryFile(dir=".") as f:
+        os.dup2(f.fileno(), fd)
     return fd
 
 
@@ -143,7 +145,7 @@ def main() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    out_fd, err_fd = _capture_file("stdout", 1), _capture_file("stderr", 2)
+    out_fd, err_fd = _capture_file(1), _capture_file(2)
     sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stdout = open(out_fd, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(err_fd, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
