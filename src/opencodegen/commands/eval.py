@@ -147,16 +147,16 @@ def _default_workers(world: int) -> int:
 def run_humaneval(args: argparse.Namespace) -> int:
     from opencodegen.evaluation import humaneval as he
     from opencodegen.evaluation import planning, run_record
+    from opencodegen.execution.sandbox import resolve_isolation
 
     rank, world = _rank_and_world(args.shard)
+    isolation = None if args.merge else resolve_isolation(args.isolation)  # refuses before anything is written
     planning.check_out_dir(args.out)  # before anything loads
     options = he.RunOptions(out=Path(args.out), ks=tuple(args.k), workers=args.workers or _default_workers(world),
                             rank=rank, world=world, progress=not args.quiet)  # fmt: skip
-    if args.merge:
+    if isolation is None:
         return _print_summary(he.merge_run(options), options.out)
-    from opencodegen.execution.sandbox import resolve_isolation
-
-    options.isolation = resolve_isolation(args.isolation).request  # refuses here, before any work
+    options.isolation = isolation.request
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
     benchmark = he.load_problems(args.problems)

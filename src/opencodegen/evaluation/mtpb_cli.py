@@ -94,8 +94,8 @@ def run_mtpb(args: argparse.Namespace) -> int:
 
     if args.programs and args.model:
         raise ConfigError("give either --model (generate) or --programs (score), not both")
+    isolation = resolve_isolation(args.isolation)  # refuses here, before anything is written
     out = planning.check_out_dir(args.out)  # before anything loads
-    isolation = resolve_isolation(args.isolation)  # refuses here, before any work
     benchmark, problems = _benchmark(args)
     by_id = benchmark.by_id()
     if args.programs:
