@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import sys
 
     import yaml
 
@@ -34,9 +35,15 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    from opencodegen.training.signals import EXIT_STATUS, Terminated
     from opencodegen.training.trainer import train
 
-    summary = train(config, resume=args.resume)
+    try:
+        summary = train(config, resume=args.resume)
+    except Terminated as stop:
+        print(f"{stop}; the run did not finish (continue it with --resume auto from its last checkpoint)",
+              file=sys.stderr)
+        return EXIT_STATUS
     if summary["val"] is not None and os.environ.get("RANK", "0") == "0":
         print(f"done: step {summary['step']}, validation loss {summary['val']['loss']:.4f}")
     return 0

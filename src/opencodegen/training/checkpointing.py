@@ -118,16 +118,23 @@ def model_from_state(config: CodeGenConfig, state: dict[str, torch.Tensor]) -> C
     return model
 
 
+def model_writer(config: CodeGenConfig, state: dict[str, torch.Tensor]) -> Callable[[Path], None]:
+    """Writes config.json + model.safetensors of the model with weights `state` into a directory."""
+    return lambda directory: model_from_state(config, state).save_pretrained(directory)
+
+
 def save_checkpoint(
     out_dir: str | Path,
     step: int,
-    config: CodeGenConfig,
-    model_state: dict[str, torch.Tensor],
+    write_weights: Callable[[Path], None],
     trainer_state: dict[str, Any],
     tokenizer_dir: Path | None,
     keep_last: int,
 ) -> Path:
-    """Write checkpoint `step` atomically, then keep only the newest `keep_last` up to it; returns its path."""
+    """Write checkpoint `step` atomically, then keep only the newest `keep_last` up to it; returns its path.
+
+    `write_weights(directory)` writes the weights: `model_writer` for a whole model, or a LoRA
+    adapter (`opencodegen.lora.write_adapter`)."""
     root = checkpoints_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(TMP_PREFIX + "*"):
@@ -135,7 +142,7 @@ def save_checkpoint(
     name = f"{PREFIX}{step:08d}"
     tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
     tmp.mkdir()
-    model_from_state(config, model_state).save_pretrained(tmp)
+    write_weights(tmp)
     torch.save(trainer_state, tmp / TRAINER_STATE)
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, tmp)
@@ -231,15 +238,37 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 
 def export_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype | str | None = None) -> Path:
     """Write checkpoint `path` (or the newest good one of a run directory) as an HF CodeGen
-    directory: config.json, safetensors in `dtype` (default: as stored) and the tokenizer files."""
+    directory: config.json, safetensors in `dtype` (default: as stored) and the tokenizer files.
+    A LoRA run's checkpoint is merged into its base model first."""
     from opencodegen.checkpoint import load_model
 
-    source = find_checkpoint(str(path), path, say=lambda _: None)
-    if source is None:
-        raise CheckpointError(f"{path}: no checkpoint to export")
+    source = _newest_good(path)
     _, model = load_model(source, dtype=dtype)
     out = Path(out)
     model.save_pretrained(out)
     if not copy_tokenizer_files(source, out):
         warnings.warn(f"{source} holds no tokenizer files; {out} has none either", stacklevel=2)
+    return source
+
+
+def export_adapter(path: str | Path, out: str | Path) -> Path:
+    """Copy the LoRA adapter of checkpoint `path` (or a run's newest good one) and the tokenizer
+    files into `out`: a peft adapter directory."""
+    from opencodegen.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    source = _newest_good(path)
+    if not (source / ADAPTER_CONFIG).is_file():
+        raise CheckpointError(f"{source}: not a LoRA checkpoint (no {ADAPTER_CONFIG})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        shutil.copyfile(source / name, out / name)
+    copy_tokenizer_files(source, out)
+    return source
+
+
+def _newest_good(path: str | Path) -> Path:
+    source = find_checkpoint(str(path), path, say=lambda _: None)
+    if source is None:
+        raise CheckpointError(f"{path}: no checkpoint to export")
     return source

@@ -71,8 +71,20 @@ def setup(strategy: str = "auto", device: str = "auto", timeout_s: float = 1800)
     return DistEnv(rank, world, local_rank, dev, strategy, owns_group)
 
 
-def teardown(env: DistEnv) -> None:
-    if env.owns_group and dist.is_initialized():
+def teardown(env: DistEnv, failed: bool = False) -> None:
+    """Close the process group this process created (a group made by the caller stays open).
+
+    On success every rank has passed the run's final barrier, so the group is destroyed in
+    order. After a failure the peers may be blocked in a collective this rank will never join:
+    NCCL communicators are aborted (their destroy would wait for the peers), gloo's are shut
+    down locally; either way the peers see the connection drop and fail too, and torchrun
+    stops the job with a non-zero status.
+    """
+    if not (env.owns_group and dist.is_initialized()):
+        return
+    if failed and dist.get_backend() == "nccl":
+        dist.distributed_c10d._abort_process_group()
+    else:
         dist.destroy_process_group()
 
 
