@@ -226,9 +226,10 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
 def merge_lora(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every LoraLinear (and FrozenLinear) by a plain linear layer holding W + scaling · B A
     (in `dtype`, default fp32); returns the model, every parameter trainable again."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLinear | FrozenLinear):
-            _replace(model, name, module.merged(dtype or torch.float32))
+    for kind in (LoraLinear, FrozenLinear):  # adapted layers first: they hold a FrozenLinear each
+        for name, module in list(model.named_modules()):
+            if isinstance(module, kind):
+                _replace(model, name, module.merged(dtype or torch.float32))
     for param in model.parameters():
         param.requires_grad_(True)
     return model
