@@ -1,7 +1,7 @@
 """Launch N consecutive 2-process `torchrun ... opencodegen train` runs (tiny model, CPU, gloo)
 and count how many exit 0; alternates DDP and FSDP2. The issue-21 check for clean exits.
 
-    PYTHONPATH=src python scripts/torchrun_exit_loop.py --runs 20 [--steps 4] [--keep DIR]
+    PYTHONPATH=src python scripts/torchrun_exit_loop.py --runs 20 [--steps 10] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -38,15 +38,14 @@ def build_corpus(root: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--keep", help="directory for the runs and their logs (default: a temporary one)")
     args = parser.parse_args()
     root = Path(args.keep or tempfile.mkdtemp(prefix="torchrun-exit-"))
     root.mkdir(parents=True, exist_ok=True)
     data = build_corpus(root)
     settings = dict(model="tiny", data=str(data), batch_size=8, micro_batch_size=4, warmup_steps=2,
-                    max_steps=args.steps, eval_every=2, eval_batches=2, log_every=1, save_every=2, keep_last=2,
-                    threads=1)
+                    max_steps=args.steps, eval_every=2, eval_batches=2, log_every=1, save_every=2, keep_last=2)
     config = root / "run.yaml"
     config.write_text(yaml.safe_dump(settings))
     failures = []

@@ -73,7 +73,11 @@ def test_torchrun_two_processes_ddp_and_fsdp_match_one(corpus, reference_run, tm
     resumed = Trainer(TrainConfig(**run_settings(corpus, tmp_path / "fsdp", max_steps=21, export_final=False)),
                       resume="auto")
     assert resumed.step == 20 and resumed.env.strategy == "none"
-    exp_avg = torch.load(tmp_path / "fsdp" / "checkpoints" / "step-00000020" / "trainer.pt")["optimizer"]["state"]
+    # (FSDP checkpoints are sharded: read the stored optimizer state back through torch.distributed.checkpoint)
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(tmp_path / "fsdp" / "checkpoints" / "step-00000020" / "dcp", tmp_path / "whole.pt")
+    exp_avg = torch.load(tmp_path / "whole.pt")["optim"]["state"]
     param = resumed.raw_model.transformer.h[1].mlp.fc_in.weight
     assert torch.equal(resumed.optimizer.state[param]["exp_avg"], exp_avg["transformer.h.1.mlp.fc_in.weight"]["exp_avg"])
     resumed.fit()

@@ -108,6 +108,9 @@ def weight_files(directory: Path) -> list[Path]:
             if missing:
                 raise CheckpointError(f"{directory / index}: shard files missing: {', '.join(missing)}")
             return files
+    if (directory / "dcp" / ".metadata").is_file():
+        raise CheckpointError(f"{directory}: a sharded training checkpoint; make an HF directory of it with "
+                              f"`opencodegen convert checkpoint {directory} --out DIR`")
     raise CheckpointError(
         f"{directory}: no weights found (model.safetensors, pytorch_model.bin or a sharded *.index.json)"
     )

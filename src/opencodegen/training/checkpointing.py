@@ -41,6 +41,7 @@ MANIFEST = "checkpoint.json"
 TRAINER_STATE = "trainer.pt"
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
+SHARDED = "dcp"  # subdirectory of a sharded checkpoint (torch.distributed.checkpoint files)
 TOKENIZER_FILES = (
     "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
     "tokenizer_config.json", "special_tokens_map.json",
@@ -123,38 +124,61 @@ def model_writer(config: CodeGenConfig, state: dict[str, torch.Tensor]) -> Calla
     return lambda directory: model_from_state(config, state).save_pretrained(directory)
 
 
-def save_checkpoint(
-    out_dir: str | Path,
-    step: int,
-    write_weights: Callable[[Path], None],
-    trainer_state: dict[str, Any],
-    tokenizer_dir: Path | None,
-    keep_last: int,
-) -> Path:
-    """Write checkpoint `step` atomically, then keep only the newest `keep_last` up to it; returns its path.
-
-    `write_weights(directory)` writes the weights: `model_writer` for a whole model, or a LoRA
-    adapter (`opencodegen.lora.write_adapter`)."""
+def start_checkpoint(out_dir: str | Path, step: int) -> Path:
+    """Create the temporary directory checkpoint `step` is written into (main process), after
+    deleting what killed saves left behind."""
     root = checkpoints_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(TMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
-    name = f"{PREFIX}{step:08d}"
-    tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{PREFIX}{step:08d}-{os.getpid()}"
     tmp.mkdir()
-    write_weights(tmp)
+    return tmp
+
+
+def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of each file `names` (relative to `directory`), fsynced first."""
+    entries = {}
+    for name in names:
+        path = directory / name
+        _fsync_file(path)
+        entries[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return entries
+
+
+def shard_files(directory: Path, rank: int) -> list[str]:
+    """The files torch.distributed.checkpoint wrote for `rank` under directory/SHARDED (relative names)."""
+    return sorted(f"{SHARDED}/{p.name}" for p in (directory / SHARDED).glob(f"__{rank}_*.distcp"))
+
+
+def finish_checkpoint(
+    tmp: Path,
+    step: int,
+    trainer_state: dict[str, Any],
+    tokenizer_dir: Path | None,
+    keep_last: int,
+    hashed: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Add trainer.pt, the tokenizer files and the manifest (`hashed`: entries other ranks
+    computed for the files they wrote; the rest are hashed here) to `tmp`, rename it into
+    place, and keep only the newest `keep_last` checkpoints up to it; returns its path."""
     torch.save(trainer_state, tmp / TRAINER_STATE)
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, tmp)
-    files = {}
-    for path in sorted(tmp.iterdir()):
-        _fsync_file(path)
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-    manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": files}
+    hashed = dict(hashed or {})
+    names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    files = {**file_entries(tmp, [n for n in names if n not in hashed]), **hashed}
+    missing = sorted(set(hashed) - set(names))
+    if missing:
+        raise CheckpointError(f"{tmp}: files reported written are missing: {missing[:3]}")
+    manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": dict(sorted(files.items()))}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     _fsync_file(tmp / MANIFEST)
+    for directory in (p for p in tmp.rglob("*") if p.is_dir()):
+        _fsync_dir(directory)
     _fsync_dir(tmp)
-    final = root / name
+    root = tmp.parent
+    final = root / tmp.name.removeprefix(TMP_PREFIX).rsplit("-", 1)[0]
     if final.exists():  # the same step saved again after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -163,6 +187,47 @@ def save_checkpoint(
     for old in older[keep_last - 1:]:  # checkpoints after `step` (an abandoned future) are left alone
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    write_weights: Callable[[Path], None],
+    trainer_state: dict[str, Any],
+    tokenizer_dir: Path | None,
+    keep_last: int,
+) -> Path:
+    """Write a single-writer checkpoint `step` atomically (see `finish_checkpoint`); returns its path.
+
+    `write_weights(directory)` writes the weights: `model_writer` for a whole model, or a LoRA
+    adapter (`opencodegen.lora.write_adapter`)."""
+    tmp = start_checkpoint(out_dir, step)
+    write_weights(tmp)
+    return finish_checkpoint(tmp, step, trainer_state, tokenizer_dir, keep_last)
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether checkpoint `path` holds its model and optimizer state as torch.distributed.checkpoint shards."""
+    return (path / SHARDED / ".metadata").is_file()
+
+
+def load_sharded_model(path: Path, dtype: torch.dtype | None = None) -> CodeGenForCausalLM:
+    """The model of a sharded checkpoint, read tensor by tensor (the optimizer state is not read,
+    and each tensor is converted to `dtype` before the next is read)."""
+    import torch.distributed.checkpoint as dcp
+
+    config = CodeGenConfig.from_json_file(path / "config.json")
+    with torch.device("meta"):
+        shapes = {name: (t.shape, t.dtype) for name, t in CodeGenForCausalLM(config).state_dict().items()}
+    state = {}
+    for name, (shape, stored) in shapes.items():
+        box = {"model": {name: torch.empty(shape, dtype=stored)}}
+        try:
+            dcp.load(box, checkpoint_id=path / SHARDED, no_dist=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path / SHARDED}: cannot read {name} ({type(exc).__name__}: {exc})") from None
+        state[name] = box["model"][name].to(dtype or stored)
+    return model_from_state(config, state)
 
 
 # ---- verifying and finding ----------------------------------------------------------------
@@ -240,10 +305,13 @@ def export_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype | st
     """Write checkpoint `path` (or the newest good one of a run directory) as an HF CodeGen
     directory: config.json, safetensors in `dtype` (default: as stored) and the tokenizer files.
     A LoRA run's checkpoint is merged into its base model first."""
-    from opencodegen.checkpoint import load_model
+    from opencodegen.checkpoint import load_model, parse_dtype
 
     source = _newest_good(path)
-    _, model = load_model(source, dtype=dtype)
+    if is_sharded(source):
+        model = load_sharded_model(source, parse_dtype(dtype) if dtype is not None else None)
+    else:
+        _, model = load_model(source, dtype=dtype)
     out = Path(out)
     model.save_pretrained(out)
     if not copy_tokenizer_files(source, out):

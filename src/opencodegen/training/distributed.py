@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from opencodegen.errors import ConfigError
+from opencodegen.errors import ConfigError, OpenCodeGenError
 
 
 @dataclass
@@ -44,6 +46,40 @@ class DistEnv:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def group_exists() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def report_failure(exc: BaseException) -> int:
+    """Print `exc` as `opencodegen` does at its top level; returns the matching exit status."""
+    if isinstance(exc, OpenCodeGenError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    traceback.print_exception(exc)
+    return 1
+
+
+def exit_worker(status: int) -> NoReturn:
+    """End this torchrun worker now with `status`, after its run has closed everything it opened.
+
+    Skipping interpreter finalization is deliberate. Gloo runs collectives on worker threads,
+    which drop their last reference to a finished collective's buffers a moment after the
+    caller's wait() returns; for buffers made in Python (object collectives, barriers chained to
+    them) that drop takes the GIL. A thread taking the GIL while the interpreter finalizes is
+    ended by Python in a way C++ cannot unwind through: "terminate called without an active
+    exception", SIGABRT, and torchrun reports a finished run as failed (the core dump's stack:
+    ProcessGroupGloo::runLoop -> ~AsyncBarrierWork -> ~AsyncAllgatherWork -> decref -> take_gil
+    -> pthread_exit, while the main thread is in Py_FinalizeEx). destroy_process_group does not
+    join those threads, so no order of cleanup closes the window; not finalizing does.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def setup(strategy: str = "auto", device: str = "auto", timeout_s: float = 1800) -> DistEnv:

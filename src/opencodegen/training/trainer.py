@@ -13,13 +13,18 @@ import dataclasses
 import math
 import random
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_optimizer_state_dict
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
 
 from opencodegen import lora
 from opencodegen.checkpoint import load_model
@@ -224,6 +229,8 @@ class Trainer:
     def _initial_model(self, resume_from: Path | None) -> tuple[CodeGenForCausalLM, Path | None]:
         """The starting weights and the directory they came from (None for a new preset model)."""
         cfg = self.config
+        if resume_from is not None and ckpt.is_sharded(resume_from):  # weights come in `_restore`
+            return CodeGenForCausalLM(CodeGenConfig.from_json_file(resume_from / "config.json")), resume_from
         if resume_from is not None and self.lora is None:  # the checkpoint holds every weight
             return load_model(resume_from, dtype=torch.float32)[1], resume_from
         if cfg.init_from:  # with LoRA also on resume: the checkpoint holds only the adapters
@@ -251,8 +258,11 @@ class Trainer:
         """Optimizer, scheduler, counters, data cursor and RNG of checkpoint `path` (the weights
         were loaded into the model before it was wrapped)."""
         state = ckpt.load_trainer_state(path)
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
+        if ckpt.is_sharded(path):
+            self._load_shards(path)
+        else:
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
         if state["scheduler"] != self.schedule.state_dict():
             self.say(f"note: the schedule changed from {state['scheduler']} to {self.schedule.state_dict()}; "
                      f"the current one applies from step {state['step']}")
@@ -403,15 +413,27 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (collective: every rank must call it)."""
-        model_state, optim_state = get_state_dict(
-            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        """Write a checkpoint of the current step (collective: every rank must call it).
+
+        Sharded: every rank writes its own shards of the model and optimizer state
+        (torch.distributed.checkpoint) and hashes them; otherwise the full state is gathered to
+        rank 0, which writes it. Either way rank 0 finishes the checkpoint (manifest, rename)."""
+        sharded = self.config.sharded_checkpoints(self.env.strategy)
+        options = StateDictOptions(full_state_dict=not sharded, cpu_offload=not sharded)
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=options)
         rngs = dist_utils.gather_objects(ckpt.rng_state(), self.env)
+        tmp = dist_utils.broadcast_object(ckpt.start_checkpoint(self.out_dir, self.step) if self.env.is_main else None,
+                                          self.env)
+        hashed: dict[str, Any] = {}
+        if sharded:
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / ckpt.SHARDED,
+                     no_dist=not self.env.active)
+            mine = ckpt.file_entries(tmp, ckpt.shard_files(tmp, self.env.rank))
+            for entries in dist_utils.gather_objects(mine, self.env):
+                hashed.update(entries)
         path = None
         if self.env.is_main:
             trainer_state = {
-                "optimizer": optim_state,
                 "scheduler": self.schedule.state_dict(),
                 "step": self.step,
                 "tokens": self.tokens,
@@ -421,16 +443,31 @@ class Trainer:
                 "world_size": self.env.world_size,
                 "config": self.config.to_dict(),
             }
-            if self.lora is not None:
+            if sharded:
+                self.model_config.save(tmp)
+            elif self.lora is not None:
+                trainer_state["optimizer"] = optim_state
                 adapters = {name: t for name, t in model_state.items() if lora.is_lora_key(name)}
-                write = partial(lora.write_adapter, state=adapters, settings=self.lora, base_model=self.base_model)
+                lora.write_adapter(tmp, adapters, self.lora, self.base_model)
             else:
-                write = ckpt.model_writer(self.model_config, model_state)
-            path = ckpt.save_checkpoint(self.out_dir, self.step, write, trainer_state, self.tokenizer_dir,
-                                        self.config.keep_last)
-            self.say(f"saved checkpoint {path}")
+                trainer_state["optimizer"] = optim_state
+                ckpt.model_writer(self.model_config, model_state)(tmp)
+            path = ckpt.finish_checkpoint(tmp, self.step, trainer_state, self.tokenizer_dir, self.config.keep_last,
+                                          hashed)
+            self.say(f"saved checkpoint {path}" + (" (sharded)" if sharded else ""))
         dist_utils.barrier(self.env)
         return path
+
+    def _load_shards(self, path: Path) -> None:
+        """Model and optimizer state from the shards of checkpoint `path`, resharded onto this
+        run's processes (torch.distributed.checkpoint matches them by parameter name)."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        try:
+            dcp.load(state, checkpoint_id=path / ckpt.SHARDED, no_dist=not self.env.active)
+        except Exception as exc:
+            raise CheckpointError(f"{path / ckpt.SHARDED}: cannot load ({type(exc).__name__}: {exc})") from None
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
     def _finish(self) -> Path | None:
         """Export the last checkpoint as an HF directory and draw the loss curve (main process)."""
