@@ -139,7 +139,8 @@ def wrap_model(model: nn.Module, env: DistEnv, cpu_offload: bool = False) -> nn.
         # trainer never does.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         mesh = init_device_mesh(env.device.type, (env.world_size,))
-        offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+        # pinned host memory needs an accelerator; on a CPU-only machine the offload path runs unpinned
+        offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
         for block in model.transformer.h:
             fully_shard(block, mesh=mesh, offload_policy=offload)
         fully_shard(model, mesh=mesh, offload_policy=offload)
