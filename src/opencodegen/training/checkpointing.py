@@ -2,18 +2,20 @@
 
 A checkpoint is a directory ``{out_dir}/checkpoints/step-{step:08d}/`` holding
 
-- ``config.json`` + ``model.safetensors``: the fp32 weights as an HF CodeGen checkpoint (so
-  ``opencodegen.load`` and transformers read a checkpoint directory as it is);
+- the weights, in one of three forms: ``config.json`` + ``model.safetensors`` (full: an HF
+  CodeGen checkpoint as it is), ``config.json`` + ``dcp/`` (sharded: every rank's shards of the
+  model and optimizer state, torch.distributed.checkpoint), or ``adapter_config.json`` +
+  ``adapter_model.safetensors`` (a LoRA run: the adapters in peft's layout);
 - the tokenizer files of the run;
-- ``trainer.pt``: optimizer state (keyed by parameter name), the lr schedule, step, tokens seen,
-  the data cursor, the RNG states of every rank (torch, CUDA, Python, NumPy) and the run config;
+- ``trainer.pt``: the optimizer state (full and LoRA; keyed by parameter name), the lr schedule,
+  step, tokens seen, the data cursor, the RNG states of every rank and the run config;
 - ``checkpoint.json``, written last: format, step, and the size and sha256 of every other file.
 
-Rank 0 gathers the full (unsharded) state (`torch.distributed.checkpoint.state_dict` with
-``full_state_dict``), writes everything into ``.tmp-step-…``, fsyncs, and renames it into place,
-so a checkpoint directory either is complete or does not exist. Resuming checks the manifest
-and every checksum; ``resume="auto"`` walks back from the newest checkpoint to the newest good one.
-Every rank reads the checkpoint it resumes from, so the directory must be visible to all of them.
+Everything is written into ``.tmp-step-…`` (sharded: each rank its shards, which it hashes),
+fsynced, and renamed into place by rank 0, so a checkpoint directory either is complete or does
+not exist. Resuming checks the manifest and every checksum; ``resume="auto"`` walks back from the
+newest checkpoint to the newest good one. Every rank reads the checkpoint it resumes from, so
+the directory must be visible to all of them.
 """
 
 from __future__ import annotations
