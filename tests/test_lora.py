@@ -145,6 +145,14 @@ def test_base_held_in_bf16_or_int8(base_dir, base_dtype, tolerance):
     with torch.no_grad():
         ours, expected = model.eval()(IDS).logits, reference(IDS).logits
     assert (ours - expected).abs().max() < tolerance * expected.abs().max()
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.train()(IDS).logits.float().logsumexp(-1).mean().backward()
+    grads = {name: param.grad for name, param in model.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".lora_" in n)
+    assert all(g is None for n, g in grads.items() if ".lora_" not in n)
     merge_lora(model)
     assert all(type(m).__name__ != "FrozenLinear" for m in model.modules())
 

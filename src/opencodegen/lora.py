@@ -151,7 +151,25 @@ class FrozenLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), self.dense_weight(dtype), bias)
+        if self.weight.dtype == torch.int8:
+            out = _Int8Linear.apply(x.to(dtype), self.weight, self.scale)
+            return out if bias is None else out + bias
+        return F.linear(x.to(dtype), self.weight.to(dtype), bias)
+
+
+class _Int8Linear(torch.autograd.Function):
+    """x @ (q · scale)ᵀ for a frozen int8 weight; the backward pass dequantizes it again rather
+    than keeping every layer's dense copy alive until then."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(q, scale)
+        return F.linear(x, q.to(x.dtype) * scale[:, None].to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, scale = ctx.saved_tensors
+        return grad @ (q.to(grad.dtype) * scale[:, None].to(grad.dtype)), None, None
 
 
 class LoraLinear(nn.Module):
