@@ -20,13 +20,14 @@ the directory must be visible to all of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,15 @@ def is_sharded(path: Path) -> bool:
     return (path / SHARDED / ".metadata").is_file()
 
 
+@contextlib.contextmanager
+def single_process_dcp() -> Iterator[None]:
+    """Silence torch.distributed.checkpoint's warning that it runs without a process group (we
+    ask for that: one process reading or writing every shard)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def load_sharded_model(path: Path, dtype: torch.dtype | None = None) -> CodeGenForCausalLM:
     """The model of a sharded checkpoint, read tensor by tensor (the optimizer state is not read,
     and each tensor is converted to `dtype` before the next is read)."""
@@ -225,7 +235,8 @@ def load_sharded_model(path: Path, dtype: torch.dtype | None = None) -> CodeGenF
     for name, (shape, stored) in shapes.items():
         box = {"model": {name: torch.empty(shape, dtype=stored)}}
         try:
-            dcp.load(box, checkpoint_id=path / SHARDED, no_dist=True)
+            with single_process_dcp():
+                dcp.load(box, checkpoint_id=path / SHARDED, no_dist=True)
         except Exception as exc:
             raise CheckpointError(f"{path / SHARDED}: cannot read {name} ({type(exc).__name__}: {exc})") from None
         state[name] = box["model"][name].to(dtype or stored)

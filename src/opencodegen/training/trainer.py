@@ -9,6 +9,7 @@ are averaged over every sequence of the global batch, in fp32 master weights; wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -426,8 +427,9 @@ class Trainer:
                                           self.env)
         hashed: dict[str, Any] = {}
         if sharded:
-            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / ckpt.SHARDED,
-                     no_dist=not self.env.active)
+            with contextlib.nullcontext() if self.env.active else ckpt.single_process_dcp():
+                dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / ckpt.SHARDED,
+                         no_dist=not self.env.active)
             mine = ckpt.file_entries(tmp, ckpt.shard_files(tmp, self.env.rank))
             for entries in dist_utils.gather_objects(mine, self.env):
                 hashed.update(entries)
@@ -464,7 +466,8 @@ class Trainer:
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
         state = {"model": model_state, "optim": optim_state}
         try:
-            dcp.load(state, checkpoint_id=path / ckpt.SHARDED, no_dist=not self.env.active)
+            with contextlib.nullcontext() if self.env.active else ckpt.single_process_dcp():
+                dcp.load(state, checkpoint_id=path / ckpt.SHARDED, no_dist=not self.env.active)
         except Exception as exc:
             raise CheckpointError(f"{path / ckpt.SHARDED}: cannot load ({type(exc).__name__}: {exc})") from None
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
