@@ -26,7 +26,7 @@ from opencodegen.tokenizer import CodeGenTokenizer
 from opencodegen.training.checkpointing import copy_tokenizer_files
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-from training_helpers import build_corpus, run_settings, trajectory
+from training_helpers import build_corpus, run, run_settings, torchrun, trajectory, write_config
 
 ALL = ("qkv_proj", "out_proj", "fc_in", "fc_out", "lm_head")
 
@@ -187,9 +187,9 @@ def test_bad_lora_settings_and_adapters(base_dir, tmp_path):
 
 
 def lora_settings(corpus, base_dir, out, **extra):
-    return run_settings(corpus, out, init_from=str(base_dir), lora={"r": 8, "alpha": 16, "dropout": 0.0,
-                                                                  "targets": list(ALL)},
-                        lr=1e-2, max_steps=20, eval_every=10, save_every=5, **extra)
+    return run_settings(corpus, out, **{"init_from": str(base_dir), "lr": 1e-2, "max_steps": 20, "eval_every": 10,
+                                        "save_every": 5, "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
+                                                                  "targets": list(ALL)}, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +248,18 @@ def test_lora_generate_cli_takes_the_adapter_directory(lora_run, tmp_path, capsy
                      "--temperature", "0", "--json"]) == 0
         outputs.append(json.loads(capsys.readouterr().out)["completions"])
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp_with_two_processes_matches_one(corpus, base_dir, tmp_path):
+    """FSDP2 shards the frozen base and the adapters alike; the adapter checkpoints are gathered."""
+    settings = lora_settings(corpus, base_dir, tmp_path / "one", precision="fp32", max_steps=6, save_every=3,
+                             eval_every=3, export_final=False)
+    Trainer(TrainConfig(**settings)).fit()
+    config = write_config(tmp_path / "run.yaml", {**settings, "out_dir": str(tmp_path / "two"), "strategy": "fsdp"})
+    run(torchrun(2, "-m", "opencodegen.cli", "train", "--config", str(config)))
+    ours, expected = trajectory(tmp_path / "two"), trajectory(tmp_path / "one")
+    assert [r[:2] for r in ours] == [r[:2] for r in expected]
+    for (_, _, loss), (_, _, reference) in zip(ours, expected):
+        assert loss == pytest.approx(reference, rel=1e-5)
+    assert (tmp_path / "two" / "checkpoints" / "step-00000006" / "adapter_model.safetensors").is_file()
