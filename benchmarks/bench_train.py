@@ -130,6 +130,18 @@ def state_bytes(trainer: Trainer) -> int:
     return total
 
 
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM (Linux), which starts afresh at exec,
+    unlike ru_maxrss, which a child inherits from the parent it was forked from."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def memory_child(args) -> None:
     """One mode alone (`--child full|lora`): two steps, then its peak memory and state size as JSON."""
     rows = stdlib_rows(args.batch, args.seq_len)
@@ -140,8 +152,7 @@ def memory_child(args) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(2):
             trainer.train_step(rows).tolist()
-        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
         trainable = sum(p.numel() for p in trainer.raw_model.parameters() if p.requires_grad)
         print(json.dumps({"peak_bytes": peak, "peak_kind": "cuda allocated" if device.type == "cuda" else "RSS",
                           "state_bytes": state_bytes(trainer), "trainable": trainable}))
