@@ -10,6 +10,13 @@ the standard library as token ids), so the loss curves of the three runs fall sm
 can be compared side by side (bf16 should track fp32); they are written as JSON and PNG.
 
     python benchmarks/bench_train.py --steps 3            # 350M shape, batch 2 x 256, 2 threads
+
+`--mode lora` compares LoRA with full fine-tuning of the same weights instead (both our trainer,
+bf16 autocast): steps of the two alternate on the same batch (paired tokens/s), and each mode
+then runs alone in a child process for its peak memory (peak RSS on CPU, peak allocated on a
+GPU) and its training state (weights + gradients + optimizer state, counted from the tensors):
+
+    python benchmarks/bench_train.py --mode lora --steps 3 [--lora-r 16] [--base-dtype bf16]
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -26,10 +36,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from opencodegen import default_model
 from opencodegen.checkpoint import released_state_dict
 from opencodegen.config import CodeGenConfig
 from opencodegen.data.dataset import InMemorySequences
 from opencodegen.model import CodeGenForCausalLM
+from opencodegen.training.checkpointing import copy_tokenizer_files
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
 
@@ -97,6 +109,102 @@ def alternate(trainer: Trainer, ref, ref_opt, rows: torch.Tensor, args) -> dict[
     return out
 
 
+def finetune_trainer(args, base_dir: str, lora: bool, rows: torch.Tensor, out_dir: str) -> Trainer:
+    """Our trainer fine-tuning the weights in `base_dir`: fully, or with LoRA on every block's linear layers."""
+    settings = {"r": args.lora_r, "alpha": 2 * args.lora_r, "dropout": 0.0, "base_dtype": args.base_dtype}
+    config = TrainConfig(
+        init_from=base_dir, batch_size=args.batch, micro_batch_size=args.batch, lr=args.lr, warmup_steps=0,
+        min_lr_ratio=1.0, max_steps=1000, threads=args.threads, eval_every=0, save_every=0, tensorboard=False,
+        export_final=False, shuffle=False, out_dir=out_dir, lora=settings if lora else None,
+    )
+    return Trainer(config, train_dataset=InMemorySequences(rows))
+
+
+def state_bytes(trainer: Trainer) -> int:
+    """Bytes of the training state: parameters, their gradients and the optimizer's tensors."""
+    params = list(trainer.raw_model.parameters())
+    total = sum(p.numel() * p.element_size() for p in params)
+    total += sum(p.numel() * p.element_size() for p in params if p.requires_grad)  # gradients
+    for state in trainer.optimizer.state.values():
+        total += sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t))
+    return total
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes: VmHWM (Linux), which starts afresh at exec,
+    unlike ru_maxrss, which a child inherits from the parent it was forked from."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_child(args) -> None:
+    """One mode alone (`--child full|lora`): two steps, then its peak memory and state size as JSON."""
+    rows = stdlib_rows(args.batch, args.seq_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = finetune_trainer(args, args.base_dir, args.child == "lora", rows, tmp)
+        device = trainer.env.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(2):
+            trainer.train_step(rows).tolist()
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
+        trainable = sum(p.numel() for p in trainer.raw_model.parameters() if p.requires_grad)
+        print(json.dumps({"peak_bytes": peak, "peak_kind": "cuda allocated" if device.type == "cuda" else "RSS",
+                          "state_bytes": state_bytes(trainer), "trainable": trainable}))
+
+
+def lora_vs_full(args) -> None:
+    """Paired tokens/s of LoRA and full fine-tuning, then each mode's peak memory in a child process."""
+    config = CodeGenConfig.from_preset(args.preset)
+    rows = stdlib_rows(args.batch, args.seq_len)
+    tokens = args.batch * args.seq_len
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        base_dir = f"{tmp}/base"
+        CodeGenForCausalLM(config).save_pretrained(base_dir)
+        copy_tokenizer_files(default_model.DIRECTORY, Path(base_dir))  # any tokenizer: the batch is byte ids
+        print(f"{args.preset}: {config.num_parameters() / 1e6:.0f}M parameters, batch {args.batch} x {args.seq_len}, "
+              f"{args.threads} threads, LoRA r={args.lora_r} on qkv/out/fc_in/fc_out, base {args.base_dtype}, "
+              f"torch {torch.__version__}")
+        trainers = {mode: finetune_trainer(args, base_dir, mode == "lora", rows, f"{tmp}/{mode}")
+                    for mode in ("full", "lora")}
+        seconds: dict[str, list[float]] = {"full": [], "lora": []}
+        for i in range(args.warmup + args.steps):
+            line = []
+            for mode, trainer in trainers.items():
+                elapsed, metrics = timed(lambda b, t=trainer: t.train_step(b).tolist(), rows)
+                line.append(f"{mode} {elapsed:6.2f}s loss {metrics[1]:.4f}")
+                if i >= args.warmup:
+                    seconds[mode].append(elapsed)
+            print(f"  step {i + 1}: " + " | ".join(line) + ("  (warm-up)" if i < args.warmup else ""), flush=True)
+        del trainers
+        gc.collect()
+        memory = {}
+        for mode in ("full", "lora"):
+            child = subprocess.run([sys.executable, __file__, "--child", mode, "--base-dir", base_dir,
+                                    *sys.argv[1:]], capture_output=True, text=True, check=True)
+            memory[mode] = json.loads(child.stdout.strip().splitlines()[-1])
+    speedup = statistics.median(f / lo for f, lo in zip(seconds["full"], seconds["lora"]))
+    print(f"\n{'mode':<6}{'tokens/s':>10}{'trainable':>12}{'train state':>13}{'peak ' + memory['full']['peak_kind']:>14}")
+    for mode in ("full", "lora"):
+        m = memory[mode]
+        print(f"{mode:<6}{tokens / statistics.median(seconds[mode]):>10.1f}{m['trainable'] / 1e6:>11.2f}M"
+              f"{m['state_bytes'] / 2**30:>11.2f} GiB{m['peak_bytes'] / 2**30:>10.2f} GiB")
+    print(f"LoRA / full tokens/s: {speedup:.2f}x (median of per-step ratios)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads,
+               "lora_r": args.lora_r, "base_dtype": args.base_dtype, "seconds": seconds, "memory": memory,
+               "lora_speedup": speedup, "torch": torch.__version__}
+    (out / "bench_train_lora.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out / 'bench_train_lora.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="codegen-350M-mono")
@@ -107,8 +215,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed first steps")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--out", default="runs/bench_train", help="directory for bench_train.json and .png")
+    parser.add_argument("--mode", choices=("reference", "lora"), default="reference",
+                        help="reference: ours vs transformers (default); lora: LoRA vs full fine-tuning")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--base-dtype", choices=("fp32", "bf16", "int8"), default="bf16",
+                        help="how LoRA holds the frozen base (default: bf16)")
+    parser.add_argument("--child", choices=("full", "lora"), help=argparse.SUPPRESS)
+    parser.add_argument("--base-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.child:
+        return memory_child(args)
+    if args.mode == "lora":
+        return lora_vs_full(args)
     total = args.warmup + args.steps
     rows = stdlib_rows(args.batch, args.seq_len)
     tokens = args.batch * args.seq_len

@@ -9,29 +9,22 @@ transformers; `init_from` starts a new stage at step 0 with a fresh optimizer.
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import sysconfig
 import types
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from opencodegen.checkpoint import load_model
 from opencodegen.cli import main
-from opencodegen.data.build import BuildConfig, build_dataset
 from opencodegen.data.dataset import InMemorySequences
 from opencodegen.errors import CheckpointError, ConfigError
-from opencodegen.tokenizer import CodeGenTokenizer, train_tokenizer
+from opencodegen.tokenizer import CodeGenTokenizer
 from opencodegen.training.checkpointing import find_checkpoint
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-TIMEOUT = 180
+from training_helpers import TIMEOUT, build_corpus, run, run_settings, torchrun, trajectory, write_config
 
 
 @pytest.fixture(autouse=True)
@@ -43,43 +36,7 @@ def restore_threads():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A tokenizer (~640 ids) and packed 64-token sequences of 60 standard-library modules."""
-    root = tmp_path_factory.mktemp("corpus")
-    files = sorted(STDLIB.glob("*.py"))[:60]
-    train_tokenizer(files, vocab_size=600).save_pretrained(root / "tok")
-    build_dataset(BuildConfig(inputs=[str(f) for f in files], out=str(root / "data"), tokenizer=str(root / "tok"),
-                              seq_len=64, val_fraction=0.1), progress=False)
-    return root
-
-
-def run_settings(corpus: Path, out_dir: Path | None, **extra) -> dict:
-    settings = dict(model="tiny", data=str(corpus / "data"), batch_size=8, micro_batch_size=4, lr=3e-3,
-                    warmup_steps=5, max_steps=20, eval_every=10, eval_batches=2, log_every=1, save_every=5,
-                    keep_last=4, threads=1, tensorboard=False, out_dir=str(out_dir))
-    settings.update(extra)
-    return settings
-
-
-def write_config(path: Path, settings: dict) -> Path:
-    path.write_text(yaml.safe_dump(settings))
-    return path
-
-
-def trajectory(out_dir: Path) -> list[tuple[str, int, float]]:
-    records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["split"], r["step"], r["loss"]) for r in records]
-
-
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +60,7 @@ def test_torchrun_two_processes_ddp_and_fsdp_match_one(corpus, reference_run, tm
         "dist.destroy_process_group()\n"
     )
     config = write_config(tmp_path / "run.yaml", run_settings(corpus, None, save_every=10, export_final=False))
-    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), str(script), str(config), str(tmp_path)])
+    proc = run(torchrun(2, str(script), str(config), str(tmp_path)))
     ref = trajectory(reference_run)
     assert len([r for r in ref if r[0] == "train"]) == 20
     for strategy in ("ddp", "fsdp"):
@@ -117,7 +73,11 @@ def test_torchrun_two_processes_ddp_and_fsdp_match_one(corpus, reference_run, tm
     resumed = Trainer(TrainConfig(**run_settings(corpus, tmp_path / "fsdp", max_steps=21, export_final=False)),
                       resume="auto")
     assert resumed.step == 20 and resumed.env.strategy == "none"
-    exp_avg = torch.load(tmp_path / "fsdp" / "checkpoints" / "step-00000020" / "trainer.pt")["optimizer"]["state"]
+    # (FSDP checkpoints are sharded: read the stored optimizer state back through torch.distributed.checkpoint)
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(tmp_path / "fsdp" / "checkpoints" / "step-00000020" / "dcp", tmp_path / "whole.pt")
+    exp_avg = torch.load(tmp_path / "whole.pt")["optim"]["state"]
     param = resumed.raw_model.transformer.h[1].mlp.fc_in.weight
     assert torch.equal(resumed.optimizer.state[param]["exp_avg"], exp_avg["transformer.h.1.mlp.fc_in.weight"]["exp_avg"])
     resumed.fit()

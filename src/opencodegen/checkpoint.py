@@ -50,18 +50,19 @@ UNUSED_ROW_BIAS = -1e4
 
 # ---- fused qkv layout ------------------------------------------------------------------------
 def qkv_from_released(w: torch.Tensor, mp_num: int = MP_NUM) -> torch.Tensor:
-    """Released [3d, d] (per shard: Q, V, K) -> plain [q; k; v]."""
-    d = w.shape[1]
-    shards = w.reshape(mp_num, 3, d // mp_num, d)
-    q, v, k = (shards[:, i].reshape(d, d) for i in range(3))
+    """Released rows [3d, n] (per shard: Q, V, K) -> plain [q; k; v] (n = d for the weight,
+    r for a LoRA B matrix)."""
+    d, n = w.shape[0] // 3, w.shape[1]
+    shards = w.reshape(mp_num, 3, d // mp_num, n)
+    q, v, k = (shards[:, i].reshape(d, n) for i in range(3))
     return torch.cat((q, k, v))
 
 
 def qkv_to_released(w: torch.Tensor, mp_num: int = MP_NUM) -> torch.Tensor:
-    """Plain [q; k; v] -> released [3d, d] layout (per shard: Q, V, K)."""
-    d = w.shape[1]
-    q, k, v = (part.reshape(mp_num, d // mp_num, d) for part in w.split(d))
-    return torch.stack((q, v, k), dim=1).reshape(3 * d, d)
+    """Plain [q; k; v] rows [3d, n] -> the released layout (per shard: Q, V, K)."""
+    d, n = w.shape[0] // 3, w.shape[1]
+    q, k, v = (part.reshape(mp_num, d // mp_num, n) for part in w.split(d))
+    return torch.stack((q, v, k), dim=1).reshape(3 * d, n)
 
 
 # ---- locating and reading files -------------------------------------------------------------
@@ -114,6 +115,9 @@ def weight_files(directory: Path) -> list[Path]:
             if missing:
                 raise CheckpointError(f"{directory / index}: shard files missing: {', '.join(missing)}")
             return files
+    if (directory / "dcp" / ".metadata").is_file():
+        raise CheckpointError(f"{directory}: a sharded training checkpoint; make an HF directory of it with "
+                              f"`opencodegen convert checkpoint {directory} --out DIR`")
     raise CheckpointError(
         f"{directory}: no weights found (model.safetensors, pytorch_model.bin or a sharded *.index.json)"
     )
@@ -204,8 +208,15 @@ def load_model(
     dtype becomes float32 with `quantize`). `quantize` ("int8", "int4"; see
     generation/quantize.py) replaces each linear layer as soon as its weights are read, so the
     float weights of the whole model never sit in memory together.
+
+    A LoRA adapter directory (peft layout, see lora.py) loads as its base model with the
+    adapters merged in; the directory returned is the one holding the tokenizer.
     """
     directory = resolve_checkpoint(path_or_hub_id)
+    from opencodegen import lora
+
+    if lora.is_adapter_directory(directory):
+        return lora.load_merged(directory, device=device, dtype=dtype, quantize=quantize)
     try:
         config = CodeGenConfig.from_json_file(directory / "config.json")
     except ConfigError as exc:

@@ -24,7 +24,8 @@ BANNER = (
 def add_argument(parser: argparse.ArgumentParser) -> None:
     """The `--model` option of a command that samples from a model."""
     parser.add_argument("--model", metavar="DIR|HUB_ID",
-                        help="checkpoint directory or hub id (default: the embedded demo model)")
+                        help="checkpoint directory, LoRA adapter directory (merged into its base) or hub id "
+                        "(default: the embedded demo model)")
 
 
 def resolve(model: str | None) -> str:

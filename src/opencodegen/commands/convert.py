@@ -1,4 +1,4 @@
-"""`opencodegen convert jaxformer|gptj|checkpoint`: checkpoints in and out of the HF CodeGen layout."""
+"""`opencodegen convert jaxformer|gptj|checkpoint|merge-lora`: checkpoints in and out of the HF CodeGen layout."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="output HF directory")
     c.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32, as trained)")
     c.set_defaults(func=run_checkpoint)
+
+    m = sub.add_parser("merge-lora", help="LoRA adapter directory (peft layout) + its base -> merged HF CodeGen directory")
+    m.add_argument("adapter", help="adapter directory (adapter_config.json + adapter_model.safetensors), e.g. a LoRA "
+                   "run's final/ or one of its checkpoints")
+    m.add_argument("--base", help="base model directory or hub id (default: the adapter's base_model_name_or_path)")
+    m.add_argument("--out", required=True, help="output HF directory")
+    m.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the base model's)")
+    m.set_defaults(func=run_merge_lora)
 
 
 def _copy_tokenizer(source: str, out: Path) -> list[str]:
@@ -104,4 +112,16 @@ def run_checkpoint(args: argparse.Namespace) -> int:
 
     source = export_checkpoint(args.source, args.out, dtype=args.dtype)
     print(f"exported {source} -> {args.out}")
+    return 0
+
+
+def run_merge_lora(args: argparse.Namespace) -> int:
+    from opencodegen.lora import load_merged
+    from opencodegen.training.checkpointing import copy_tokenizer_files
+
+    tokenizer_dir, model = load_merged(args.adapter, base=args.base, dtype=args.dtype)
+    out = Path(args.out)
+    model.save_pretrained(out)
+    copied = copy_tokenizer_files(tokenizer_dir, out)
+    print(f"merged {args.adapter} into its base -> {out}" + ("" if copied else " (no tokenizer files found)"))
     return 0

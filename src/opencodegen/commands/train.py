@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opencodegen.training.config import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,19 +28,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
+    """Train; the exit status is 0 exactly when the run reached its end (max_steps or max_time),
+    143 when SIGTERM stopped it. A torchrun worker whose process group the run created ends here
+    with that status, without interpreter finalization (see distributed.exit_worker)."""
     import yaml
 
+    from opencodegen.training import distributed as dist_utils
     from opencodegen.training.config import TrainConfig
 
     config = TrainConfig.load(args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    if not dist_utils.launched_by_torchrun() or dist_utils.group_exists():
+        return _train(config, args.resume)  # the caller owns the process (and any group)
+    try:
+        status = _train(config, args.resume)
+    except BaseException as exc:  # reported as the CLI would, then the worker ends
+        status = dist_utils.report_failure(exc)
+    dist_utils.exit_worker(status)
+
+
+def _train(config: TrainConfig, resume: str | None) -> int:
+    import os
+    import sys
+
+    from opencodegen.training.signals import EXIT_STATUS, Terminated
     from opencodegen.training.trainer import train
 
-    summary = train(config, resume=args.resume)
+    try:
+        summary = train(config, resume=resume)
+    except Terminated as stop:
+        print(f"{stop}; the run did not finish (continue it with --resume auto from its last checkpoint)",
+              file=sys.stderr)
+        return EXIT_STATUS
     if summary["val"] is not None and os.environ.get("RANK", "0") == "0":
         print(f"done: step {summary['step']}, validation loss {summary['val']['loss']:.4f}")
     return 0

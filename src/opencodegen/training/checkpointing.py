@@ -2,29 +2,32 @@
 
 A checkpoint is a directory ``{out_dir}/checkpoints/step-{step:08d}/`` holding
 
-- ``config.json`` + ``model.safetensors``: the fp32 weights as an HF CodeGen checkpoint (so
-  ``opencodegen.load`` and transformers read a checkpoint directory as it is);
+- the weights, in one of three forms: ``config.json`` + ``model.safetensors`` (full: an HF
+  CodeGen checkpoint as it is), ``config.json`` + ``dcp/`` (sharded: every rank's shards of the
+  model and optimizer state, torch.distributed.checkpoint), or ``adapter_config.json`` +
+  ``adapter_model.safetensors`` (a LoRA run: the adapters in peft's layout);
 - the tokenizer files of the run;
-- ``trainer.pt``: optimizer state (keyed by parameter name), the lr schedule, step, tokens seen,
-  the data cursor, the RNG states of every rank (torch, CUDA, Python, NumPy) and the run config;
+- ``trainer.pt``: the optimizer state (full and LoRA; keyed by parameter name), the lr schedule,
+  step, tokens seen, the data cursor, the RNG states of every rank and the run config;
 - ``checkpoint.json``, written last: format, step, and the size and sha256 of every other file.
 
-Rank 0 gathers the full (unsharded) state (`torch.distributed.checkpoint.state_dict` with
-``full_state_dict``), writes everything into ``.tmp-step-…``, fsyncs, and renames it into place,
-so a checkpoint directory either is complete or does not exist. Resuming checks the manifest
-and every checksum; ``resume="auto"`` walks back from the newest checkpoint to the newest good one.
-Every rank reads the checkpoint it resumes from, so the directory must be visible to all of them.
+Everything is written into ``.tmp-step-…`` (sharded: each rank its shards, which it hashes),
+fsynced, and renamed into place by rank 0, so a checkpoint directory either is complete or does
+not exist. Resuming checks the manifest and every checksum; ``resume="auto"`` walks back from the
+newest checkpoint to the newest good one. Every rank reads the checkpoint it resumes from, so
+the directory must be visible to all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ MANIFEST = "checkpoint.json"
 TRAINER_STATE = "trainer.pt"
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
+SHARDED = "dcp"  # subdirectory of a sharded checkpoint (torch.distributed.checkpoint files)
 TOKENIZER_FILES = (
     "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
     "tokenizer_config.json", "special_tokens_map.json",
@@ -118,36 +122,66 @@ def model_from_state(config: CodeGenConfig, state: dict[str, torch.Tensor]) -> C
     return model
 
 
-def save_checkpoint(
-    out_dir: str | Path,
-    step: int,
-    config: CodeGenConfig,
-    model_state: dict[str, torch.Tensor],
-    trainer_state: dict[str, Any],
-    tokenizer_dir: Path | None,
-    keep_last: int,
-) -> Path:
-    """Write checkpoint `step` atomically, then keep only the newest `keep_last` up to it; returns its path."""
+def model_writer(config: CodeGenConfig, state: dict[str, torch.Tensor]) -> Callable[[Path], None]:
+    """Writes config.json + model.safetensors of the model with weights `state` into a directory."""
+    return lambda directory: model_from_state(config, state).save_pretrained(directory)
+
+
+def start_checkpoint(out_dir: str | Path, step: int) -> Path:
+    """Create the temporary directory checkpoint `step` is written into (main process), after
+    deleting what killed saves left behind."""
     root = checkpoints_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(TMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
-    name = f"{PREFIX}{step:08d}"
-    tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
+    tmp = root / f"{TMP_PREFIX}{PREFIX}{step:08d}-{os.getpid()}"
     tmp.mkdir()
-    model_from_state(config, model_state).save_pretrained(tmp)
+    return tmp
+
+
+def file_entries(directory: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of each file `names` (relative to `directory`), fsynced first."""
+    entries = {}
+    for name in names:
+        path = directory / name
+        _fsync_file(path)
+        entries[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    return entries
+
+
+def shard_files(directory: Path, rank: int) -> list[str]:
+    """The files torch.distributed.checkpoint wrote for `rank` under directory/SHARDED (relative names)."""
+    return sorted(f"{SHARDED}/{p.name}" for p in (directory / SHARDED).glob(f"__{rank}_*.distcp"))
+
+
+def finish_checkpoint(
+    tmp: Path,
+    step: int,
+    trainer_state: dict[str, Any],
+    tokenizer_dir: Path | None,
+    keep_last: int,
+    hashed: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Add trainer.pt, the tokenizer files and the manifest (`hashed`: entries other ranks
+    computed for the files they wrote; the rest are hashed here) to `tmp`, rename it into
+    place, and keep only the newest `keep_last` checkpoints up to it; returns its path."""
     torch.save(trainer_state, tmp / TRAINER_STATE)
     if tokenizer_dir is not None:
         copy_tokenizer_files(tokenizer_dir, tmp)
-    files = {}
-    for path in sorted(tmp.iterdir()):
-        _fsync_file(path)
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
-    manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": files}
+    hashed = dict(hashed or {})
+    names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    files = {**file_entries(tmp, [n for n in names if n not in hashed]), **hashed}
+    missing = sorted(set(hashed) - set(names))
+    if missing:
+        raise CheckpointError(f"{tmp}: files reported written are missing: {missing[:3]}")
+    manifest = {"format": FORMAT, "step": step, "created": time.time(), "files": dict(sorted(files.items()))}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     _fsync_file(tmp / MANIFEST)
+    for directory in (p for p in tmp.rglob("*") if p.is_dir()):
+        _fsync_dir(directory)
     _fsync_dir(tmp)
-    final = root / name
+    root = tmp.parent
+    final = root / tmp.name.removeprefix(TMP_PREFIX).rsplit("-", 1)[0]
     if final.exists():  # the same step saved again after a resume: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -156,6 +190,57 @@ def save_checkpoint(
     for old in older[keep_last - 1:]:  # checkpoints after `step` (an abandoned future) are left alone
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    write_weights: Callable[[Path], None],
+    trainer_state: dict[str, Any],
+    tokenizer_dir: Path | None,
+    keep_last: int,
+) -> Path:
+    """Write a single-writer checkpoint `step` atomically (see `finish_checkpoint`); returns its path.
+
+    `write_weights(directory)` writes the weights: `model_writer` for a whole model, or a LoRA
+    adapter (`opencodegen.lora.write_adapter`)."""
+    tmp = start_checkpoint(out_dir, step)
+    write_weights(tmp)
+    return finish_checkpoint(tmp, step, trainer_state, tokenizer_dir, keep_last)
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether checkpoint `path` holds its model and optimizer state as torch.distributed.checkpoint shards."""
+    return (path / SHARDED / ".metadata").is_file()
+
+
+@contextlib.contextmanager
+def single_process_dcp() -> Iterator[None]:
+    """Silence torch.distributed.checkpoint's warning that it runs without a process group (we
+    ask for that: one process reading or writing every shard)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def load_sharded_model(path: Path, dtype: torch.dtype | None = None) -> CodeGenForCausalLM:
+    """The model of a sharded checkpoint, read tensor by tensor (the optimizer state is not read,
+    and each tensor is converted to `dtype` before the next is read)."""
+    import torch.distributed.checkpoint as dcp
+
+    config = CodeGenConfig.from_json_file(path / "config.json")
+    with torch.device("meta"):
+        shapes = {name: (t.shape, t.dtype) for name, t in CodeGenForCausalLM(config).state_dict().items()}
+    state = {}
+    for name, (shape, stored) in shapes.items():
+        box = {"model": {name: torch.empty(shape, dtype=stored)}}
+        try:
+            with single_process_dcp():
+                dcp.load(box, checkpoint_id=path / SHARDED, no_dist=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path / SHARDED}: cannot read {name} ({type(exc).__name__}: {exc})") from None
+        state[name] = box["model"][name].to(dtype or stored)
+    return model_from_state(config, state)
 
 
 # ---- verifying and finding ----------------------------------------------------------------
@@ -231,15 +316,40 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 
 def export_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype | str | None = None) -> Path:
     """Write checkpoint `path` (or the newest good one of a run directory) as an HF CodeGen
-    directory: config.json, safetensors in `dtype` (default: as stored) and the tokenizer files."""
-    from opencodegen.checkpoint import load_model
+    directory: config.json, safetensors in `dtype` (default: as stored) and the tokenizer files.
+    A LoRA run's checkpoint is merged into its base model first."""
+    from opencodegen.checkpoint import load_model, parse_dtype
 
-    source = find_checkpoint(str(path), path, say=lambda _: None)
-    if source is None:
-        raise CheckpointError(f"{path}: no checkpoint to export")
-    _, model = load_model(source, dtype=dtype)
+    source = _newest_good(path)
+    if is_sharded(source):
+        model = load_sharded_model(source, parse_dtype(dtype) if dtype is not None else None)
+    else:
+        _, model = load_model(source, dtype=dtype)
     out = Path(out)
     model.save_pretrained(out)
     if not copy_tokenizer_files(source, out):
         warnings.warn(f"{source} holds no tokenizer files; {out} has none either", stacklevel=2)
+    return source
+
+
+def export_adapter(path: str | Path, out: str | Path) -> Path:
+    """Copy the LoRA adapter of checkpoint `path` (or a run's newest good one) and the tokenizer
+    files into `out`: a peft adapter directory."""
+    from opencodegen.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    source = _newest_good(path)
+    if not (source / ADAPTER_CONFIG).is_file():
+        raise CheckpointError(f"{source}: not a LoRA checkpoint (no {ADAPTER_CONFIG})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        shutil.copyfile(source / name, out / name)
+    copy_tokenizer_files(source, out)
+    return source
+
+
+def _newest_good(path: str | Path) -> Path:
+    source = find_checkpoint(str(path), path, say=lambda _: None)
+    if source is None:
+        raise CheckpointError(f"{path}: no checkpoint to export")
     return source

@@ -17,10 +17,12 @@ from typing import Any
 import yaml
 
 from opencodegen.errors import ConfigError
+from opencodegen.lora import LoraSettings
 
 PRECISIONS = ("bf16", "fp32")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINT_FORMATS = ("auto", "full", "sharded")
 
 
 @dataclasses.dataclass
@@ -70,9 +72,12 @@ class TrainConfig:
     # checkpoints
     out_dir: str = "runs/train"
     save_every: int = 500  # steps; 0: only at the end
+    checkpoint_format: str = "auto"  # full (one writer), sharded (every rank its shards), auto: sharded with fsdp
     keep_last: int = 3
     export_final: bool = True  # write {out_dir}/final as an HF CodeGen directory at the end
     seed: int = 0
+    # LoRA fine-tuning of init_from: {r, alpha, dropout, targets, base_dtype, rslora} (see opencodegen.lora)
+    lora: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,13 +95,36 @@ class TrainConfig:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0) or self.eps <= 0:
             raise ConfigError("beta1 and beta2 must be in [0, 1) and eps > 0")
-        for name, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES), ("device", DEVICES)):
+        for name, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES), ("device", DEVICES),
+                              ("checkpoint_format", CHECKPOINT_FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.init_from and self.model_overrides:
             raise ConfigError("model_overrides apply to a preset; an init_from checkpoint keeps its own config")
+        if self.lora is not None:
+            settings = self.lora_settings()
+            if not self.init_from:
+                raise ConfigError("lora fine-tunes existing weights: set init_from to the base model's directory "
+                                  "or hub id")
+            if self.checkpoint_format == "sharded":
+                raise ConfigError("a LoRA run's checkpoints hold only the adapters, in one file; use "
+                                  "checkpoint_format auto or full")
+            if self.strategy == "fsdp" and settings.base_dtype != "fp32":
+                raise ConfigError(f"lora.base_dtype {settings.base_dtype} with strategy fsdp: FSDP2 needs one dtype "
+                                  "for all parameters; use base_dtype fp32 or strategy ddp")
+
+    def sharded_checkpoints(self, strategy: str) -> bool:
+        """Whether checkpoints are sharded, for the resolved `strategy`: `auto` shards under FSDP
+        (except LoRA runs, whose adapters are small)."""
+        if self.checkpoint_format == "auto":
+            return strategy == "fsdp" and self.lora is None
+        return self.checkpoint_format == "sharded"
+
+    def lora_settings(self) -> LoraSettings | None:
+        """The validated `lora` mapping (None for full fine-tuning)."""
+        return None if self.lora is None else LoraSettings.from_mapping(self.lora)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,9 +143,9 @@ class TrainConfig:
             value = yaml.safe_load(raw) if raw.strip() else None
             head, dot, sub = key.strip().partition(".")
             if dot:
-                if head != "model_overrides":
-                    raise ConfigError(f"override {key!r}: only model_overrides.<field> takes a dotted key")
-                merged["model_overrides"] = {**(merged.get("model_overrides") or {}), sub: value}
+                if head not in ("model_overrides", "lora"):
+                    raise ConfigError(f"override {key!r}: only model_overrides.<field> and lora.<field> take a dotted key")
+                merged[head] = {**(merged.get(head) or {}), sub: value}
             else:
                 merged[head] = value
         hints = typing.get_type_hints(cls)

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from opencodegen.errors import ConfigError
+from opencodegen.errors import ConfigError, OpenCodeGenError
 
 
 @dataclass
@@ -44,6 +46,40 @@ class DistEnv:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def group_exists() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def report_failure(exc: BaseException) -> int:
+    """Print `exc` as `opencodegen` does at its top level; returns the matching exit status."""
+    if isinstance(exc, OpenCodeGenError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    traceback.print_exception(exc)
+    return 1
+
+
+def exit_worker(status: int) -> NoReturn:
+    """End this torchrun worker now with `status`, after its run has closed everything it opened.
+
+    Skipping interpreter finalization is deliberate. Gloo runs collectives on worker threads,
+    which drop their last reference to a finished collective's buffers a moment after the
+    caller's wait() returns; for buffers made in Python (object collectives, barriers chained to
+    them) that drop takes the GIL. A thread taking the GIL while the interpreter finalizes is
+    ended by Python in a way C++ cannot unwind through: "terminate called without an active
+    exception", SIGABRT, and torchrun reports a finished run as failed (the core dump's stack:
+    ProcessGroupGloo::runLoop -> ~AsyncBarrierWork -> ~AsyncAllgatherWork -> decref -> take_gil
+    -> pthread_exit, while the main thread is in Py_FinalizeEx). destroy_process_group does not
+    join those threads, so no order of cleanup closes the window; not finalizing does.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def setup(strategy: str = "auto", device: str = "auto", timeout_s: float = 1800) -> DistEnv:
@@ -71,8 +107,20 @@ def setup(strategy: str = "auto", device: str = "auto", timeout_s: float = 1800)
     return DistEnv(rank, world, local_rank, dev, strategy, owns_group)
 
 
-def teardown(env: DistEnv) -> None:
-    if env.owns_group and dist.is_initialized():
+def teardown(env: DistEnv, failed: bool = False) -> None:
+    """Close the process group this process created (a group made by the caller stays open).
+
+    On success every rank has passed the run's final barrier, so the group is destroyed in
+    order. After a failure the peers may be blocked in a collective this rank will never join:
+    NCCL communicators are aborted (their destroy would wait for the peers), gloo's are shut
+    down locally; either way the peers see the connection drop and fail too, and torchrun
+    stops the job with a non-zero status.
+    """
+    if not (env.owns_group and dist.is_initialized()):
+        return
+    if failed and dist.get_backend() == "nccl":
+        dist.distributed_c10d._abort_process_group()
+    else:
         dist.destroy_process_group()
 
 
@@ -91,7 +139,8 @@ def wrap_model(model: nn.Module, env: DistEnv, cpu_offload: bool = False) -> nn.
         # trainer never does.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         mesh = init_device_mesh(env.device.type, (env.world_size,))
-        offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+        # pinned host memory needs an accelerator; on a CPU-only machine the offload path runs unpinned
+        offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
         for block in model.transformer.h:
             fully_shard(block, mesh=mesh, offload_policy=offload)
         fully_shard(model, mesh=mesh, offload_policy=offload)

@@ -9,6 +9,7 @@ are averaged over every sequence of the global batch, in fp32 master weights; wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -18,8 +19,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_optimizer_state_dict
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
 
+from opencodegen import lora
 from opencodegen.checkpoint import load_model
 from opencodegen.config import CodeGenConfig
 from opencodegen.data.dataset import BatchIterator, PackedDataset
@@ -31,6 +39,7 @@ from opencodegen.training.config import TrainConfig
 from opencodegen.training.loss import lm_loss
 from opencodegen.training.metrics import MetricsLog, flops_per_token, peak_flops, plot_losses
 from opencodegen.training.optim import WarmupCosine, build_optimizer
+from opencodegen.training.signals import terminate_as_exception
 
 
 class TokenDataset(Protocol):
@@ -66,10 +75,11 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.env = dist_utils.setup(config.strategy, config.device)
+        self.metrics: MetricsLog | None = None
         try:
             self._build(resume, train_dataset, val_dataset)
         except BaseException:
-            dist_utils.teardown(self.env)
+            self.close(failed=True)
             raise
 
     # ---- construction ----------------------------------------------------------------------
@@ -80,6 +90,7 @@ class Trainer:
     def _build(self, resume: str | None, train_dataset: TokenDataset | None, val_dataset: TokenDataset | None) -> None:
         cfg, env = self.config, self.env
         self.out_dir = Path(cfg.out_dir)
+        self.lora = cfg.lora_settings()
         resume_from = self._choose_checkpoint(resume)
         self._build_data(train_dataset, val_dataset)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -89,6 +100,10 @@ class Trainer:
             self._adopt_special_tokens(model.config)
         self.model_config: CodeGenConfig = model.config
         self._check_vocab()
+        if self.lora is not None:
+            lora.apply_lora(model, self.lora)
+            if resume_from is not None:
+                lora.load_adapter_weights(model, resume_from)
         model.to(env.device).train()
         model.gradient_checkpointing = cfg.gradient_checkpointing
         if cfg.compile:
@@ -107,20 +122,29 @@ class Trainer:
         np.random.seed(seed)
         if resume_from is not None:
             self._restore(resume_from)
-        self.metrics: MetricsLog | None = None
         if env.is_main:
             self.metrics = MetricsLog(self.out_dir, self.step if resume_from is not None else None, cfg.tensorboard)
         self.tokens_per_step = cfg.batch_size * self.seq_len
         self.flops_per_token = flops_per_token(self.model_config, self.seq_len)
         self.peak = peak_flops(env.device, cfg.peak_tflops)
         self.autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        trainable = sum(p.numel() for p in self.raw_model.parameters() if p.requires_grad)
         self.say(
-            f"model: {self.model_config.num_parameters() / 1e6:.1f}M parameters; {env.world_size} process(es), "
+            f"model: {self.model_config.num_parameters() / 1e6:.1f}M parameters"
+            + (f" ({trainable / 1e6:.3f}M trainable: LoRA)" if self.lora else "") + f"; {env.world_size} process(es), "
             f"strategy {env.strategy}, device {env.device.type}, precision {cfg.precision}; global batch "
             f"{cfg.batch_size} x {self.seq_len} tokens = {self.accum} micro-batch(es) of {cfg.micro_batch_size} "
             f"per process; steps {self.step} -> {cfg.max_steps}"
             + (f" or {cfg.max_time:g} s ({self.elapsed:.0f} s spent)" if cfg.max_time else "")
         )
+
+    @property
+    def base_model(self) -> str | None:
+        """What a LoRA adapter names as its base: init_from as an absolute path when it is a local directory."""
+        init = self.config.init_from
+        if init and Path(init).expanduser().is_dir():
+            return str(Path(init).expanduser().resolve())
+        return init
 
     def _choose_checkpoint(self, resume: str | None) -> Path | None:
         """Rank 0 verifies and picks the checkpoint; every rank gets its path (or the error)."""
@@ -206,11 +230,16 @@ class Trainer:
     def _initial_model(self, resume_from: Path | None) -> tuple[CodeGenForCausalLM, Path | None]:
         """The starting weights and the directory they came from (None for a new preset model)."""
         cfg = self.config
-        if resume_from is not None:  # weights come from the checkpoint: skip init_from and random init
+        if resume_from is not None and ckpt.is_sharded(resume_from):  # weights come in `_restore`
+            return CodeGenForCausalLM(CodeGenConfig.from_json_file(resume_from / "config.json")), resume_from
+        if resume_from is not None and self.lora is None:  # the checkpoint holds every weight
             return load_model(resume_from, dtype=torch.float32)[1], resume_from
-        if cfg.init_from:
+        if cfg.init_from:  # with LoRA also on resume: the checkpoint holds only the adapters
             directory, model = load_model(cfg.init_from, dtype=torch.float32)
-            self.say(f"initialized from {directory} (fresh optimizer, step 0)")
+            if resume_from is None:
+                self.say(f"initialized from {directory} (fresh optimizer, step 0)"
+                         + (f"; LoRA r={self.lora.r} on {', '.join(self.lora.targets)}, base frozen in "
+                            f"{self.lora.base_dtype}" if self.lora else ""))
             return model, directory
         config = CodeGenConfig.from_preset(cfg.model)
         try:
@@ -230,8 +259,11 @@ class Trainer:
         """Optimizer, scheduler, counters, data cursor and RNG of checkpoint `path` (the weights
         were loaded into the model before it was wrapped)."""
         state = ckpt.load_trainer_state(path)
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
+        if ckpt.is_sharded(path):
+            self._load_shards(path)
+        else:
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
         if state["scheduler"] != self.schedule.state_dict():
             self.say(f"note: the schedule changed from {state['scheduler']} to {self.schedule.state_dict()}; "
                      f"the current one applies from step {state['step']}")
@@ -317,6 +349,7 @@ class Trainer:
         last_val: dict[str, float] | None = None
         evaluated = saved = self.step
         started = time.perf_counter()
+        completed = False
         try:
             while self.step < cfg.max_steps and spent < 1.0:
                 lr = self.schedule.apply(self.optimizer, self.step, spent)
@@ -339,11 +372,19 @@ class Trainer:
             if ran and saved != self.step:
                 self.save()
             final = self._finish()
+            dist_utils.barrier(self.env)  # every rank leaves together, after rank 0's export
+            completed = True
         finally:
-            if self.metrics is not None:
-                self.metrics.close()
-            dist_utils.teardown(self.env)
+            self.close(failed=not completed)
         return {"step": self.step, "tokens": self.tokens, "val": last_val, "final": final}
+
+    def close(self, failed: bool = False) -> None:
+        """Release what the run holds, in order: the metrics log (and TensorBoard's writer
+        thread), then the process group (see `distributed.teardown` for `failed`)."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        dist_utils.teardown(self.env, failed)
 
     def _log_train(self, window: torch.Tensor, lr: float, seconds: float) -> None:
         """Log the mean of the window's steps ([steps, 3] from `train_step`) over all processes."""
@@ -373,15 +414,28 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (collective: every rank must call it)."""
-        model_state, optim_state = get_state_dict(
-            self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        """Write a checkpoint of the current step (collective: every rank must call it).
+
+        Sharded: every rank writes its own shards of the model and optimizer state
+        (torch.distributed.checkpoint) and hashes them; otherwise the full state is gathered to
+        rank 0, which writes it. Either way rank 0 finishes the checkpoint (manifest, rename)."""
+        sharded = self.config.sharded_checkpoints(self.env.strategy)
+        options = StateDictOptions(full_state_dict=not sharded, cpu_offload=not sharded)
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=options)
         rngs = dist_utils.gather_objects(ckpt.rng_state(), self.env)
+        tmp = dist_utils.broadcast_object(ckpt.start_checkpoint(self.out_dir, self.step) if self.env.is_main else None,
+                                          self.env)
+        hashed: dict[str, Any] = {}
+        if sharded:
+            with contextlib.nullcontext() if self.env.active else ckpt.single_process_dcp():
+                dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / ckpt.SHARDED,
+                         no_dist=not self.env.active)
+            mine = ckpt.file_entries(tmp, ckpt.shard_files(tmp, self.env.rank))
+            for entries in dist_utils.gather_objects(mine, self.env):
+                hashed.update(entries)
         path = None
         if self.env.is_main:
             trainer_state = {
-                "optimizer": optim_state,
                 "scheduler": self.schedule.state_dict(),
                 "step": self.step,
                 "tokens": self.tokens,
@@ -391,11 +445,32 @@ class Trainer:
                 "world_size": self.env.world_size,
                 "config": self.config.to_dict(),
             }
-            path = ckpt.save_checkpoint(self.out_dir, self.step, self.model_config, model_state, trainer_state,
-                                        self.tokenizer_dir, self.config.keep_last)
-            self.say(f"saved checkpoint {path}")
+            if sharded:
+                self.model_config.save(tmp)
+            elif self.lora is not None:
+                trainer_state["optimizer"] = optim_state
+                adapters = {name: t for name, t in model_state.items() if lora.is_lora_key(name)}
+                lora.write_adapter(tmp, adapters, self.lora, self.base_model)
+            else:
+                trainer_state["optimizer"] = optim_state
+                ckpt.model_writer(self.model_config, model_state)(tmp)
+            path = ckpt.finish_checkpoint(tmp, self.step, trainer_state, self.tokenizer_dir, self.config.keep_last,
+                                          hashed)
+            self.say(f"saved checkpoint {path}" + (" (sharded)" if sharded else ""))
         dist_utils.barrier(self.env)
         return path
+
+    def _load_shards(self, path: Path) -> None:
+        """Model and optimizer state from the shards of checkpoint `path`, resharded onto this
+        run's processes (torch.distributed.checkpoint matches them by parameter name)."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        try:
+            with contextlib.nullcontext() if self.env.active else ckpt.single_process_dcp():
+                dcp.load(state, checkpoint_id=path / ckpt.SHARDED, no_dist=not self.env.active)
+        except Exception as exc:
+            raise CheckpointError(f"{path / ckpt.SHARDED}: cannot load ({type(exc).__name__}: {exc})") from None
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
     def _finish(self) -> Path | None:
         """Export the last checkpoint as an HF directory and draw the loss curve (main process)."""
@@ -404,12 +479,19 @@ class Trainer:
         final = None
         if self.config.export_final:
             final = self.out_dir / "final"
-            ckpt.export_checkpoint(ckpt.checkpoints_root(self.out_dir) / f"{ckpt.PREFIX}{self.step:08d}", final)
-            self.say(f"exported {final} (HF CodeGen directory)")
+            last = ckpt.checkpoints_root(self.out_dir) / f"{ckpt.PREFIX}{self.step:08d}"
+            if self.lora is not None:
+                ckpt.export_adapter(last, final)
+                self.say(f"exported {final} (LoRA adapter, peft layout; merge it with `opencodegen convert merge-lora`)")
+            else:
+                ckpt.export_checkpoint(last, final)
+                self.say(f"exported {final} (HF CodeGen directory)")
         plot_losses(self.metrics.records, self.out_dir / "loss.png", title=str(self.out_dir))
         return final
 
 
 def train(config: TrainConfig, resume: str | None = None) -> dict[str, Any]:
-    """Run `config` to the end (the `opencodegen train` entry point)."""
-    return Trainer(config, resume).fit()
+    """Run `config` to the end (the `opencodegen train` entry point); SIGTERM raises
+    `signals.Terminated` after the trainer has released its metrics and process group."""
+    with terminate_as_exception():
+        return Trainer(config, resume).fit()
