@@ -3,6 +3,7 @@ byte the one `eval mtpb` builds for the same instructions; streaming, n, stop, s
 /tokenize and /detokenize as vLLM has them; OpenAI-style 400s; code execution in a lent session."""
 
 import threading
+import time
 
 import httpx
 import openai
@@ -97,6 +98,14 @@ def test_the_engine_prompt_is_eval_mtpbs_byte_for_byte(client, server, loaded, s
         [ids] = seen.prompts
         assert tokenizer.decode(ids).encode() == expected.encode()
         assert ids == tokenizer.encode(expected)
+
+
+def test_text_parts_are_joined_like_a_string(client, server):
+    with EnginePrompts(server) as seen:
+        for content in ("Print 1.", [{"type": "text", "text": "Print "}, {"type": "text", "text": "1."}]):
+            client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": content}],
+                                           max_tokens=1, temperature=0)  # fmt: skip
+    assert len(seen.prompts) == 2 and seen.prompts[0] == seen.prompts[1]
 
 
 def test_a_real_mtpb_problem_gives_the_same_prompt(client, server, loaded):
@@ -213,6 +222,8 @@ def test_tokenize_and_detokenize_round_trip(http, loaded):
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "max_tokens": 2,
                                   "max_completion_tokens": 2}, "max_completion_tokens", None),
         ("/v1/chat/completions", {"messages": "hi"}, "messages", "invalid_value"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url", "text": "a"}]}]},
+         "messages", "invalid_value"),
         ("/v1/completions", {"prompt": "a", "top_k": "5"}, "top_k", "invalid_value"),
         ("/v1/completions", {"prompt": "a", "min_p": 0.1}, "min_p", "unknown_parameter"),
         ("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "a"}]}, "prompt", None),
@@ -272,3 +283,17 @@ def test_execute_counts_against_the_session_bounds(http, server):
         assert plain.status_code == 200
     finally:
         http.delete(f"/v1/sessions/{mine.json()['id']}")
+
+
+def test_a_client_that_leaves_a_stream_gives_the_lent_session_back(server):
+    body = {"messages": [{"role": "user", "content": "Print 1."}], "max_tokens": 200, "temperature": 1.0,
+            "ignore_eos": True, "execute": True, "stream": True}  # fmt: skip
+    with httpx.Client(base_url=server.url, timeout=60) as http, http.stream("POST", "/v1/chat/completions",
+                                                                           json=body) as response:  # fmt: skip
+        assert response.status_code == 200
+        next(response.iter_lines())  # the stream started; then the client leaves
+    sessions = server.app.state.sessions
+    deadline = time.monotonic() + 60  # a bound on a state change, not a speed assumption
+    while len(sessions) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(sessions) == 0

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opencodegen.model import CodeGenForCausalLM
@@ -196,9 +197,8 @@ def create_app(
             metrics.count_request("invalid")
             raise
 
-    async def answer(run: CompletionRun | ChatRun, request: Request, stream: bool,
-                     done: Callable[[], None] = lambda: None) -> Response:  # fmt: skip
-        """The run's stream, or its whole response (499 when the client left first); `done` runs after."""
+    async def answer(run: CompletionRun | ChatRun, request: Request, stream: bool) -> Response:
+        """The run's stream, or its whole response (499 when the client left first); closes the run after."""
         if stream:
             metrics.count_request("stream")
 
@@ -207,9 +207,11 @@ def create_app(
                     async for event in run.stream():
                         yield event
                 finally:
-                    done()
+                    run.close()
 
-            return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+            # the background task closes a run whose stream never started (the client left at once)
+            return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS,
+                                     background=BackgroundTask(run.close))  # fmt: skip
         try:
             result = await run.response(request)
         except ClientGone:
@@ -219,7 +221,7 @@ def create_app(
             metrics.count_request("error")
             raise
         finally:
-            done()
+            run.close()
         metrics.count_request("ok")
         return JSONResponse(result)
 
@@ -234,15 +236,9 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         with counted():
             prepared = await off_loop(read_chat, await request.body())
-            entry = await sessions.lend(client_address(request)) if prepared.body.execute else None
-            try:
-                run = start_chat(prepared, scheduler, model_name, entry)
-            except BaseException:
-                if entry is not None:
-                    sessions.release(entry)
-                raise
-        return await answer(run, request, bool(prepared.body.stream),
-                            lambda: entry is not None and sessions.release(entry))  # fmt: skip
+            run = await start_chat(prepared, scheduler, model_name, sessions if prepared.body.execute else None,
+                                   client_address(request))  # fmt: skip
+        return await answer(run, request, bool(prepared.body.stream))
 
     def read_tokenize(raw: bytes) -> dict[str, Any]:
         body = parse_body(raw, TokenizeRequest)

@@ -32,7 +32,7 @@ from opencodegen.serving.completions import (
 )
 from opencodegen.serving.protocol import APIError, ChatCompletionRequest, ChatMessage
 from opencodegen.serving.scheduler import Delta, Finished, Job, Scheduler
-from opencodegen.serving.sessions import SessionEntry
+from opencodegen.serving.sessions import SessionEntry, SessionStore
 from opencodegen.synthesis.history import build_program, turn_prompt
 from opencodegen.synthesis.session import Session
 from opencodegen.tokenizer import CodeGenTokenizer
@@ -54,10 +54,10 @@ def conversation(messages: list[ChatMessage]) -> tuple[list[tuple[str, str]], st
             raise APIError(400, f"{param}: expected a {expected} message, got role {message.role!r} (the conversation "
                            "alternates user instructions and the assistant's code, starting with a user)",
                            param=param, code="invalid_value")  # fmt: skip
-        if expected == "user" and not message.content.strip():
+        if expected == "user" and not message.text.strip():
             raise APIError(400, f"{param}: an instruction must not be empty", param=param, code="invalid_value")
-    turns = [(messages[i].content, messages[i + 1].content) for i in range(0, len(messages) - 1, 2)]
-    return turns, messages[-1].content if len(messages) % 2 else None
+    turns = [(messages[i].text, messages[i + 1].text) for i in range(0, len(messages) - 1, 2)]
+    return turns, messages[-1].text if len(messages) % 2 else None
 
 
 def conversation_prompt(turns: list[tuple[str, str]], instruction: str | None) -> str:
@@ -111,17 +111,29 @@ def run_history(session: Session, turns: list[tuple[str, str]]) -> list[dict[str
 
 
 class ChatRun:
-    """Turns the events of one chat job into a chat.completion body or a chunk stream."""
+    """Turns the events of one chat job into a chat.completion body or a chunk stream; with a lent
+    session (`execute`), runs the earlier turns at once and each choice's code when it is done."""
 
-    def __init__(self, prepared: PreparedChat, job: Job, model_name: str, entry: SessionEntry | None):
-        self.p, self.job, self.model_name, self.entry = prepared, job, model_name, entry
+    def __init__(self, prepared: PreparedChat, job: Job, model_name: str,
+                 lent: tuple[SessionStore, SessionEntry] | None):  # fmt: skip
+        self.p, self.job, self.model_name, self.lent = prepared, job, model_name, lent
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.completion_tokens = 0
-        # the earlier turns run first on the session's thread (its calls run in order)
-        self.history: asyncio.Future[list[dict[str, Any]]] | None = (
-            None if entry is None else asyncio.ensure_future(entry.call(run_history, entry.session, prepared.turns))
-        )
+        # the session's calls run in order on its thread: the earlier turns run before any choice
+        self.history: asyncio.Future[list[dict[str, Any]]] | None = None
+        if lent is not None:
+            entry = lent[1]
+            self.history = asyncio.ensure_future(entry.call(run_history, entry.session, prepared.turns))
+
+    def close(self) -> None:
+        """Stop the job if it still runs and give the lent session back (idempotent)."""
+        self.job.cancel()
+        if self.history is not None and not self.history.done():
+            self.history.cancel()
+        if self.lent is not None:
+            store, entry = self.lent
+            store.release(entry)
 
     def usage(self) -> dict[str, int]:
         prompt = len(self.p.prompt)
@@ -129,8 +141,9 @@ class ChatRun:
                 "total_tokens": prompt + self.completion_tokens}  # fmt: skip
 
     async def _execute(self, code: str) -> dict[str, Any]:
-        assert self.entry is not None
-        return await self.entry.call(run_turn, self.entry.session, self.p.instruction, code)
+        assert self.lent is not None
+        entry = self.lent[1]
+        return await entry.call(run_turn, entry.session, self.p.instruction, code)
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model_name}
@@ -147,7 +160,7 @@ class ChatRun:
         for i, text in enumerate(texts):
             choice = {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
                       "finish_reason": reasons[i]}  # fmt: skip
-            if self.entry is not None:
+            if self.lent is not None:
                 choice["execution"] = await self._execute(text)
             choices.append(choice)
         body = {**self._head("chat.completion"), "choices": choices, "usage": self.usage()}
@@ -171,7 +184,7 @@ class ChatRun:
                     yield self._chunk(event.index, {"content": event.text})
                 if isinstance(event, Finished):
                     self.completion_tokens += event.completion_tokens
-                    extra = {} if self.entry is None else {"execution": await self._execute(texts[event.index])}
+                    extra = {} if self.lent is None else {"execution": await self._execute(texts[event.index])}
                     yield self._chunk(event.index, {}, event.finish_reason, **extra)
             tail: dict[str, Any] = {}
             if self.history is not None:
@@ -184,13 +197,20 @@ class ChatRun:
         except APIError as exc:
             yield sse_event(exc.body())
         finally:
-            self.job.cancel()  # no-op when it finished
+            self.close()
         yield "data: [DONE]\n\n"
 
 
-def start_chat(prepared: PreparedChat, scheduler: Scheduler, model_name: str,
-               entry: SessionEntry | None = None) -> ChatRun:  # fmt: skip
-    """Queue a prepared chat request (call on the event loop); answer with `.response()` or `.stream()`."""
-    job = scheduler.submit([prepared.prompt], prepared.params, stream=bool(prepared.body.stream))
-    return ChatRun(prepared, job, model_name, entry)
-
+async def start_chat(prepared: PreparedChat, scheduler: Scheduler, model_name: str,
+                     sessions: SessionStore | None = None, client: str = "") -> ChatRun:  # fmt: skip
+    """Queue a prepared chat request (on the event loop); with `sessions`, lend one of their
+    sessions (their bounds apply: a 429 when full) to run the code. Answer with `.response()`
+    or `.stream()`, then `.close()`."""
+    entry = None if sessions is None else await sessions.lend(client)
+    try:
+        job = scheduler.submit([prepared.prompt], prepared.params, stream=bool(prepared.body.stream))
+    except BaseException:
+        if entry is not None:
+            sessions.release(entry)
+        raise
+    return ChatRun(prepared, job, model_name, None if entry is None else (sessions, entry))

@@ -214,8 +214,12 @@ class CompletionRun:
         except APIError as exc:
             yield sse_event(exc.body())
         finally:
-            self.job.cancel()  # no-op when it finished
+            self.close()
         yield "data: [DONE]\n\n"
+
+    def close(self) -> None:
+        """Stop the job if it still runs (the client left); a no-op when it finished."""
+        self.job.cancel()
 
 
 def sse_event(obj: dict[str, Any]) -> str:

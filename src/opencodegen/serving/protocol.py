@@ -7,7 +7,7 @@ Every client mistake becomes an :class:`APIError`, answered as
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -124,12 +124,24 @@ class CompletionRequest(SamplingFields):
         return list(p)  # type: ignore[arg-type]
 
 
+class TextPart(_Strict):
+    """A text part of a message's content (OpenAI's list form)."""
+
+    type: Literal["text"]
+    text: str = Field(max_length=200_000)
+
+
 class ChatMessage(_Strict):
     """One message of a conversation: a user's instruction or the assistant's code of a turn."""
 
     role: str
-    content: str = Field(max_length=200_000)
+    content: str | list[TextPart] = Field(max_length=200_000)
     name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The content as one string (text parts joined)."""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -238,6 +250,10 @@ def validation_error(exc: ValidationError) -> APIError:
     if param in _EXPECTED and err["type"] not in ("extra_forbidden", "missing"):
         return APIError(400, f"Invalid value for {param}: expected {_EXPECTED[param]}", param=param,
                         code="invalid_value")  # fmt: skip
+    if "content" in loc[:4] and err["type"] != "missing":  # a message's content (a union: one error per member)
+        where = ".".join(loc[: loc.index("content") + 1])
+        return APIError(400, f"Invalid value for {where}: expected a string or a list of text parts "
+                        '({"type": "text", "text": ...})', param=param, code="invalid_value")  # fmt: skip
     if err["type"] == "extra_forbidden":
         return APIError(400, f"Unrecognized request argument supplied: {'.'.join(loc)}", param=param,
                         code="unknown_parameter")  # fmt: skip
