@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +37,8 @@ from opencodegen.serving.sessions import SessionEntry, SessionStore
 from opencodegen.synthesis.history import build_program, turn_prompt
 from opencodegen.synthesis.session import Session
 from opencodegen.tokenizer import CodeGenTokenizer
+
+log = logging.getLogger(__name__)
 
 ROLES = ("user", "assistant")
 
@@ -196,6 +199,9 @@ class ChatRun:
                 yield sse_event({**self._head("chat.completion.chunk"), "choices": [], **tail})
         except APIError as exc:
             yield sse_event(exc.body())
+        except Exception as exc:  # e.g. the sandbox failed: the client still hears why
+            log.exception("chat completion failed")
+            yield sse_event(APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error").body())
         finally:
             self.close()
         yield "data: [DONE]\n\n"
