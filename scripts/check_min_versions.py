@@ -94,6 +94,19 @@ for body, code in ((b'{"prompt": "x", "bogus": 1}', "unknown_parameter"), (b'{"p
         assert exc.code == code, (body, exc.code)
 """
 
+_METRICS = """
+import importlib.util
+spec = importlib.util.spec_from_file_location("metrics", "src/opencodegen/serving/metrics.py")
+metrics = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(metrics)
+m = metrics.Metrics()
+m.count_request("ok")
+m.observe(latency=0.1)
+text = m.render()
+assert "# TYPE opencodegen_requests_total counter" in text and 'opencodegen_requests_total{outcome="ok"} 1.0' in text
+assert 'opencodegen_request_latency_seconds_bucket{le="0.1"} 1.0' in text and "_created" not in text, text
+"""
+
 CHECKS = {
     # MinHash(...).scheme and LeanMinHash(scheme=...) first appear in datasketch 2.0.0.
     "datasketch": Check(("datasketch==2.0.0", "numpy==1.24.4"), _DEDUP, below=("datasketch==1.10.0", "numpy==1.24.4")),
@@ -102,6 +115,8 @@ CHECKS = {
     "tokenizers": Check(("tokenizers==0.20.0",), _TOKENIZER),
     # ConfigDict(strict=True), model_validate and errors()[i]["type"] names are pydantic 2 API.
     "pydantic": Check(("pydantic==2.0",), _PROTOCOL),
+    # custom collectors and generate_latest are far older; 0.20.0 is the oldest release run here
+    "prometheus-client": Check(("prometheus-client==0.20.0",), _METRICS),
 }
 
 UNCHECKED = {
@@ -109,7 +124,8 @@ UNCHECKED = {
     "is public from 2.6 (pytorch/pytorch#141868 moved FSDP2 there, targeting 2.6; 2.5 only has "
     "torch.distributed._composable.fsdp); a torch wheel is too large to install per check",
     "starlette>=0.36.3": "fastapi 0.110.0's METADATA requires starlette>=0.36.3,<0.37.0; the code uses "
-    "starlette.requests.Request and starlette.exceptions.HTTPException, both far older",
+    "starlette.requests.Request, starlette.exceptions.HTTPException and starlette.background.BackgroundTask, "
+    "all far older",
     "ctranslate2>=4.8 (test extra)": "tests/test_gptj_ctranslate2.py passed with 4.8.0 (pip install --no-deps "
     "--target DIR ctranslate2==4.8.0, DIR first on PYTHONPATH) and 4.8.5",
     "others": "safetensors, tqdm, rich, matplotlib, pyyaml, fastapi, uvicorn, pandas, scikit-learn, pyarrow: "

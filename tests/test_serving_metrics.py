@@ -50,3 +50,33 @@ def test_histograms_rates_and_counters():
         assert f"# TYPE opencodegen_{name} " in text and f"# HELP opencodegen_{name} " in text
     clock.now = RATE_WINDOW_S * 2  # both token batches fell out of the window
     assert m.tokens_per_second() == 0
+
+
+# The exposition of the hand-written renderer that prometheus-client replaced: every metric's
+# name and type, and every sample name (labels aside). Dashboards depend on these.
+NAMES_BEFORE_PROMETHEUS_CLIENT = {
+    "opencodegen_queue_depth": "gauge",
+    "opencodegen_running_sequences": "gauge",
+    "opencodegen_generation_tokens_per_second": "gauge",
+    "opencodegen_prompt_tokens_total": "counter",
+    "opencodegen_generation_tokens_total": "counter",
+    "opencodegen_requests_total": "counter",
+    "opencodegen_request_latency_seconds": "histogram",
+    "opencodegen_time_to_first_token_seconds": "histogram",
+    "opencodegen_queue_wait_seconds": "histogram",
+}
+
+
+def test_metric_names_and_types_are_unchanged():
+    m = Metrics()
+    m.count_request("ok")
+    m.observe(latency=0.1, first_token=0.1, queue_wait=0.1)
+    text = m.render()
+    types = dict(line.split(" ")[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
+    assert types == NAMES_BEFORE_PROMETHEUS_CLIENT
+    histograms = [n for n, t in types.items() if t == "histogram"]
+    expected = {n for n, t in types.items() if t != "histogram"}
+    expected |= {f"{n}_{part}" for n in histograms for part in ("bucket", "sum", "count")}
+    sample_names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    assert sample_names == expected  # no _created or other new series
+    assert {line.split(" ")[2] for line in text.splitlines() if line.startswith("# HELP ")} == set(types)

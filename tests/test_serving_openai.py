@@ -169,7 +169,7 @@ def test_models_health_and_metrics(client, server, loaded):
     values = dict(line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#"))
     assert float(values["opencodegen_generation_tokens_total"]) >= 4
     assert float(values['opencodegen_requests_total{outcome="ok"}']) >= 1
-    assert values["opencodegen_queue_depth"] == "0"
+    assert float(values["opencodegen_queue_depth"]) == 0
     count = float(values["opencodegen_request_latency_seconds_count"])
     assert count >= 1 and float(values['opencodegen_request_latency_seconds_bucket{le="+Inf"}']) == count
 

@@ -16,7 +16,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,36 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opencodegen.model import CodeGenForCausalLM
-from opencodegen.serving.completions import ClientGone, Limits, Prepared, prepare, start_completion
+from opencodegen.serving.chat import (
+    ChatRun,
+    PreparedChat,
+    conversation,
+    conversation_prompt,
+    prepare_chat,
+    start_chat,
+)
+from opencodegen.serving.completions import (
+    ClientGone,
+    CompletionRun,
+    Limits,
+    Prepared,
+    prepare,
+    start_completion,
+)
 from opencodegen.serving.guard import BODY_TIMEOUT_S, MAX_BODY_BYTES, HTTPGuard
+from opencodegen.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from opencodegen.serving.metrics import Metrics
 from opencodegen.serving.protocol import (
     APIError,
+    ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
     SessionCreate,
+    TokenizeRequest,
     TurnCreate,
     TurnEdit,
     parse_body,
@@ -140,21 +160,31 @@ def create_app(
 
     # ------------------------------------------------------------------ OpenAI API
 
+    def check_model(name: str | None) -> None:
+        if name not in (None, model_name):
+            raise APIError(404, f"The model `{name}` does not exist (this server has `{model_name}`).",
+                           param="model", code="model_not_found")  # fmt: skip
+
     def read_completion(raw: bytes) -> Prepared:
         """Parse, check and tokenize a completion request (on the tokenizer pool, off the event loop)."""
         body = parse_body(raw, CompletionRequest)
-        if body.model not in (None, model_name):
-            raise APIError(404, f"The model `{body.model}` does not exist (this server has `{model_name}`).",
-                           param="model", code="model_not_found")  # fmt: skip
+        check_model(body.model)
         return prepare(body, tokenizer, limits)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
+    def read_chat(raw: bytes) -> PreparedChat:
+        """Parse, check and tokenize a chat request (on the tokenizer pool)."""
+        body = parse_body(raw, ChatCompletionRequest)
+        check_model(body.model)
+        return prepare_chat(body, tokenizer, limits)
+
+    async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(tokenize_pool, fn, *args)
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[None]:
+        """Count a refused request by its outcome and answer busy queues as 429/503."""
         try:
-            raw = await request.body()
-            prepared = await asyncio.get_running_loop().run_in_executor(tokenize_pool, read_completion, raw)
-            body = prepared.body
-            run = start_completion(prepared, scheduler, tokenizer, model_name)
+            yield
         except QueueFull as exc:
             metrics.count_request("rejected")
             raise APIError(429, f"The server is busy ({exc}); retry later.", type="server_busy",
@@ -166,9 +196,22 @@ def create_app(
         except APIError:
             metrics.count_request("invalid")
             raise
-        if body.stream:
+
+    async def answer(run: CompletionRun | ChatRun, request: Request, stream: bool) -> Response:
+        """The run's stream, or its whole response (499 when the client left first); closes the run after."""
+        if stream:
             metrics.count_request("stream")
-            return StreamingResponse(run.stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+            async def events() -> AsyncIterator[str]:
+                try:
+                    async for event in run.stream():
+                        yield event
+                finally:
+                    run.close()
+
+            # the background task closes a run whose stream never started (the client left at once)
+            return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS,
+                                     background=BackgroundTask(run.close))  # fmt: skip
         try:
             result = await run.response(request)
         except ClientGone:
@@ -177,8 +220,56 @@ def create_app(
         except APIError:
             metrics.count_request("error")
             raise
+        finally:
+            run.close()
         metrics.count_request("ok")
         return JSONResponse(result)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        with counted():
+            prepared = await off_loop(read_completion, await request.body())
+            run = start_completion(prepared, scheduler, tokenizer, model_name)
+        return await answer(run, request, bool(prepared.body.stream))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        with counted():
+            prepared = await off_loop(read_chat, await request.body())
+            run = await start_chat(prepared, scheduler, model_name, sessions if prepared.body.execute else None,
+                                   client_address(request))  # fmt: skip
+        return await answer(run, request, bool(prepared.body.stream))
+
+    def read_tokenize(raw: bytes) -> dict[str, Any]:
+        body = parse_body(raw, TokenizeRequest)
+        check_model(body.model)
+        body.check()
+        if body.messages is not None:
+            text = conversation_prompt(*conversation(body.messages))
+        else:
+            text = body.prompt
+        ids = tokenizer.encode(text)
+        reply: dict[str, Any] = {"count": len(ids), "max_model_len": context, "tokens": ids}
+        if body.return_token_strs:
+            reply["token_strs"] = [tokenizer.id_to_token(t) for t in ids]
+        return reply
+
+    def read_detokenize(raw: bytes) -> dict[str, Any]:
+        body = parse_body(raw, DetokenizeRequest)
+        check_model(body.model)
+        bad = next((t for t in body.tokens if not 0 <= t < len(tokenizer)), None)
+        if bad is not None:
+            raise APIError(400, f"token id {bad} is outside the vocabulary (0 … {len(tokenizer) - 1})",
+                           param="tokens", code="invalid_value")  # fmt: skip
+        return {"prompt": tokenizer.decode(body.tokens)}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        return await off_loop(read_tokenize, await request.body())
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        return await off_loop(read_detokenize, await request.body())
 
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": started, "owned_by": "opencodegen",
@@ -201,7 +292,7 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     # ------------------------------------------------------------------ sessions (the web page)
 
@@ -224,7 +315,7 @@ def create_app(
     @app.post("/v1/sessions", status_code=201)
     async def create_session(request: Request) -> dict[str, Any]:
         raw = await request.body()
-        entry = sessions.create(parse_body(raw or b"{}", SessionCreate), request.client.host if request.client else "")
+        entry = sessions.create(parse_body(raw or b"{}", SessionCreate), client_address(request))
         return await entry.call(entry.state)
 
     @app.get("/v1/sessions/{session_id}")
@@ -280,15 +371,23 @@ def create_app(
     return app
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+#: Paths outside /v1/ that need the API key too.
+KEYED_PATHS = frozenset({"/metrics", "/tokenize", "/detokenize"})
+
+
 class BearerAuth:
-    """ASGI middleware: /v1/* and /metrics need `Authorization: Bearer <api_key>`."""
+    """ASGI middleware: /v1/*, /metrics, /tokenize and /detokenize need `Authorization: Bearer <api_key>`."""
 
     def __init__(self, app: Any, api_key: str):
         self.app, self.key = app, api_key.encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and (path.startswith("/v1/") or path == "/metrics"):
+        if scope["type"] == "http" and (path.startswith("/v1/") or path in KEYED_PATHS):
             header = dict(scope["headers"]).get(b"authorization", b"")
             scheme, _, given = header.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):

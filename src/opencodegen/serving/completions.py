@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 
 from opencodegen.generation.sampling import SamplingParams
-from opencodegen.serving.protocol import APIError, CompletionRequest
+from opencodegen.serving.protocol import APIError, CompletionRequest, SamplingFields
 from opencodegen.serving.scheduler import Delta, Failed, Finished, Job, PromptLogprobs, Scheduler, TokenInfo
 from opencodegen.tokenizer import CodeGenTokenizer
 
@@ -48,13 +48,8 @@ class Prepared:
 def prepare(body: CompletionRequest, tokenizer: CodeGenTokenizer, limits: Limits) -> Prepared:
     """Check a request against the model and the server limits; tokenize its prompts."""
     body.check()
-    n = body.n or 1
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
-    if n > limits.max_n:
-        raise APIError(400, f"n={n} is too large: this server allows at most {limits.max_n}", param="n")
-    if max_tokens > limits.max_tokens:
-        raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {limits.max_tokens}",
-                       param="max_tokens", code="max_tokens_exceeded")  # fmt: skip
+    check_budget(body, max_tokens, limits)
     items = body.prompt_items()
     if len(items) > limits.max_prompts:
         raise APIError(400, f"{len(items)} prompts in one request: this server allows at most {limits.max_prompts} "
@@ -75,20 +70,40 @@ def prepare(body: CompletionRequest, tokenizer: CodeGenTokenizer, limits: Limits
     echo_lengths = [len(p) for p in prompts]
     prompts = [p or [tokenizer.eos_token_id] for p in prompts]
     for p in prompts:
-        if len(p) + max_tokens > limits.context:
-            raise APIError(
-                400,
-                f"This model's maximum context length is {limits.context} tokens, however you requested "
-                f"{len(p) + max_tokens} tokens ({len(p)} in your prompt; {max_tokens} for the completion). "
-                "Please reduce your prompt or completion length.",
-                param="prompt", code="context_length_exceeded",
-            )  # fmt: skip
-    params = SamplingParams(
-        n=n, max_new_tokens=max(max_tokens, 1), temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop_list, logprobs=body.logprobs,
-        presence_penalty=body.presence_penalty or 0.0, frequency_penalty=body.frequency_penalty or 0.0,
-    )  # fmt: skip
+        check_context(len(p), max_tokens, limits, "prompt")
+    params = sampling_params(body, max(max_tokens, 1), logprobs=body.logprobs)
     return Prepared(body, prompts, echo_texts, echo_lengths, params, max_tokens)
+
+
+def check_budget(body: SamplingFields, max_tokens: int, limits: Limits) -> None:
+    """n and the completion budget within the server's limits."""
+    if (body.n or 1) > limits.max_n:
+        raise APIError(400, f"n={body.n} is too large: this server allows at most {limits.max_n}", param="n")
+    if max_tokens > limits.max_tokens:
+        raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {limits.max_tokens}",
+                       param="max_tokens", code="max_tokens_exceeded")  # fmt: skip
+
+
+def check_context(prompt_tokens: int, max_tokens: int, limits: Limits, param: str) -> None:
+    """A prompt and its completion budget must fit the model's context."""
+    if prompt_tokens + max_tokens > limits.context:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {limits.context} tokens, however you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in your prompt; {max_tokens} for the completion). "
+            "Please reduce your prompt or completion length.",
+            param=param, code="context_length_exceeded",
+        )  # fmt: skip
+
+
+def sampling_params(body: SamplingFields, max_new_tokens: int, **extra: Any) -> SamplingParams:
+    """The engine's sampling parameters of a request's sampling fields (None fields at OpenAI's defaults)."""
+    return SamplingParams(
+        n=body.n or 1, max_new_tokens=max_new_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p, top_k=body.sampling_top_k, seed=body.seed,
+        stop=body.stop_list, presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0, ignore_eos=bool(body.ignore_eos), **extra,
+    )  # fmt: skip
 
 
 class _Logprobs:
@@ -150,7 +165,7 @@ class CompletionRun:
         texts = [self.p.echo_texts[i // self.n] if self.echo else "" for i in range(self.job.choices)]
         logprobs = [_Logprobs(self.tokenizer) for _ in range(self.job.choices)]
         reasons: dict[int, str] = {}
-        async for event in _events(self.job, request):
+        async for event in job_events(self.job, request):
             if isinstance(event, PromptLogprobs):
                 for i in range(event.prompt_index * self.n, (event.prompt_index + 1) * self.n):
                     logprobs[i].add(self._echo_logprobs(event), 0)
@@ -172,7 +187,7 @@ class CompletionRun:
     def _chunk(self, index: int, text: str, tokens: list[TokenInfo] | None, reason: str | None, shift: int) -> str:
         logprobs = _Logprobs(self.tokenizer).add(tokens or [], shift).data if self.logprobs else None
         choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
-        return _sse({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_name,
+        return sse_event({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_name,
                      "choices": [choice]})  # fmt: skip
 
     async def stream(self) -> AsyncIterator[str]:
@@ -181,7 +196,7 @@ class CompletionRun:
             if self.echo and not self.logprobs:
                 for i in range(self.job.choices):
                     yield self._chunk(i, self.p.echo_texts[i // self.n], None, None, 0)
-            async for event in _events(self.job, None):
+            async for event in job_events(self.job, None):
                 if isinstance(event, PromptLogprobs):
                     tokens = self._echo_logprobs(event)
                     for i in range(event.prompt_index * self.n, (event.prompt_index + 1) * self.n):
@@ -194,20 +209,24 @@ class CompletionRun:
                                       self._shift(event.index))  # fmt: skip
             options = self.p.body.stream_options
             if options is not None and options.include_usage:
-                yield _sse({"id": self.id, "object": "text_completion", "created": self.created,
+                yield sse_event({"id": self.id, "object": "text_completion", "created": self.created,
                             "model": self.model_name, "choices": [], "usage": self.usage()})  # fmt: skip
         except APIError as exc:
-            yield _sse(exc.body())
+            yield sse_event(exc.body())
         finally:
-            self.job.cancel()  # no-op when it finished
+            self.close()
         yield "data: [DONE]\n\n"
 
+    def close(self) -> None:
+        """Stop the job if it still runs (the client left); a no-op when it finished."""
+        self.job.cancel()
 
-def _sse(obj: dict[str, Any]) -> str:
+
+def sse_event(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _events(job: Job, request: Request | None) -> AsyncIterator[Any]:
+async def job_events(job: Job, request: Request | None) -> AsyncIterator[Any]:
     """The job's events until every choice finished; raises ClientGone if `request` disconnects first."""
     disconnect = asyncio.ensure_future(_disconnected(request)) if request is not None else None
     finished = 0

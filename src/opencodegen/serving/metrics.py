@@ -1,18 +1,27 @@
-"""Server metrics in the Prometheus text exposition format (no client library needed).
+"""Server metrics, exposed through prometheus-client in the Prometheus text format.
 
 Counters, gauges and histograms are updated from the scheduler thread and the event loop, so
-every update takes one lock; `render()` writes them all as ``text/plain; version=0.0.4``.
+every update takes one lock; a custom collector reads them under that lock when /metrics is
+scraped, and `render()` writes them with prometheus-client as ``text/plain; version=0.0.4``
+(the metric names are part of the server's interface: dashboards use them).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RATE_WINDOW_S = 10.0
+PREFIX = "opencodegen"
+#: The media type of `Metrics.render()`.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Histogram:
@@ -25,14 +34,12 @@ class _Histogram:
         self.counts[next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))] += 1
         self.sum += value
 
-    def lines(self, name: str) -> list[str]:
-        out, running = [], 0
-        for bound, count in zip((*self.buckets, math.inf), self.counts):
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts):
             running += count
-            le = "+Inf" if bound == math.inf else repr(bound)
-            out.append(f'{name}_bucket{{le="{le}"}} {running}')
-        out += [f"{name}_sum {self.sum!r}", f"{name}_count {running}"]
-        return out
+            cumulative.append((floatToGoString(bound), running))
+        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=self.sum)
 
 
 class Metrics:
@@ -81,34 +88,33 @@ class Metrics:
                 self._recent.popleft()
             return sum(n for _, n in self._recent) / RATE_WINDOW_S
 
-    def render(self) -> str:
+    def collect(self) -> Iterator[Metric]:
+        """The current values as metric families (prometheus-client's collector protocol)."""
         rate = self.tokens_per_second()
-        p = "opencodegen"
+        p = PREFIX
         with self._lock:
-            lines = [
-                f"# HELP {p}_queue_depth Requests waiting for a batch slot.",
-                f"# TYPE {p}_queue_depth gauge",
-                f"{p}_queue_depth {self.queue_depth}",
-                f"# HELP {p}_running_sequences Sequences in the running batch.",
-                f"# TYPE {p}_running_sequences gauge",
-                f"{p}_running_sequences {self.running_sequences}",
-                f"# HELP {p}_generation_tokens_per_second Generated tokens per second (last {RATE_WINDOW_S:g} s).",
-                f"# TYPE {p}_generation_tokens_per_second gauge",
-                f"{p}_generation_tokens_per_second {rate!r}",
-                f"# HELP {p}_prompt_tokens_total Prompt tokens prefilled.",
-                f"# TYPE {p}_prompt_tokens_total counter",
-                f"{p}_prompt_tokens_total {self.prompt_tokens}",
-                f"# HELP {p}_generation_tokens_total Tokens generated.",
-                f"# TYPE {p}_generation_tokens_total counter",
-                f"{p}_generation_tokens_total {self.generated_tokens}",
-                f"# HELP {p}_requests_total Completion requests by outcome.",
-                f"# TYPE {p}_requests_total counter",
-                *(f'{p}_requests_total{{outcome="{k}"}} {v}' for k, v in sorted(self.requests.items())),
-            ]
+            gauges = (
+                ("queue_depth", "Requests waiting for a batch slot.", self.queue_depth),
+                ("running_sequences", "Sequences in the running batch.", self.running_sequences),
+                ("generation_tokens_per_second", f"Generated tokens per second (last {RATE_WINDOW_S:g} s).", rate),
+            )
+            for name, text, value in gauges:
+                yield GaugeMetricFamily(f"{p}_{name}", text, value=value)
+            yield CounterMetricFamily(f"{p}_prompt_tokens", "Prompt tokens prefilled.", value=self.prompt_tokens)
+            yield CounterMetricFamily(f"{p}_generation_tokens", "Tokens generated.", value=self.generated_tokens)
+            requests = CounterMetricFamily(f"{p}_requests", "Completion requests by outcome.", labels=["outcome"])
+            for outcome, count in sorted(self.requests.items()):
+                requests.add_metric([outcome], count)
+            yield requests
             for name, hist, text in (
                 ("request_latency_seconds", self.latency, "Time from arrival to the last token."),
                 ("time_to_first_token_seconds", self.first_token, "Time from arrival to the first token."),
                 ("queue_wait_seconds", self.queue_wait, "Time from arrival to joining the batch."),
             ):
-                lines += [f"# HELP {p}_{name} {text}", f"# TYPE {p}_{name} histogram", *hist.lines(f"{p}_{name}")]
-        return "\n".join(lines) + "\n"
+                yield hist.family(f"{p}_{name}", text)
+
+    def render(self) -> str:
+        """The Prometheus text exposition (version 0.0.4) of every metric."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return generate_latest(registry).decode("utf-8")

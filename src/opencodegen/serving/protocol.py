@@ -7,7 +7,7 @@ Every client mistake becomes an :class:`APIError`, answered as
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,28 +46,27 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class CompletionRequest(_Strict):
-    """POST /v1/completions (the legacy OpenAI completions API)."""
+class SamplingFields(_Strict):
+    """The sampling fields /v1/completions and /v1/chat/completions share, with their common checks.
+
+    `top_k` and `ignore_eos` are the extra fields vLLM accepts (top_k -1 or 0: off).
+    """
 
     model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=0)
     temperature: float | None = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float | None = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
     n: int | None = Field(default=1, ge=1, le=128)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
-    echo: bool | None = False
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(1 << 63), lt=1 << 64)
     user: str | None = None
-    # Known OpenAI fields we accept only at their neutral value (anything else is a clear 400).
-    best_of: int | None = Field(default=None, ge=1)
     presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
-    suffix: str | None = None
+    ignore_eos: bool | None = False
+    logit_bias: dict[str, float] | None = None  # accepted only empty
 
     def check(self) -> None:
         """Rules across fields, and the OpenAI fields we accept only at their neutral value."""
@@ -76,23 +75,44 @@ class CompletionRequest(_Strict):
             raise APIError(400, f"at most {MAX_STOPS} stop sequences are allowed, got {len(stops)}", param="stop")
         if any(not s for s in stops):
             raise APIError(400, "stop sequences must be non-empty strings", param="stop")
-        if isinstance(self.prompt, list) and not self.prompt:
-            raise APIError(400, "prompt must not be an empty list", param="prompt")
         if self.stream_options is not None and not self.stream:
             raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
-        unsupported = {
-            "best_of": self.best_of not in (None, self.n),
-            "logit_bias": bool(self.logit_bias),
-            "suffix": self.suffix is not None,
-        }
-        for name, used in unsupported.items():
+        for name, used in self.unsupported().items():
             if used:
                 raise APIError(400, f"{name} is not supported by this server (leave it unset)", param=name,
                                code="unsupported_parameter")  # fmt: skip
 
+    def unsupported(self) -> dict[str, bool]:
+        """Known OpenAI fields set to a value this server does not implement."""
+        return {"logit_bias": bool(self.logit_bias)}
+
     @property
     def stop_list(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    @property
+    def sampling_top_k(self) -> int:
+        """top_k as the engine takes it (0: off)."""
+        return max(self.top_k or 0, 0)
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions (the legacy OpenAI completions API)."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool | None = False
+    # Known OpenAI fields we accept only at their neutral value (anything else is a clear 400).
+    best_of: int | None = Field(default=None, ge=1)
+    suffix: str | None = None
+
+    def check(self) -> None:
+        if isinstance(self.prompt, list) and not self.prompt:
+            raise APIError(400, "prompt must not be an empty list", param="prompt")
+        super().check()
+
+    def unsupported(self) -> dict[str, bool]:
+        return {"best_of": self.best_of not in (None, self.n), **super().unsupported(), "suffix": self.suffix is not None}
 
     def prompt_items(self) -> list[str | list[int]]:
         """The prompts: strings or token-id lists, one per completion group."""
@@ -102,6 +122,75 @@ class CompletionRequest(_Strict):
         if all(isinstance(x, int) for x in p):
             return [list(p)]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
+
+
+class TextPart(_Strict):
+    """A text part of a message's content (OpenAI's list form)."""
+
+    type: Literal["text"]
+    text: str = Field(max_length=200_000)
+
+
+class ChatMessage(_Strict):
+    """One message of a conversation: a user's instruction or the assistant's code of a turn."""
+
+    role: str
+    content: str | list[TextPart] = Field(max_length=200_000)
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The content as one string (text parts joined)."""
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions: a conversation in CodeGen's multi-turn program-synthesis format.
+
+    `execute` (an extension): run the turns' code in a sandboxed interpreter and return what it
+    printed with each choice.
+    """
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = False  # accepted only false
+    execute: bool | None = False
+
+    def unsupported(self) -> dict[str, bool]:
+        return {**super().unsupported(), "logprobs": bool(self.logprobs)}
+
+    def check(self) -> None:
+        super().check()
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise APIError(400, "give max_completion_tokens or max_tokens, not both", param="max_completion_tokens")
+
+    @property
+    def token_limit(self) -> int | None:
+        """The completion budget the client asked for (None: what the context leaves)."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class TokenizeRequest(_Strict):
+    """POST /tokenize (vLLM's): a prompt, or a conversation rendered as /v1/chat/completions does."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=1000)
+    add_special_tokens: bool = True  # CodeGen's tokenizer adds none either way
+    add_generation_prompt: bool = True  # a conversation always ends with the next turn's comment
+    return_token_strs: bool | None = False
+
+    def check(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise APIError(400, "give either prompt or messages", param="prompt")
+
+
+class DetokenizeRequest(_Strict):
+    """POST /detokenize (vLLM's): token ids back to text."""
+
+    model: str | None = None
+    tokens: list[int] = Field(max_length=1 << 20)
 
 
 class SessionCreate(_Strict):
@@ -161,6 +250,10 @@ def validation_error(exc: ValidationError) -> APIError:
     if param in _EXPECTED and err["type"] not in ("extra_forbidden", "missing"):
         return APIError(400, f"Invalid value for {param}: expected {_EXPECTED[param]}", param=param,
                         code="invalid_value")  # fmt: skip
+    if "content" in loc[:4] and err["type"] != "missing":  # a message's content (a union: one error per member)
+        where = ".".join(loc[: loc.index("content") + 1])
+        return APIError(400, f"Invalid value for {where}: expected a string or a list of text parts "
+                        '({"type": "text", "text": ...})', param=param, code="invalid_value")  # fmt: skip
     if err["type"] == "extra_forbidden":
         return APIError(400, f"Unrecognized request argument supplied: {'.'.join(loc)}", param=param,
                         code="unknown_parameter")  # fmt: skip

@@ -135,6 +135,18 @@ class SessionStore:
         self._entries[entry.id] = entry
         return entry
 
+    async def lend(self, client: str) -> SessionEntry:
+        """A session for one request's code (chat `execute`), within the same bounds; it never
+        expires while lent. Give it back with :meth:`release`."""
+        entry = self.create(SessionCreate(max_tokens=1), client)
+        await entry.lock.acquire()
+        return entry
+
+    def release(self, entry: SessionEntry) -> None:
+        """Close a lent session."""
+        if self._entries.pop(entry.id, None) is not None:
+            entry.close()
+
     def get(self, session_id: str) -> SessionEntry:
         self.expire()
         entry = self._entries.get(session_id)
