@@ -14,6 +14,7 @@ import ast
 import difflib
 import importlib.util
 import re
+from collections.abc import Callable
 from typing import Any
 
 from opencodegen import devices
@@ -22,7 +23,8 @@ from opencodegen.errors import ConfigError
 _DEVICE = re.compile(r"[a-z_]+(:\d+)?")
 
 
-def _number(text: str, convert: type, ok: Any, requirement: str) -> Any:
+def _number(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], requirement: str) -> Any:
+    """`convert(text)` when it converts and `ok` holds, else the one error argparse prints with the flag."""
     try:
         value = convert(text)
     except ValueError:
