@@ -65,7 +65,7 @@ def test_unigram_baseline_is_add_one_smoothed_counts():
 
 def test_cli_reports_model_unigram_and_uniform(model_dir, tmp_path, capsys):
     out = tmp_path / "loss.json"
-    assert main(["eval", "loss", "--model", str(model_dir), "--input", *map(str, FILES), "--json", str(out),
+    assert main(["eval", "loss", "--model", str(model_dir), "--input", *map(str, FILES), "--json-out", str(out),
                  "--quiet"]) == 0
     summary = json.loads(out.read_text())
     texts = [f.read_text() for f in FILES]
@@ -82,6 +82,19 @@ def test_cli_reports_model_unigram_and_uniform(model_dir, tmp_path, capsys):
     assert summary["bits_per_byte"] == pytest.approx(summary["loss"] * (len(stream) - 1) / math.log(2) / summary["bytes"])
     printed = capsys.readouterr().out
     assert "unigram  loss" in printed and "uniform  loss" in printed
+
+
+def test_json_prints_the_summary_and_the_old_json_file_spelling_still_writes_it(model_dir, tmp_path, capsys):
+    argv = ["eval", "loss", "--model", str(model_dir), "--input", *map(str, FILES), "--quiet"]
+    assert main([*argv, "--json-out", str(tmp_path / "new.json")]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0  # --json: the summary on stdout, as every command's --json
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "new.json").read_text())
+    assert main([*argv, "--json", str(tmp_path / "old.json")]) == 0  # the spelling before --json-out
+    captured = capsys.readouterr()
+    assert "--json-out" in captured.err and "unigram  loss" in captured.out
+    assert json.loads((tmp_path / "old.json").read_text()) == printed
 
 
 def test_bad_inputs_are_one_clear_error(model_dir, tmp_path, capsys):

@@ -71,7 +71,6 @@ def test_plain_and_stream_output(model_dir, capsys):
     "argv, message",
     [
         (["--prompt", ""], "prompt 0 is empty"),
-        (["--prompt", "x", "--n", "0"], "n must be"),
         (["--prompt", "x", "--top-p", "0"], "top_p"),
         (["--prompt", "x", "--temperature", "-1"], "temperature"),
         (["--prompt", "x" * 3000], "more than the model's context of 512"),
@@ -89,3 +88,6 @@ def test_unknown_truncate_preset_is_rejected_by_the_parser(model_dir, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--model", model_dir, "--prompt", "x", "--truncate", "mbpp"])
     assert "invalid choice: 'mbpp'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", model_dir, "--prompt", "x", "--n", "0"])
+    assert "argument --n: must be an integer >= 1, not '0'" in capsys.readouterr().err

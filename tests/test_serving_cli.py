@@ -7,6 +7,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from generation_helpers import make_model_dir
 from opencodegen.cli import main
@@ -15,8 +16,10 @@ from opencodegen.cli import main
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
-    assert main(["serve", "--model", str(tmp_path), "--max-batch", "0"]) == 2
-    assert "--max-batch must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--model", str(tmp_path), "--max-batch", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --max-batch: must be an integer >= 1, not '0'" in capsys.readouterr().err
 
 
 def test_a_non_loopback_address_needs_a_key_or_an_explicit_opt_out(tmp_path, capsys, monkeypatch):
@@ -24,8 +27,9 @@ def test_a_non_loopback_address_needs_a_key_or_an_explicit_opt_out(tmp_path, cap
     assert main(["serve", "--model", str(tmp_path), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: refusing to serve on 0.0.0.0 without --api-key") and "--insecure-no-key" in err
-    assert main(["serve", "--model", str(tmp_path), "--session-ttl", "0"]) == 2
-    assert "--session-ttl must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", str(tmp_path), "--session-ttl", "0"])
+    assert "argument --session-ttl: must be a number > 0, not '0'" in capsys.readouterr().err
 
 
 def free_port() -> int:

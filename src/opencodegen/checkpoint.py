@@ -24,6 +24,7 @@ from torch import nn
 
 from opencodegen import default_model, hub
 from opencodegen.config import CodeGenConfig
+from opencodegen.devices import parse_device, parse_dtype
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.model import CodeGenForCausalLM
 
@@ -325,36 +326,6 @@ def _skip_init() -> Iterator[None]:
     finally:
         for name, fn in saved.items():
             setattr(torch.nn.init, name, fn)
-
-
-def parse_device(device: str | torch.device | None) -> torch.device:
-    """A torch.device that this machine can use, or a ConfigError saying why not.
-    None picks the GPU when there is one, else the CPU."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"invalid device {str(device)!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise ConfigError(f"device {str(device)!r} requested, but {build}; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {str(device)!r} requested, but only {torch.cuda.device_count()} GPU(s) are visible")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' requested, but MPS is not available here")
-    return device
-
-
-def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    try:
-        return names[str(dtype).lower().removeprefix("torch.")]
-    except KeyError:
-        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16") from None
 
 
 # ---- saving --------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`opencodegen` command line: one sub-command per module in `opencodegen.commands`.
 
 Each module there defines `register(subparsers)`, which adds its parser and sets
-`func=run` (a callable taking the parsed namespace and returning an exit code).
+`func=run` (a callable taking the parsed namespace and returning an exit code). Building the
+parsers imports no torch: commands import heavy modules inside their runners.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import importlib
 import pkgutil
 import sys
 
-from opencodegen import commands
+from opencodegen import __version__, commands, devices
+from opencodegen.cli_options import SuggestingParser
 from opencodegen.errors import OpenCodeGenError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="opencodegen",
         description="CodeGen models: generate, evaluate (HumanEval, MTPB), chat, train, serve.",
     )
+    parser.add_argument("--version", action="version", version=f"opencodegen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        devices.set_threads(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into e.g. `head`
         sys.stderr.close()

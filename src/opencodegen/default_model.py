@@ -7,7 +7,6 @@ no ``--model`` is given, or for ``--model default``; they say so on standard err
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,13 +18,6 @@ BANNER = (
     "few tasks. For real results pass --model Salesforce/codegen-350M-mono (online, or from the local HF cache) "
     "or a local checkpoint directory."
 )
-
-
-def add_argument(parser: argparse.ArgumentParser) -> None:
-    """The `--model` option of a command that samples from a model."""
-    parser.add_argument("--model", metavar="DIR|HUB_ID",
-                        help="checkpoint directory, LoRA adapter directory (merged into its base) or hub id "
-                        "(default: the embedded demo model)")
 
 
 def resolve(model: str | None) -> str:

@@ -354,7 +354,8 @@ def load_merged(adapter_dir: str | Path, base: str | None = None, device: str | 
                 dtype: torch.dtype | str | None = None, quantize: str | None = None) -> tuple[Path, nn.Module]:
     """The base model with the adapters of `adapter_dir` merged in: (directory with the tokenizer,
     model in eval mode). `base` overrides the adapter's base_model_name_or_path."""
-    from opencodegen.checkpoint import load_model, parse_dtype
+    from opencodegen.checkpoint import load_model
+    from opencodegen.devices import parse_dtype
     from opencodegen.training.checkpointing import TOKENIZER_FILES
 
     adapter_dir = Path(adapter_dir)

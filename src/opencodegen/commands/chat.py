@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from opencodegen import default_model
-from opencodegen.commands import add_isolation_argument, add_quantize_argument
+from opencodegen.cli_options import (
+    add_isolation_argument,
+    add_model_options,
+    add_seed_argument,
+    positive_float,
+    positive_int,
+    probability,
+)
 from opencodegen.errors import GenerationError, OpenCodeGenError
 from opencodegen.synthesis.controls import visible_controls
 from opencodegen.user_cache import user_cache_dir
@@ -43,16 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    default_model.add_argument(p)
+    add_model_options(p)
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus top-p (default 0.95)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="token budget per turn (default 256)")
-    p.add_argument("--seed", type=int, default=None, help="random seed")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds a turn may run (default 30)")
+    p.add_argument("--top-p", type=probability, default=0.95, help="nucleus top-p (default 0.95)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="token budget per turn (default 256)")
+    add_seed_argument(p, default=None)
+    p.add_argument("--timeout", type=positive_float, default=30.0, help="seconds a turn may run (default 30)")
     p.add_argument("--load", metavar="SESSION.json", help="continue a saved session")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: the checkpoint's)")
-    add_quantize_argument(p)
     add_isolation_argument(p)
     p.set_defaults(func=run)
 
@@ -61,15 +65,13 @@ def run(args: argparse.Namespace) -> int:
     import functools
 
     import opencodegen
-    from opencodegen.checkpoint import parse_device
     from opencodegen.execution.sandbox import resolve_isolation
     from opencodegen.generation import Generator, SamplingParams
     from opencodegen.synthesis.interpreter import Interpreter
     from opencodegen.synthesis.session import Session
 
     isolation = resolve_isolation(args.isolation)  # refuses here, before the model loads
-    device = parse_device(args.device)
-    model, tokenizer = opencodegen.load(default_model.resolve(args.model), device=device, dtype=args.dtype,
+    model, tokenizer = opencodegen.load(default_model.resolve(args.model), device=args.device, dtype=args.dtype,
                                         quantize=args.quantize)  # fmt: skip
     params = SamplingParams(n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, seed=args.seed, truncate="codegen")  # fmt: skip

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from opencodegen.cli_options import dtype_name
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("convert", help="convert checkpoints (JAXFORMER import, GPT-J export, training export)")
@@ -21,19 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     j.add_argument("--seq-len", type=int, help="n_positions (default: model_seq_len of --config, else 2048)")
     j.add_argument("--step", type=int, help="step to import from a ckpt_dir (default: the latest)")
     j.add_argument("--tokenizer", help="tokenizer directory or hub id to copy in (e.g. Salesforce/codegen-350M-mono)")
-    j.add_argument("--dtype", help="float32, bfloat16 or float16 (default: as stored)")
+    j.add_argument("--dtype", type=dtype_name, help="float32, bfloat16 or float16 (default: as stored)")
     j.set_defaults(func=run_jaxformer)
 
     g = sub.add_parser("gptj", help="HF CodeGen checkpoint -> GPTJForCausalLM directory (CTranslate2 tested; vLLM, TGI untested)")
     g.add_argument("source", help="CodeGen checkpoint directory or hub id")
     g.add_argument("--out", required=True, help="output directory")
-    g.add_argument("--dtype", help="float32, bfloat16 or float16 (default: as stored)")
+    g.add_argument("--dtype", type=dtype_name, help="float32, bfloat16 or float16 (default: as stored)")
     g.set_defaults(func=run_gptj)
 
     c = sub.add_parser("checkpoint", help="training checkpoint (or a run's newest good one) -> HF CodeGen directory")
     c.add_argument("source", help="a checkpoint directory (…/checkpoints/step-N) or a run directory (out_dir)")
     c.add_argument("--out", required=True, help="output HF directory")
-    c.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32, as trained)")
+    c.add_argument("--dtype", type=dtype_name, help="float32, bfloat16 or float16 (default: float32, as trained)")
     c.set_defaults(func=run_checkpoint)
 
     m = sub.add_parser("merge-lora", help="LoRA adapter directory (peft layout) + its base -> merged HF CodeGen directory")
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "run's final/ or one of its checkpoints")
     m.add_argument("--base", help="base model directory or hub id (default: the adapter's base_model_name_or_path)")
     m.add_argument("--out", required=True, help="output HF directory")
-    m.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the base model's)")
+    m.add_argument("--dtype", type=dtype_name, help="float32, bfloat16 or float16 (default: the base model's)")
     m.set_defaults(func=run_merge_lora)
 
 
@@ -65,7 +67,7 @@ def _copy_tokenizer(source: str, out: Path) -> list[str]:
 
 
 def run_jaxformer(args: argparse.Namespace) -> int:
-    from opencodegen.checkpoint import parse_dtype
+    from opencodegen.devices import parse_dtype
     from opencodegen.errors import ConfigError
     from opencodegen.training.jaxformer import import_jaxformer, read_jaxformer_config
 

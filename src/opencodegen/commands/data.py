@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 
+from opencodegen.cli_options import add_json_argument, add_seed_argument, positive_int, probability
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="build or inspect packed training data")
@@ -23,19 +25,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--lang-field", default="lang", help="record field holding the language (default: lang)")
     b.add_argument("--path-field", default="path",
                    help="record field holding a file path, for the language by extension (default: path)")
-    b.add_argument("--seq-len", type=int, default=2048, help="tokens per training sequence (default: 2048)")
-    b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizer processes")
-    b.add_argument("--val-fraction", type=float, default=0.01,
+    b.add_argument("--seq-len", type=positive_int, default=2048, help="tokens per training sequence (default: 2048)")
+    b.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="tokenizer processes")
+    b.add_argument("--val-fraction", type=probability, default=0.01,
                    help="fraction of documents held out for validation (default: 0.01; ignored with --val-input)")
     b.add_argument("--val-input", nargs="+", action="extend", default=[], metavar="PATH",
                    help="inputs (like --input, e.g. 'stdlib:heldout') that form the validation split instead; "
                    "documents that duplicate training documents are dropped from it")
-    b.add_argument("--seed", type=int, default=0, help="shuffle seed (default: 0)")
+    add_seed_argument(b, default=0)
     b.add_argument("--near-dedup", action="store_true", help="also drop near duplicates (MinHash LSH)")
-    b.add_argument("--near-dedup-threshold", type=float, default=0.85,
+    b.add_argument("--near-dedup-threshold", type=probability, default=0.85,
                    help="estimated Jaccard similarity of word 5-grams above which files are near duplicates")
-    b.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file (default: 2^28)")
-    b.add_argument("--max-bytes", type=int, default=10_000_000, help="skip files larger than this")
+    b.add_argument("--shard-tokens", type=positive_int, default=1 << 28, help="tokens per shard file (default: 2^28)")
+    b.add_argument("--max-bytes", type=positive_int, default=10_000_000, help="skip files larger than this")
     b.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=run_build)
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i = sub.add_parser("info", help="summarize a packed data directory")
     i.add_argument("dir", help="packed data directory")
     i.add_argument("--verify", action="store_true", help="check every shard's sha256")
-    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    add_json_argument(i, "the manifest")
     i.set_defaults(func=run_info)
 
 

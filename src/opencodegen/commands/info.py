@@ -11,11 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from opencodegen.cli_options import add_json_argument, add_model_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="print config, parameter count, dtype and tokenizer of a checkpoint")
-    p.add_argument("model", help="checkpoint directory or hub id (a hub id not cached whole: config.json only)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_argument(p)
+    p.add_argument("model_positional", nargs="?", metavar="MODEL",
+                   help="the same as --model (a hub id not cached whole: config.json only)")  # fmt: skip
+    add_json_argument(p, "the description")
     p.set_defaults(func=run)
 
 
@@ -76,9 +80,13 @@ def describe(model: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from opencodegen import default_model
     from opencodegen.config import CodeGenConfig
+    from opencodegen.errors import ConfigError
 
-    info = describe(args.model)
+    if args.model and args.model_positional and args.model != args.model_positional:
+        raise ConfigError(f"two models given ({args.model_positional} and --model {args.model}); give one")
+    info = describe(default_model.resolve(args.model or args.model_positional))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -8,6 +8,8 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from opencodegen.cli_options import add_dtype_argument, add_seed_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", default="tiny", help="config preset (tiny, small, base, codegen-350M-mono, ...)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_seed_argument(p, default=0)
+    add_dtype_argument(p, "dtype of the written weights (default: float32)", default="float32")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--tokenizer", type=Path, help="copy the tokenizer of this checkpoint directory")
     source.add_argument(
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.device("cpu"):
         model = CodeGenForCausalLM(config)
     model.reset_parameters(seed=args.seed)
-    model.save_pretrained(args.out, dtype=getattr(torch, args.dtype))
+    model.save_pretrained(args.out, dtype=getattr(torch, args.dtype or "float32"))
     tokenizer.save_pretrained(args.out)
     print(f"wrote a random {args.preset} model ({model.num_parameters() / 1e6:.1f}M parameters, "
           f"tokenizer of {len(tokenizer)} ids) to {args.out}")

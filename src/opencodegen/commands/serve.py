@@ -8,7 +8,7 @@ import os
 import sys
 
 from opencodegen import default_model
-from opencodegen.commands import add_isolation_argument, add_quantize_argument
+from opencodegen.cli_options import add_isolation_argument, add_model_options, positive_float, positive_int
 
 LOOPBACK = "127.0.0.1"
 
@@ -20,22 +20,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="POST /v1/completions (streaming, stop, logprobs, n, seed), GET /v1/models, /health, "
         "/metrics, and the multi-turn synthesis page at /. Requests are continuously batched.",
     )
-    default_model.add_argument(p)
+    add_model_options(p)
     p.add_argument("--host", default=LOOPBACK, help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("OPENCODEGEN_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $OPENCODEGEN_API_KEY, else no key)")  # fmt: skip
     p.add_argument("--model-name", help="model id reported by the API (default: the directory name)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    add_quantize_argument(p)
-    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (also the largest n)")
-    p.add_argument("--max-tokens-limit", type=int, default=None, help="largest max_tokens (default: the context)")
-    p.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
-    p.add_argument("--max-sessions", type=int, default=16, help="live multi-turn sessions of the web page")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together (also the largest n)")
+    p.add_argument("--max-tokens-limit", type=positive_int, default=None, help="largest max_tokens (default: the context)")
+    p.add_argument("--max-queue", type=positive_int, default=256, help="waiting requests before answering 429")
+    p.add_argument("--max-sessions", type=positive_int, default=16, help="live multi-turn sessions of the web page")
     add_isolation_argument(p)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 suits tiny models on a busy machine)")  # fmt: skip
     _add_hardening_arguments(p)
     p.set_defaults(func=run)
 
@@ -43,26 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import functools
 
-    import torch
     import uvicorn
 
     from opencodegen import load
-    from opencodegen.errors import ConfigError
     from opencodegen.execution.sandbox import resolve_isolation
     from opencodegen.serving.app import create_app
     from opencodegen.serving.guard import header_timeout_protocol
     from opencodegen.synthesis.interpreter import Interpreter
     from opencodegen.synthesis.session import Session
 
-    for name in ("max_batch", "max_queue", "max_sessions", "port", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.max_tokens_limit is not None and args.max_tokens_limit < 1:
-        raise ConfigError("--max-tokens-limit must be >= 1")
     _check_hardening_arguments(args)
     isolation = resolve_isolation(args.isolation)  # sessions run code: refuse now, not at the first one
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     args.model = default_model.resolve(args.model)
     model, tokenizer = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
@@ -88,16 +74,16 @@ def _add_hardening_arguments(p: argparse.ArgumentParser) -> None:
                    "names and the --host address are always allowed; others get 421 (DNS rebinding)")  # fmt: skip
     p.add_argument("--insecure-no-key", action="store_true",
                    help="serve a non-loopback --host without --api-key (anyone who can reach it may run code)")  # fmt: skip
-    p.add_argument("--max-prompts", type=int, default=2048, help="prompts in one completion request")
-    p.add_argument("--session-ttl", type=float, default=1800.0,
+    p.add_argument("--max-prompts", type=positive_int, default=2048, help="prompts in one completion request")
+    p.add_argument("--session-ttl", type=positive_float, default=1800.0,
                    help="seconds a session may stay unused before it is closed (default: 30 min)")  # fmt: skip
-    p.add_argument("--session-memory-budget", type=int, default=None, metavar="MIB",
+    p.add_argument("--session-memory-budget", type=positive_int, default=None, metavar="MIB",
                    help="memory for all sessions' interpreters together (default: half the machine's memory); "
                    "new sessions beyond it get 429")  # fmt: skip
-    p.add_argument("--max-sessions-per-client", type=int, default=4, help="live sessions of one client address")
-    p.add_argument("--header-timeout", type=float, default=15.0,
+    p.add_argument("--max-sessions-per-client", type=positive_int, default=4, help="live sessions of one client address")
+    p.add_argument("--header-timeout", type=positive_float, default=15.0,
                    help="seconds a request's headers may take to arrive before the connection is closed")  # fmt: skip
-    p.add_argument("--body-timeout", type=float, default=30.0,
+    p.add_argument("--body-timeout", type=positive_float, default=30.0,
                    help="seconds a request's body may take to arrive (408 after that)")  # fmt: skip
 
 
@@ -106,12 +92,6 @@ def _check_hardening_arguments(args: argparse.Namespace) -> None:
     from opencodegen.errors import ConfigError
     from opencodegen.synthesis.interpreter import MEMORY_MB
 
-    for name in ("max_prompts", "max_sessions_per_client"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("session_ttl", "header_timeout", "body_timeout"):
-        if not getattr(args, name) > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
     if args.session_memory_budget is not None and args.session_memory_budget < MEMORY_MB:
         raise ConfigError(f"--session-memory-budget must hold one session ({MEMORY_MB} MiB)")
     if _is_loopback(args.host) or args.api_key:

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from opencodegen import default_model
-from opencodegen.commands import add_isolation_argument, add_quantize_argument
+from opencodegen.cli_options import (
+    add_isolation_argument,
+    add_model_options,
+    add_seed_argument,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 from opencodegen.errors import ConfigError
 from opencodegen.evaluation import planning
 from opencodegen.evaluation.protocols import add_protocol_argument, get_protocol, protocol_settings
@@ -29,13 +36,13 @@ def add_mtpb_parsers(sub: Any) -> None:
     )
     _common(p)
     p.add_argument("--mode", choices=["multi", "single", "both"], default="multi", help="multi-turn, single-turn or both")
-    p.add_argument("--num-samples", "--n", dest="n", type=int, default=1, help="samples per test case (default 1)")
+    p.add_argument("--num-samples", "--n", dest="n", type=positive_int, default=1, help="samples per test case (default 1)")
     p.add_argument("--temperature", type=float, default=0.2, help="sampling temperature (default 0.2)")
     add_protocol_argument(p, "mtpb")
-    p.add_argument("--top-p", type=float, help="nucleus top-p (default: the protocol's, 0.95)")
-    p.add_argument("--top-k", type=int, help="keep the k most likely tokens, 0 = off (default: the protocol's)")
+    p.add_argument("--top-p", type=probability, help="nucleus top-p (default: the protocol's, 0.95)")
+    p.add_argument("--top-k", type=non_negative_int, help="keep the k most likely tokens, 0 = off (default: the protocol's)")
     p.add_argument("--programs", metavar="FILE.jsonl", help='score these programs instead of generating: rows {"id", "test", "program"}')
-    p.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: number of CPUs)")
+    p.add_argument("--workers", type=positive_int, default=None, help="parallel sandboxes (default: number of CPUs)")
     add_isolation_argument(p)
     p.set_defaults(func=run_mtpb)
 
@@ -52,15 +59,12 @@ def add_mtpb_parsers(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    default_model.add_argument(p)
+    add_model_options(p)
     p.add_argument("--data", metavar="FILE", help="mtpb.jsonl (default: cache, else download the pinned file)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (resumable)")
-    p.add_argument("--limit", type=int, default=None, help="only the first K problems")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first K problems")
     p.add_argument("--problems", metavar="IDS", help="comma-separated problem ids, e.g. 1,5,31")
-    p.add_argument("--seed", type=int, default=0, help="base random seed (default 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 (default: the checkpoint's)")
-    add_quantize_argument(p)
+    add_seed_argument(p, default=0)
 
 
 def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
@@ -76,13 +80,12 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, the run's record of them: run_record.model_record plus the quantization)."""
-    from opencodegen.checkpoint import load_model, parse_device, resolve_checkpoint
+    from opencodegen.checkpoint import load_model, resolve_checkpoint
     from opencodegen.evaluation.run_record import model_record
     from opencodegen.tokenizer import CodeGenTokenizer
 
     args.model = default_model.resolve(args.model)
-    device = parse_device(args.device)
-    directory, model = load_model(resolve_checkpoint(args.model), device=device, dtype=args.dtype,
+    directory, model = load_model(resolve_checkpoint(args.model), device=args.device, dtype=args.dtype,
                                   quantize=args.quantize)  # fmt: skip
     record = {**model_record(args.model, directory, model), "quantization": args.quantize}
     return model, CodeGenTokenizer.from_pretrained(directory), record
@@ -111,8 +114,6 @@ def run_mtpb(args: argparse.Namespace) -> int:
         results = {"programs": mtpb_run.score(samples, by_id, "programs", out, args.workers, isolation.request)}
         extra: dict[str, Any] = {"programs": args.programs}
     else:
-        if args.n < 1:
-            raise ConfigError("--num-samples must be at least 1")
         from opencodegen.evaluation.run_record import package_versions, sampling_record
         from opencodegen.generation import Generator, SamplingParams
 

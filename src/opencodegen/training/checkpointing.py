@@ -318,7 +318,8 @@ def export_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype | st
     """Write checkpoint `path` (or the newest good one of a run directory) as an HF CodeGen
     directory: config.json, safetensors in `dtype` (default: as stored) and the tokenizer files.
     A LoRA run's checkpoint is merged into its base model first."""
-    from opencodegen.checkpoint import load_model, parse_dtype
+    from opencodegen.checkpoint import load_model
+    from opencodegen.devices import parse_dtype
 
     source = _newest_good(path)
     if is_sharded(source):
