@@ -45,7 +45,7 @@ def test_joining_rows_compute_what_they_compute_alone(loaded):
         for row in range(3):
             got[row].append(logits[row])
     expected = {0: decode_alone(model, a, feed[0])[1:], 1: decode_alone(model, b, feed[1][:3]),
-                2: decode_alone(model, c, feed[2][:3])}  # fmt: skip
+                2: decode_alone(model, c, feed[2][:3])}
     for row in range(3):
         torch.testing.assert_close(torch.stack(got[row]), expected[row], atol=1e-4, rtol=1e-4)
 

@@ -37,7 +37,7 @@ ENGINE_CALLS = {
                                   presence_penalty=0.5, frequency_penalty=0.8)),
     "small_cache_batches": dict(max_cache_bytes=40_000,
                                 params=dict(n=3, max_new_tokens=16, temperature=1.0, seed=11, ignore_eos=True)),
-}  # fmt: skip
+}
 SERVER_JOBS = [
     dict(prompts=[0, 1], params=dict(max_new_tokens=24, temperature=0.0, ignore_eos=True)),
     dict(prompts=[2], params=dict(n=4, max_new_tokens=20, temperature=0.9, seed=3, logprobs=2)),
@@ -72,7 +72,7 @@ def server_outputs(model, tokenizer) -> list:
     async def scenario():
         scheduler.start()
         jobs = [scheduler.submit([tokenizer.encode(PROMPTS[p]) for p in job["prompts"]],
-                                 SamplingParams(**job["params"])) for job in SERVER_JOBS]  # fmt: skip
+                                 SamplingParams(**job["params"])) for job in SERVER_JOBS]
         submitted.set()
         results = []
         for job in jobs:
@@ -84,7 +84,7 @@ def server_outputs(model, tokenizer) -> list:
                     choices[event.index] = {
                         "text": event.text, "finish_reason": event.finish_reason,
                         "tokens": [[t.token, t.logprob, t.top and [list(p) for p in t.top]] for t in event.tokens],
-                    }  # fmt: skip
+                    }
             results.append([choices[i] for i in sorted(choices)])
         return results
 

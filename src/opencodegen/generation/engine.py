@@ -296,9 +296,9 @@ class Generator:
                 groups[-1] = (prefixes[p], groups[-1][1] + 1)
             else:
                 groups.append((prefixes[p], 1))
-        rows = RunningBatch(self.model, share_prefix=params.n > 1 and self.share_prefix)
-        rows.add([(prefix.cache, prefix.mask, [n]) for prefix, n in groups],
-                 [SequenceState(p, j, self, params) for p, j in batch], max_new)  # fmt: skip
+        running = RunningBatch(self.model, share_prefix=params.n > 1 and self.share_prefix)
+        running.add([(prefix.cache, prefix.mask, [n]) for prefix, n in groups],
+                    [SequenceState(p, j, self, params) for p, j in batch], max_new)
         logits = torch.cat([prefix.next_logits.expand(n, -1) for prefix, n in groups])
         uniforms = None
         if not params.greedy:
@@ -306,7 +306,7 @@ class Generator:
         sampler = TokenSampler(params)
 
         for step in range(max_new):
-            active: list[SequenceState] = rows.rows
+            active: list[SequenceState] = running.rows
             scores = logits[:, : self.vocab_limit]
             chosen_from = penalize(scores, [seq.token_ids for seq in active], params)
             tokens = sampler(chosen_from, None if uniforms is None else uniforms[:, step])
@@ -321,8 +321,8 @@ class Generator:
                 return
             if worth_compacting(finished, len(active), max_new - step - 1):
                 keep = [row for row, seq in enumerate(active) if seq.completion is None]
-                rows.keep(keep)
+                running.keep(keep)
                 index = torch.tensor(keep, device=tokens.device)
                 tokens = tokens[index]
                 uniforms = None if uniforms is None else uniforms[index]
-            logits = rows.step(tokens)
+            logits = running.step(tokens)

@@ -50,9 +50,6 @@ class SharedPrefixCache(KVCache):
         self._runs = self._find_runs()
         return self
 
-    def select(self, rows: torch.Tensor) -> KVCache:
-        raise NotImplementedError("a shared-prefix cache keeps rows in prompt order; use compact()")
-
     def attend(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:

@@ -39,7 +39,7 @@ class Prefilled:
 def prefill(
     model: CodeGenForCausalLM, prompts: Sequence[Sequence[int]], pad_id: int = 0, room: int = 0,
     all_logits: bool = False,
-) -> Prefilled:  # fmt: skip
+) -> Prefilled:
     """Run left-padded prompts through the model; the cache keeps `room` free columns after them."""
     ids, mask = pad_left(prompts, pad_id)
     ids, mask = ids.to(model.device), mask.to(model.device).bool()
