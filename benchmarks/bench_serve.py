@@ -12,7 +12,10 @@ Starts the server (a random `tiny` model unless --model is given) as a subproces
    latency and the aggregate generated tokens per second;
 2. throughput: the same `--streams` seeded streaming requests run one at a time, then all at
    once. Seeded outputs do not depend on the batch, so both runs generate the same tokens and
-   the ratio of their tokens/s is the gain of continuous batching (the issue asks >= 3x).
+   the ratio of their tokens/s is the gain of continuous batching (the issue asks >= 3x);
+3. n samples: `--n-requests` seeded requests of n = `--n` samples each (one prompt's samples
+   decoding together, the engine's n = 8 workload through the server), one at a time, then all
+   at once: generated tokens/s of each.
 
 With --attack it measures instead the latency of /health and of a small completion request,
 first on an idle server, then while the attacks of issue 20 run together: slowloris connections,
@@ -154,9 +157,9 @@ async def load_test(url: str, clients: int, requests: int, max_tokens: int) -> d
     }  # fmt: skip
 
 
-async def throughput(url: str, streams: int, max_tokens: int) -> dict:
-    bodies = [request_body(1000 + i, max_tokens, stream=True) for i in range(streams)]
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=streams)) as client:
+async def one_then_all(url: str, bodies: list[dict]) -> dict:
+    """The requests one at a time, then all at once (after a warm-up): tokens and tokens/s of each way."""
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=len(bodies))) as client:
         await one_request(client, bodies[0])  # warm-up
         started = time.perf_counter()
         sequential = [await one_request(client, body) for body in bodies]
@@ -164,13 +167,23 @@ async def throughput(url: str, streams: int, max_tokens: int) -> dict:
         started = time.perf_counter()
         concurrent = await asyncio.gather(*(one_request(client, body) for body in bodies))
         concurrent_s = time.perf_counter() - started
-    seq_tokens, con_tokens = sum(r["tokens"] for r in sequential), sum(r["tokens"] for r in concurrent)
     assert all(r["status"] == 200 and r["whole"] for r in (*sequential, *concurrent)), (sequential, concurrent)
+    seq_tokens, con_tokens = sum(r["tokens"] for r in sequential), sum(r["tokens"] for r in concurrent)
     return {
-        "streams": streams, "max_tokens": max_tokens, "same_tokens": seq_tokens == con_tokens,
+        "same_tokens": seq_tokens == con_tokens,
         "one_at_a_time_tokens_per_s": seq_tokens / sequential_s, "concurrent_tokens_per_s": con_tokens / concurrent_s,
-        "speedup": (con_tokens / concurrent_s) / (seq_tokens / sequential_s),
     }  # fmt: skip
+
+
+async def throughput(url: str, streams: int, max_tokens: int) -> dict:
+    result = await one_then_all(url, [request_body(1000 + i, max_tokens, stream=True) for i in range(streams)])
+    speedup = result["concurrent_tokens_per_s"] / result["one_at_a_time_tokens_per_s"]
+    return {"streams": streams, "max_tokens": max_tokens, **result, "speedup": speedup}
+
+
+async def n_samples(url: str, requests: int, n: int, max_tokens: int) -> dict:
+    bodies = [{**request_body(2000 + i, max_tokens, stream=False), "n": n} for i in range(requests)]
+    return {"requests": requests, "n": n, "max_tokens": max_tokens, **await one_then_all(url, bodies)}
 
 
 # ----------------------------------------------------------------------------------- attack mode
@@ -309,6 +322,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--n", type=int, default=8, help="samples per request of the n-samples measurement")
+    parser.add_argument("--n-requests", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads (1: the client needs a core)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "opencodegen-bench-serve")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -332,6 +347,7 @@ def main() -> None:
     try:
         load = asyncio.run(load_test(url, args.clients, args.requests, args.max_tokens))
         batching = asyncio.run(throughput(url, args.streams, 64))
+        sampling = asyncio.run(n_samples(url, args.n_requests, args.n, 64))
     finally:
         server.terminate()
         server.wait(30)
@@ -343,8 +359,11 @@ def main() -> None:
           f"(same tokens both ways: {batching['same_tokens']}):")  # fmt: skip
     print(f"  one at a time {batching['one_at_a_time_tokens_per_s']:.0f} tokens/s, "
           f"concurrent {batching['concurrent_tokens_per_s']:.0f} tokens/s: {batching['speedup']:.1f}x")  # fmt: skip
+    print(f"n = {sampling['n']} samples, {sampling['requests']} requests x {sampling['max_tokens']} tokens: "
+          f"one at a time {sampling['one_at_a_time_tokens_per_s']:.0f} tokens/s, "
+          f"concurrent {sampling['concurrent_tokens_per_s']:.0f} tokens/s")
     if args.out:
-        args.out.write_text(json.dumps({"load": load, "batching": batching}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"load": load, "batching": batching, "n_samples": sampling}, indent=2) + "\n")
     ok = load["server_errors"] == 0 and load["lost"] == 0 and batching["speedup"] >= 3
     sys.exit(0 if ok else 1)
 

@@ -1,16 +1,15 @@
-"""Continuous batching: merged caches compute what each row computes alone; a request's output
-is the same whether it ran alone or joined a busy batch; n samples share one prefill;
-cancellation frees queue and batch slots; a failing step fails only its requests."""
+"""Continuous batching: a request's output is the same whether it ran alone or joined a busy batch;
+n samples share one prefill; cancellation frees queue and batch slots; a failing step fails only
+its requests. (The running batch itself is tested in test_generation_running_batch.py.)"""
 
 import asyncio
 import dataclasses
 
 import pytest
-import torch
 
 from generation_helpers import one_thread  # noqa: F401 (fixture)
 from opencodegen.generation import SamplingParams
-from opencodegen.serving.batch import RunningBatch, merge_caches, prefill
+from opencodegen.generation.running_batch import RunningBatch
 from opencodegen.serving.scheduler import Delta, Failed, Finished, QueueFull, Scheduler
 from serving_helpers import tiny_model
 
@@ -20,58 +19,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     return tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-def decode_alone(model, ids: list[int], tokens: list[int]) -> torch.Tensor:
-    """Logits after each of `tokens`, fed one by one after the prompt `ids` (batch of one)."""
-    cache = model.new_cache(1, len(ids) + len(tokens))
-    model(torch.tensor([ids]), past_key_values=cache)
-    out = [model(torch.tensor([[t]]), past_key_values=cache).logits[0, -1] for t in tokens]
-    return torch.stack(out)
-
-
-@torch.no_grad()
-def test_merged_rows_compute_what_they_compute_alone(loaded):
-    model, tok = loaded
-    a, b, c = tok.encode("def add(a, b):\n    return"), tok.encode("x"), tok.encode("import numpy as np\n")
-    feed = {0: [5, 9, 11, 3], 1: [7, 7, 2, 8], 2: [1, 4, 6, 10]}
-    batch = RunningBatch(model)
-    cache, mask, _ = prefill(model, [a], tok.pad_token_id, room=10)
-    batch.add(cache, mask, ["a"], room=10)
-    batch.step(torch.tensor([feed[0][0]]))  # row a runs one step alone first
-    cache, mask, _ = prefill(model, [b, c], tok.pad_token_id, room=0)  # then b and c join (padded)
-    batch.add(cache, mask, ["b", "c"], room=8)
-    assert batch.cache.length == len(a) + 1 and batch.cache.max_len - batch.cache.length >= 8
-    got = {0: [], 1: [], 2: []}
-    for step in range(3):
-        logits = batch.step(torch.tensor([feed[0][step + 1], feed[1][step], feed[2][step]]))
-        for row in range(3):
-            got[row].append(logits[row])
-    expected = {0: decode_alone(model, a, feed[0])[1:], 1: decode_alone(model, b, feed[1][:3]),
-                2: decode_alone(model, c, feed[2][:3])}  # fmt: skip
-    for row in range(3):
-        torch.testing.assert_close(torch.stack(got[row]), expected[row], atol=1e-4, rtol=1e-4)
-
-    # a leaves: the columns only it used are cut, and b, c go on unchanged
-    batch.keep([1, 2])
-    assert batch.rows == ["b", "c"]
-    assert batch.cache.length == max(len(b), len(c)) + 3 and bool(batch.mask[:, 0].any())
-    logits = batch.step(torch.tensor([feed[1][3], feed[2][3]]))
-    torch.testing.assert_close(logits[0], decode_alone(model, b, feed[1])[-1], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(logits[1], decode_alone(model, c, feed[2])[-1], atol=1e-4, rtol=1e-4)
-
-
-def test_merge_pads_with_zeros_not_garbage(loaded):
-    model, tok = loaded
-    short, long = tok.encode("x"), tok.encode("a much longer prompt here")
-    parts = [prefill(model, [p], tok.pad_token_id, room=0)[:2] for p in (short, long)]
-    for cache, _ in parts:  # poison the unused capacity: merging must never copy it
-        for t in (*cache.keys, *cache.values):
-            t[:, :, cache.length :] = float("nan")
-    merged, mask = merge_caches(model, parts, room=2)
-    pad = len(long) - len(short)
-    assert mask.tolist()[0] == [0] * pad + [1] * len(short)
-    assert all(bool(t[:, :, : merged.length].isfinite().all()) for t in (*merged.keys, *merged.values))
 
 
 def run(coro):

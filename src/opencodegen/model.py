@@ -82,12 +82,6 @@ class KVCache:
         q, k, v = heads(qkv, rotary)
         return self.attend(layer, q, k, v, mask).to(qkv.dtype).transpose(1, 2).reshape(qkv.shape[0], 1, -1)
 
-    def select(self, rows: torch.Tensor) -> KVCache:
-        """Keep (or repeat) batch rows, e.g. to drop finished sequences or fan one prompt out to n."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
-        return self
-
     def compact(self, rows: list[int]) -> KVCache:
         """Keep only `rows` (ascending) in place: each moves up to its new index, copying only the
         cached positions; rows before the first dropped one are not touched at all."""

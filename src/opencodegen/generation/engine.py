@@ -3,7 +3,8 @@
 Every prompt is prefilled once, alone (no padding, so its cache and first-token logits never
 depend on the rest of the batch); its cache is then copied into the rows of a left-padded batch
 cache, once per sample — n samples share ONE prefill. Decoding runs all rows together, one token
-per step; rows that finish leave the batch when that pays for the copy (see `_should_compact`).
+per step in the decode core shared with the server (`running_batch.py`); rows that finish leave
+the batch when that pays for the copy (`worth_compacting`).
 Large requests are cut into batches that fit `max_cache_bytes`.
 """
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from opencodegen.errors import GenerationError
-from opencodegen.generation.prefix_cache import SharedPrefixCache
+from opencodegen.generation.running_batch import Prefilled, RunningBatch, prefill, worth_compacting
 from opencodegen.generation.sampling import (
     SamplingParams,
     TokenSampler,
@@ -28,7 +29,7 @@ from opencodegen.generation.sampling import (
 )
 from opencodegen.generation.stopping import StopState
 from opencodegen.kernels import decode_attention, small_batch_linear
-from opencodegen.model import CodeGenForCausalLM, KVCache
+from opencodegen.model import CodeGenForCausalLM
 from opencodegen.tokenizer import IncrementalDecoder
 
 if TYPE_CHECKING:
@@ -67,16 +68,6 @@ class StreamEvent:
     index: int
     delta: str
     completion: Completion | None = None
-
-
-@dataclasses.dataclass
-class _Prefix:
-    cache: KVCache  # batch 1, holding the whole prompt
-    logits: torch.Tensor  # [vocab] for the token after the prompt
-
-    @property
-    def length(self) -> int:
-        return self.cache.length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,7 +224,7 @@ class Generator:
         streams = _Streams(resolve_seed(params.seed), row_streams(len(prompts), params.n, keys, first_sample))
         order = sorted(range(len(prompts)), key=lambda p: len(prompts[p]))
         jobs = [(p, j) for p in order for j in range(params.n)]
-        prefixes: dict[int, _Prefix] = {}
+        prefixes: dict[int, Prefilled] = {}
         start = 0
         while start < len(jobs):
             end = self._batch_end(jobs, start, prompts, params)
@@ -292,55 +283,30 @@ class Generator:
             longest, groups, end = longest_with, groups + new_group, end + 1
         return end
 
-    def _prefill(self, ids: list[int]) -> _Prefix:
-        cache = self.model.new_cache(1, len(ids))
-        input_ids = torch.tensor([ids], device=self.model.device)
-        logits = self.model(input_ids, past_key_values=cache, num_logits_to_keep=1).logits
-        return _Prefix(cache, logits[0, -1])
-
-    def _padded_cache(self, groups: list[tuple[_Prefix, int]], longest: int, capacity: int) -> KVCache:
-        """A left-padded cache with a copy of its prompt in every row."""
-        cache = self.model.new_cache(sum(n for _, n in groups), capacity)
-        r0 = 0
-        for prefix, n in groups:
-            pad = longest - prefix.length
-            for ours, theirs in ((cache.keys, prefix.cache.keys), (cache.values, prefix.cache.values)):
-                for layer, source in enumerate(theirs):
-                    ours[layer][r0 : r0 + n, :, pad:longest] = source[:, :, : prefix.length]
-                    ours[layer][r0 : r0 + n, :, :pad] = 0  # padding is masked out; keep it finite
-            r0 += n
-        cache.length = longest
-        return cache
+    def _prefill(self, ids: list[int]) -> Prefilled:
+        return prefill(self.model, [ids])
 
     def _decode(
-        self, batch: list[tuple[int, int]], prefixes: dict[int, _Prefix], params: SamplingParams, streams: _Streams
+        self, batch: list[tuple[int, int]], prefixes: dict[int, Prefilled], params: SamplingParams, streams: _Streams
     ) -> Iterator[StreamEvent]:
         max_new = params.max_new_tokens
-        groups: list[tuple[_Prefix, int]] = []  # runs of rows continuing one prompt
+        groups: list[tuple[Prefilled, int]] = []  # runs of rows continuing one prompt
         for p, _ in batch:
             if groups and groups[-1][0] is prefixes[p]:
                 groups[-1] = (prefixes[p], groups[-1][1] + 1)
             else:
                 groups.append((prefixes[p], 1))
-        longest = max(prefix.length for prefix, _ in groups)
-        if params.n > 1 and self.share_prefix:
-            cache: KVCache = SharedPrefixCache(self.model, [(prefix.cache, n) for prefix, n in groups], max_new)
-        else:
-            cache = self._padded_cache(groups, longest, longest + max_new)
-        device = self.model.device
-        mask = torch.ones(len(batch), longest + max_new, dtype=torch.bool, device=device)
-        lengths = [prefix.length for prefix, n in groups for _ in range(n)]
-        for row, length in enumerate(lengths):
-            mask[row, : longest - length] = False
-        positions = torch.tensor(lengths, device=device)
-        logits = torch.stack([prefix.logits for prefix, n in groups for _ in range(n)])
+        running = RunningBatch(self.model, share_prefix=params.n > 1 and self.share_prefix)
+        running.add([(prefix.cache, prefix.mask, [n]) for prefix, n in groups],
+                    [SequenceState(p, j, self, params) for p, j in batch], max_new)
+        logits = torch.cat([prefix.next_logits.expand(n, -1) for prefix, n in groups])
         uniforms = None
         if not params.greedy:
-            uniforms = torch.stack([streams.uniforms(p, j, max_new) for p, j in batch]).to(device)
-        active = [SequenceState(p, j, self, params) for p, j in batch]
+            uniforms = torch.stack([streams.uniforms(p, j, max_new) for p, j in batch]).to(self.model.device)
         sampler = TokenSampler(params)
 
         for step in range(max_new):
+            active: list[SequenceState] = running.rows
             scores = logits[:, : self.vocab_limit]
             chosen_from = penalize(scores, [seq.token_ids for seq in active], params)
             tokens = sampler(chosen_from, None if uniforms is None else uniforms[:, step])
@@ -353,25 +319,10 @@ class Generator:
             finished = sum(seq.completion is not None for seq in active)
             if finished == len(active):
                 return
-            if self._should_compact(finished, len(active), max_new - step - 1):
+            if worth_compacting(finished, len(active), max_new - step - 1):
                 keep = [row for row, seq in enumerate(active) if seq.completion is None]
-                cache.compact(keep)
-                index = torch.tensor(keep, device=device)
-                mask, positions, tokens = mask[index], positions[index], tokens[index]
+                running.keep(keep)
+                index = torch.tensor(keep, device=tokens.device)
+                tokens = tokens[index]
                 uniforms = None if uniforms is None else uniforms[index]
-                active = [active[row] for row in keep]
-            out = self.model(
-                tokens[:, None],
-                attention_mask=mask[:, : cache.length + 1],
-                position_ids=positions[:, None],
-                past_key_values=cache,
-                num_logits_to_keep=1,
-            )
-            positions += 1
-            logits = out.logits[:, -1]
-
-    @staticmethod
-    def _should_compact(finished: int, rows: int, steps_left: int) -> bool:
-        """Drop finished rows when the steps they would still cost outweigh moving the others:
-        a row-step and moving one row's cache cost about the same (both read its cache once)."""
-        return finished > 0 and finished * steps_left >= rows - finished
+            logits = running.step(tokens)

@@ -15,23 +15,23 @@ from opencodegen.model import CodeGenForCausalLM, KVCache
 
 
 class SharedPrefixCache(KVCache):
-    """`groups`: (prefix cache of one prompt, batch 1; number of rows continuing it), in row order."""
+    """`groups`: (a cache holding a prompt, its row there, number of rows continuing it), in row order."""
 
     fused_decode = False  # the native decode step knows nothing of the shared prompts
 
-    def __init__(self, model: CodeGenForCausalLM, groups: list[tuple[KVCache, int]], max_new_tokens: int) -> None:
+    def __init__(self, model: CodeGenForCausalLM, groups: list[tuple[KVCache, int, int]], max_new_tokens: int) -> None:
         config = model.config
-        super().__init__(config, sum(n for _, n in groups), max_new_tokens, model.dtype, model.device)
-        longest = max(prefix.length for prefix, _ in groups)
+        super().__init__(config, sum(n for _, _, n in groups), max_new_tokens, model.dtype, model.device)
+        longest = max(prefix.length for prefix, _, _ in groups)
         shape = (len(groups), config.n_head, longest, config.head_dim)
         self.prefix_keys = [torch.zeros(shape, dtype=model.dtype, device=model.device) for _ in range(config.n_layer)]
         self.prefix_values = [torch.zeros_like(t) for t in self.prefix_keys]
-        for g, (prefix, _) in enumerate(groups):
+        for g, (prefix, row, _) in enumerate(groups):
             for ours, theirs in ((self.prefix_keys, prefix.keys), (self.prefix_values, prefix.values)):
                 for layer, source in enumerate(theirs):
-                    ours[layer][g, :, longest - prefix.length :] = source[0, :, : prefix.length]
+                    ours[layer][g, :, longest - prefix.length :] = source[row, :, : prefix.length]
         self.length = self.offset = longest
-        self._row_groups = [g for g, (_, n) in enumerate(groups) for _ in range(n)]
+        self._row_groups = [g for g, (_, _, n) in enumerate(groups) for _ in range(n)]
         self._runs = self._find_runs()
 
     def _find_runs(self) -> list[tuple[int, int, int]]:
@@ -49,9 +49,6 @@ class SharedPrefixCache(KVCache):
         self._row_groups = [self._row_groups[r] for r in rows]
         self._runs = self._find_runs()
         return self
-
-    def select(self, rows: torch.Tensor) -> KVCache:
-        raise NotImplementedError("a shared-prefix cache keeps rows in prompt order; use compact()")
 
     def attend(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None

@@ -28,6 +28,7 @@ import torch
 
 from opencodegen.generation.engine import Generator, StreamEvent
 from opencodegen.generation.engine import SequenceState as EngineSequence
+from opencodegen.generation.running_batch import RunningBatch, prefill
 from opencodegen.generation.sampling import (
     SamplingParams,
     penalize,
@@ -37,7 +38,6 @@ from opencodegen.generation.sampling import (
     token_logprobs,
 )
 from opencodegen.model import CodeGenForCausalLM
-from opencodegen.serving.batch import RunningBatch, prefill
 from opencodegen.serving.metrics import Metrics
 from opencodegen.tokenizer import CodeGenTokenizer, IncrementalDecoder
 
@@ -363,12 +363,12 @@ class Scheduler:
         owner = [i for i, g in enumerate(groups) for _ in range(g.job.params.n)]
         room = max(r.room for r in (*rows, *self._batch.rows))
         prompts = [g.prompt for g in groups]
-        cache, mask, logits = prefill(
+        prefilled = prefill(
             self.model, prompts, self.tokenizer.pad_token_id, 0 if self._batch.rows else room,
             all_logits=any(g.job.prompt_logprobs for g in groups),
         )  # fmt: skip
         self.metrics.add_tokens(prompt=sum(map(len, prompts)))
-        for g, group_logits in zip(groups, logits):
+        for g, group_logits in zip(groups, prefilled.logits):
             if g.job.prompt_logprobs:
                 self._emit(g.job, PromptLogprobs(g.prompt_index, self._prompt_logprobs(g, group_logits)))
         for r in rows:
@@ -377,11 +377,11 @@ class Scheduler:
         live = [i for i, r in enumerate(rows) if not r.job.prompt_only]
         if not live:
             return
-        index = torch.tensor([owner[i] for i in live], device=mask.device)
-        cache.select(index)
-        self._batch.add(cache, mask[index], [rows[i] for i in live], room)
+        repeats = [0 if g.job.prompt_only else g.job.params.n for g in groups]
+        self._batch.add([(prefilled.cache, prefilled.mask, repeats)], [rows[i] for i in live], room)
         first = len(self._batch) - len(live)
-        self._advance(list(range(first, len(self._batch))), logits[:, -1][index])
+        index = torch.tensor([owner[i] for i in live], device=prefilled.logits.device)
+        self._advance(list(range(first, len(self._batch))), prefilled.next_logits[index])
 
     def _decode(self) -> None:
         tokens = torch.tensor([r.seq.token_ids[-1] for r in self._batch.rows])
