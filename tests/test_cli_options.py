@@ -25,7 +25,7 @@ ROOT = Path(__file__).parent.parent
 MODEL_COMMANDS = {"generate", "chat", "serve", "eval humaneval", "eval mtpb", "eval mtpb-perplexity", "eval loss"}
 MODEL_OPTIONS = ("--model", "--device", "--dtype", "--quantize", "--threads")
 #: the other commands that take one of them (--dtype with the same type, other defaults)
-ALSO = {"--model": {"info"}, "--dtype": {"init", "convert jaxformer", "convert gptj", "convert checkpoint"}}
+ALSO = {"--model": {"info"}, "--dtype": {"init", "convert jaxformer", "convert gptj", "convert checkpoint", "convert merge-lora"}}
 #: --seed: 0 where a run records results, a fresh seed where a user samples interactively (and retries)
 FRESH_SEED = {"generate", "chat"}
 #: (option, a bad value, the error argparse prints) for each shared option with a checked value

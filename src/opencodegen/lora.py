@@ -355,7 +355,7 @@ def load_merged(adapter_dir: str | Path, base: str | None = None, device: str | 
     """The base model with the adapters of `adapter_dir` merged in: (directory with the tokenizer,
     model in eval mode). `base` overrides the adapter's base_model_name_or_path."""
     from opencodegen.checkpoint import load_model
-    from opencodegen.devices import parse_dtype
+    from opencodegen.devices import parse_device, parse_dtype
     from opencodegen.training.checkpointing import TOKENIZER_FILES
 
     adapter_dir = Path(adapter_dir)
@@ -376,4 +376,4 @@ def load_merged(adapter_dir: str | Path, base: str | None = None, device: str | 
 
         model = quantize_model(model.float(), quantize)
     tokenizer_dir = adapter_dir if any((adapter_dir / n).is_file() for n in TOKENIZER_FILES) else base_dir
-    return tokenizer_dir, model.to(device).eval()
+    return tokenizer_dir, model.to(parse_device(device)).eval()
