@@ -26,21 +26,18 @@ from opencodegen.tokenizer import CodeGenTokenizer
 from opencodegen.training.checkpointing import copy_tokenizer_files
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-from training_helpers import build_corpus, run, run_settings, torchrun, trajectory, write_config
+from training_helpers import (  # noqa: F401 (fixtures)
+    build_corpus,
+    corpus_fixture,
+    restore_threads,
+    run,
+    run_settings,
+    torchrun,
+    trajectory,
+    write_config,
+)
 
 ALL = ("qkv_proj", "out_proj", "fc_in", "fc_out", "lm_head")
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

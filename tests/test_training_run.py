@@ -24,19 +24,17 @@ from opencodegen.tokenizer import CodeGenTokenizer
 from opencodegen.training.checkpointing import find_checkpoint
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-from training_helpers import TIMEOUT, build_corpus, run, run_settings, torchrun, trajectory, write_config
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
+from training_helpers import (  # noqa: F401 (fixtures)
+    TIMEOUT,
+    build_corpus,
+    corpus_fixture,
+    restore_threads,
+    run,
+    run_settings,
+    torchrun,
+    trajectory,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")

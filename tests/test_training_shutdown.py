@@ -8,26 +8,23 @@ import subprocess
 import time
 
 import pytest
-import torch
 
 from opencodegen.cli import main
 from opencodegen.training.signals import EXIT_STATUS, Terminated, terminate_as_exception
 from opencodegen.training.trainer import Trainer
-from training_helpers import TIMEOUT, build_corpus, run, run_settings, torchrun, trajectory, write_config
+from training_helpers import (  # noqa: F401 (fixtures)
+    TIMEOUT,
+    build_corpus,
+    corpus_fixture,
+    restore_threads,
+    run,
+    run_settings,
+    torchrun,
+    trajectory,
+    write_config,
+)
 
 ABORTED = ("terminate called", "SIGABRT", "Signal 6")
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def train_command(config, *overrides: str) -> list[str]:

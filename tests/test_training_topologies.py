@@ -5,25 +5,21 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-from training_helpers import TIMEOUT, build_corpus, free_port, run_settings, trajectory, write_config
+from training_helpers import (  # noqa: F401 (fixtures)
+    TIMEOUT,
+    build_corpus,
+    corpus_fixture,
+    free_port,
+    restore_threads,
+    run_settings,
+    trajectory,
+    write_config,
+)
 
 REL = 1e-5  # fp32: only the order of the reductions differs
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def settings(corpus, out, **extra) -> dict:

@@ -9,6 +9,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
 from opencodegen.data.build import BuildConfig, build_dataset
@@ -26,6 +28,19 @@ def build_corpus(root: Path) -> Path:
     build_dataset(BuildConfig(inputs=[str(f) for f in files], out=str(root / "data"), tokenizer=str(root / "tok"),
                               seq_len=64, val_fraction=0.1), progress=False)
     return root
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Training sets torch's thread count; the next test gets the count it had."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", name="corpus")
+def corpus_fixture(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def run_settings(corpus: Path, out_dir: Path | None, **extra) -> dict:
