@@ -42,7 +42,7 @@ def main() -> None:
     problems = he.load_problems(limit=args.limit)
     prompts = [p.prompt for p in problems]
     batch = planning.humaneval_batch(generator, prompts, args.n, [args.temperature], args.max_new_tokens, None, 1,
-                                     show=True)  # fmt: skip
+                                     show=True)
     calls = len(problems) * -(-args.n // batch)
     base = he.sampling_params(0.95, args.max_new_tokens, 0)
     for round_ in range(args.repeat):
@@ -57,10 +57,10 @@ def main() -> None:
             store = ResultStore(Path(tmp) / "samples.jsonl", he.KEY)
             start = time.perf_counter()
             he.generate_samples(generator, problems, store, n=args.n, temperatures=[args.temperature], top_p=0.95,
-                                max_new_tokens=args.max_new_tokens, seed=round_, batch_size=batch, progress=False)  # fmt: skip
+                                max_new_tokens=args.max_new_tokens, seed=round_, batch_size=batch, progress=False)
             real_s = time.perf_counter() - start
         print(f"round {round_}: estimate {estimate:.2f} s; full budget {full_s:.2f} s ({full_s / estimate:.2f}x); "
-              f"real run {real_s:.2f} s ({real_s / estimate:.2f}x)")  # fmt: skip
+              f"real run {real_s:.2f} s ({real_s / estimate:.2f}x)")
 
 
 if __name__ == "__main__":

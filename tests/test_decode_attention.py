@@ -12,11 +12,11 @@ from opencodegen.kernels import decode_attention
 from opencodegen.model import CodeGenForCausalLM, KVCache, rotary_table
 
 needs_kernel = pytest.mark.skipif(decode_attention.LIBRARY.unavailable_reason() is not None,
-                                  reason=f"kernel unavailable: {decode_attention.LIBRARY.unavailable_reason()}")  # fmt: skip
+                                  reason=f"kernel unavailable: {decode_attention.LIBRARY.unavailable_reason()}")
 
 
 def _step_inputs(batch: int, heads: int, head_dim: int, cached: int, rotary_dim: int, seed: int = 0,
-                 dtype: torch.dtype = torch.float32):  # fmt: skip
+                 dtype: torch.dtype = torch.float32):
     """A cache holding `cached` random tokens, one step's qkv, and each row's rotary rows (all in `dtype`,
     as in a model of that dtype)."""
     gen = torch.Generator().manual_seed(seed)
@@ -40,7 +40,7 @@ def _clone(cache: KVCache) -> KVCache:
 
 @needs_kernel
 @pytest.mark.parametrize("batch, heads, head_dim, cached, rotary_dim", [(1, 4, 16, 0, 8), (3, 2, 64, 37, 32),
-                                                                          (2, 3, 256, 20, 64), (5, 1, 80, 50, 80)])  # fmt: skip
+                                                                          (2, 3, 256, 20, 64), (5, 1, 80, 50, 80)])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_matches_the_pytorch_step(batch, heads, head_dim, cached, rotary_dim, masked, dtype):
@@ -75,9 +75,9 @@ def test_declines_what_it_does_not_handle():
         half = [t.half() for t in (qkv, *rotary, keys, values)]
         assert decode_attention.attend(*half, 10, None) is None  # fp16: no kernel
         assert decode_attention.attend(qkv[..., :24].contiguous(), *rotary, keys[..., :24], values[..., :24], 10,
-                                       None) is None  # head_dim not a multiple of 16  # fmt: skip
+                                       None) is None  # head_dim not a multiple of 16
         assert decode_attention.attend(qkv.transpose(3, 4).contiguous().transpose(3, 4), *rotary, keys, values, 10,
-                                       None) is None  # not contiguous  # fmt: skip
+                                       None) is None  # not contiguous
         assert decode_attention.attend(qkv, *rotary, keys, values, 10, torch.ones(2, 11)) is None  # mask not bool
         assert decode_attention.attend(qkv, *rotary, keys, values, 10, torch.ones(2, 9, dtype=torch.bool)) is None
         with pytest.raises(ValueError, match="KV cache overflow"):
@@ -101,4 +101,4 @@ def test_generation_is_the_same_with_and_without_the_kernel(monkeypatch, dtype):
     for a, b in zip(fused, plain):
         assert a[0].token_ids == b[0].token_ids
         torch.testing.assert_close([p.logprob for p in a[0].logprobs], [p.logprob for p in b[0].logprobs],
-                                   rtol=tolerance, atol=tolerance)  # fmt: skip
+                                   rtol=tolerance, atol=tolerance)

@@ -49,14 +49,14 @@ def test_documented_torchrun_command_runs_two_cpu_ranks(tmp_path):
     out = tmp_path / "out"
     argv = with_values(documented[1:], {"--nproc-per-node": ["2"], "--model": [str(model)], "--out": [str(out)],
                                         "--num-samples": ["2"], "--temperature": ["0.5", "0.9"],
-                                        "--dtype": ["float32"]})  # fmt: skip
+                                        "--dtype": ["float32"]})
     argv += ["--limit", "2", "--max-new-tokens", "4", "--k", "1", "2", "--device", "cpu", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+           "OMP_NUM_THREADS": "1"}
     if shutil.which("bwrap") is None:  # no sandbox on this machine: the explicit, recorded opt-out
         env["OPENCODEGEN_ISOLATION"] = "none"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *argv], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ambiguous option" not in proc.stderr
     for rank in (0, 1):

@@ -44,7 +44,7 @@ def _unwritable(tmp_path: Path, case: str) -> Path:
 
 @pytest.mark.parametrize("case", ["a file", "under a file", "a read-only directory"])
 @pytest.mark.parametrize("command", [["eval", "humaneval"], ["eval", "mtpb", "--data", "MTPB"],
-                                     ["eval", "mtpb-perplexity", "--data", "MTPB"]])  # fmt: skip
+                                     ["eval", "mtpb-perplexity", "--data", "MTPB"]])
 def test_bad_out_is_refused_before_any_model_load(tiny, tmp_path, monkeypatch, capsys, case, command):
     loads = []
     monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("model loaded"))
@@ -72,7 +72,7 @@ def test_greedy_with_several_samples_is_warned_about():
 def test_humaneval_prints_the_plan_and_warns_before_sampling(tiny, tmp_path, capsys):
     argv = ["eval", "humaneval", "--model", str(tiny), "--out", str(tmp_path / "out"), "--limit", "2",
             "--num-samples", "3", "--temperature", "0", "0.5", "--max-new-tokens", "5", "--k", "1",
-            "--device", "cpu", "--quiet"]  # fmt: skip
+            "--device", "cpu", "--quiet"]
     assert cli(argv) == 0
     err = capsys.readouterr().err.splitlines()
     plan = [line for line in err if line.startswith(("plan:", "warning:"))]
@@ -93,7 +93,7 @@ def test_mtpb_prints_the_plan_and_sizes_the_batch(tiny, capsys, monkeypatch):
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "plan: 2 problems, 10 test cases x 2 samples = 20 programs per mode (multi, single)"
     assert err[1] == (f"plan: multi-turn: {5 * turns * 2:,} turn completions, each within its problem's budget: "
-                      f"at most {5 * budget * 2:,} generated tokens")  # fmt: skip
+                      f"at most {5 * budget * 2:,} generated tokens")
     assert err[3].startswith("warning: T = 0 is greedy decoding: its 2 samples")
     model = CodeGenForCausalLM.from_pretrained(tiny).eval()
     generator = Generator(model, CodeGenTokenizer.from_pretrained(tiny))
@@ -107,7 +107,7 @@ def test_mtpb_prints_the_plan_and_sizes_the_batch(tiny, capsys, monkeypatch):
 
 def test_mtpb_cli_prints_the_plan_and_warns(tiny, tmp_path, capsys):
     argv = ["eval", "mtpb", "--model", str(tiny), "--data", str(mtpb_path()), "--problems", "3", "--num-samples", "2",
-            "--temperature", "0", "--out", str(tmp_path / "out"), "--device", "cpu", "--workers", "1"]  # fmt: skip
+            "--temperature", "0", "--out", str(tmp_path / "out"), "--device", "cpu", "--workers", "1"]
     assert cli(argv) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("plan:", "warning: T = 0"))]
     assert err[0] == "plan: 1 problems, 5 test cases x 2 samples = 10 programs per mode (multi)"
@@ -169,6 +169,6 @@ def test_no_eval_flag_is_a_torchrun_flag_or_its_abbreviation(command):
     a flag of ours that equals or begins a torchrun flag is taken for torchrun's."""
     torchrun = _torchrun_options()
     clashes = {ours: [t for t in torchrun if t.startswith(ours)] for ours in _options("eval", command)
-               if ours not in ("-h", "--help", "--n") and any(t.startswith(ours) for t in torchrun)}  # fmt: skip
+               if ours not in ("-h", "--help", "--n") and any(t.startswith(ours) for t in torchrun)}
     assert clashes == {}
     assert any(t.startswith("--n") and t != "--n" for t in torchrun)  # why --n is only an alias

@@ -183,7 +183,7 @@ class RecordingGenerator:
     def generate(self, prompts, params, progress=None, **streams):
         self.calls.append((list(prompts), params))
         return [[FakeCompletion(self.text(p) if callable(self.text) else self.text) for _ in range(params.n)]
-                for p in prompts]  # fmt: skip
+                for p in prompts]
 
 
 class WordCounter:
@@ -204,7 +204,7 @@ def sample_with(protocol, problems, tmp_path, generator, **budget):
     he.generate_samples(generator, problems, store, n=2, temperatures=[0.2], top_p=protocol.top_p,
                         max_new_tokens=budget.get("max_new_tokens", protocol.new_tokens), seed=0, batch_size=2,
                         progress=False, protocol=protocol, top_k=protocol.top_k,
-                        max_total_tokens=budget.get("max_total_tokens", protocol.total_tokens))  # fmt: skip
+                        max_total_tokens=budget.get("max_total_tokens", protocol.total_tokens))
     return store.records
 
 
@@ -234,7 +234,7 @@ def test_bigcode_runs_the_stripped_prompt(problems, tmp_path):
     by_prompt = {p.prompt.strip(): p for p in problems}
     generator = RecordingGenerator(lambda prompt: "\n" + by_prompt[prompt].canonical_solution)
     settings = dataclasses.replace(settings_for(problems, n=1, temperatures=[0.2], seed=0, limit=3, batch_size=1),
-                                   protocol="bigcode", top_k=0, max_new_tokens=20)  # fmt: skip
+                                   protocol="bigcode", top_k=0, max_new_tokens=20)
     options = he.RunOptions(out=tmp_path, ks=(1,), workers=1, progress=False)
     summary = he.run_with_generator(generator, problems, settings, options)
     assert [prompts for prompts, _ in generator.calls] == [[p.prompt.strip()] for p in problems]
@@ -249,7 +249,7 @@ def test_humaneval_cli_records_the_protocol_and_refuses_another(tmp_path, capsys
     model = make_model_dir(tmp_path / "model")
     out = tmp_path / "out"
     argv = ["eval", "humaneval", "--model", str(model), "--out", str(out), "--limit", "1", "--n", "2",
-            "--temperature", "0.5", "--max-new-tokens", "4", "--k", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+            "--temperature", "0.5", "--max-new-tokens", "4", "--k", "1", "--device", "cpu", "--quiet"]
     assert cli([*argv, "--protocol", "codegen-release"]) == 0
     run = read_json(out / "run.json")
     assert (run["protocol"], run["top_k"], run["top_p"], run["max_new_tokens"]) == ("codegen-release", 50, 0.95, 4)
@@ -260,7 +260,7 @@ def test_humaneval_cli_records_the_protocol_and_refuses_another(tmp_path, capsys
     assert cli(argv) == 2  # the default protocol is human-eval: another run
     assert "protocol: 'codegen-release' -> 'human-eval'" in capsys.readouterr().err
     assert cli(["eval", "humaneval", "--samples", str(out / "samples.jsonl"), "--protocol", "bigcode",
-                "--out", str(tmp_path / "scored"), "--limit", "1"]) == 2  # fmt: skip
+                "--out", str(tmp_path / "scored"), "--limit", "1"]) == 2
     assert "scored as it is" in capsys.readouterr().err
 
 
@@ -270,9 +270,9 @@ def test_protocol_settings_defaults_and_overrides():
         return protocol_settings(args, benchmark)
 
     assert resolve("humaneval") == {"protocol": "human-eval", "top_p": 0.95, "top_k": 0, "max_new_tokens": 384,
-                                    "max_total_tokens": None}  # fmt: skip
+                                    "max_total_tokens": None}
     assert resolve("humaneval", protocol="bigcode") == {"protocol": "bigcode", "top_p": 0.95, "top_k": 0,
-                                                        "max_new_tokens": None, "max_total_tokens": 512}  # fmt: skip
+                                                        "max_new_tokens": None, "max_total_tokens": 512}
     assert resolve("humaneval", protocol="bigcode", max_new_tokens=300, top_k=5)["max_total_tokens"] is None
     assert resolve("mtpb") == {"protocol": "codegen-release", "top_p": 0.95, "top_k": 50}
     assert resolve("mtpb", top_k=0, top_p=0.9) == {"protocol": "codegen-release", "top_p": 0.9, "top_k": 0}
@@ -298,7 +298,7 @@ def test_mtpb_cli_defaults_to_the_release_and_refuses_another_protocol(tmp_path,
     model = make_model_dir(tmp_path / "model")
     out = tmp_path / "out"
     argv = ["eval", "mtpb", "--model", str(model), "--data", str(mtpb_path()), "--problems", "3", "--mode", "single",
-            "--temperature", "0", "--out", str(out), "--device", "cpu", "--workers", "1"]  # fmt: skip
+            "--temperature", "0", "--out", str(out), "--device", "cpu", "--workers", "1"]
     assert cli(argv) == 0
     settings = read_json(out / "summary.json")["settings"]
     assert (settings["protocol"], settings["top_k"], settings["top_p"]) == ("codegen-release", 50, 0.95)

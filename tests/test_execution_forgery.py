@@ -252,7 +252,7 @@ REMAINING = {
 }
 
 pytestmark = pytest.mark.skipif(isolation_report()["mode"] == "none",
-                                reason="no sandbox here: forgeries must not run unisolated")  # fmt: skip
+                                reason="no sandbox here: forgeries must not run unisolated")
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +278,7 @@ def score(samples: list[dict], out: Path) -> tuple[dict, list[dict]]:
 def test_twenty_forged_completions_score_zero(problems, tmp_path):
     assert len(FORGERIES) >= 20
     samples = [{"task_id": p.task_id, "completion": completion(p, attack)}
-               for p, attack in zip(problems, FORGERIES.values())]  # fmt: skip
+               for p, attack in zip(problems, FORGERIES.values())]
     samples += [{"task_id": p.task_id, "completion": p.canonical_solution} for p in problems[20:24]]
     summary, records = score(samples, tmp_path / "out")
     verdicts = {name: r["result"] for name, r in zip(FORGERIES, records)}
@@ -293,6 +293,6 @@ def test_the_remaining_tricks_are_the_documented_same_interpreter_ones(problems,
     for name in REMAINING:
         assert name in section.group(1), f"docs/evaluation.md does not name the remaining trick {name!r}"
     samples = [{"task_id": problems[index].task_id, "completion": completion(problems[index], attack)}
-               for index, attack in REMAINING.values()]  # fmt: skip
+               for index, attack in REMAINING.values()]
     _, records = score(samples, tmp_path / "out")
     assert [r["result"] for r in records] == ["passed"] * len(REMAINING)

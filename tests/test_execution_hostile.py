@@ -45,7 +45,7 @@ EXPECT = {
     "signal_server": {"passed"}, "memfd_flood": {"passed"}, "tmpfs_flood": {"memory"},
     "sysv_shm_flood": {"memory"}, "user_namespace": {"passed"}, "io_uring": {"passed"},
     "terminal_escapes": {"passed"}, "steal_report": {"failed"},
-}  # fmt: skip
+}
 NEVER_PRINTED = ("DONE", "CONNECTED", "SENT", "GAINED", "ATTACHED", "OPENED", "STORED", "CREATED", "FORGED")
 OUTPUT_LIMIT = 1 << 16
 SERVER_PEAK_MB = 300  # a fork-server's peak resident memory after the whole batch (floods included)
@@ -97,7 +97,7 @@ def host(tmp_path, monkeypatch):
     thread.start()
     params = {"secret_file": str(tmp_path / "secret.txt"), "secret": secret, "victim": str(victim),
               "victim_dir": str(victim_dir), "port": listener.getsockname()[1],
-              "host_tmp_marker": f"/tmp/opencodegen-hostile-{tag}", "job_secret": f"JOBSECRET-{tag}"}  # fmt: skip
+              "host_tmp_marker": f"/tmp/opencodegen-hostile-{tag}", "job_secret": f"JOBSECRET-{tag}"}
     try:
         yield params, accepted
     finally:
@@ -163,7 +163,7 @@ def build_batch(params: dict, science: bool = True) -> list[tuple[str | None, di
     """The hostile programs interleaved with legitimate jobs: (hostile name or None, job, the
     legitimate job's (status, stdout) or None)."""
     hostile = [(name, {"source": (HOSTILE / f"{name}.py").read_text(), "stdin": json.dumps(params), "timeout": 3,
-                       "memory_mb": 256, "output_limit": OUTPUT_LIMIT}) for name in sorted(EXPECT)]  # fmt: skip
+                       "memory_mb": 256, "output_limit": OUTPUT_LIMIT}) for name in sorted(EXPECT)]
     legit = legit_jobs(science)
     batch: list[tuple[str | None, dict, tuple | None]] = []
     for i in range(max(len(hostile), len(legit))):
@@ -224,7 +224,7 @@ print(json.dumps({"mode": isolation_report()["mode"], "results": results, "repla
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not Path("/usr/bin/python3").exists(),
-                    reason="needs root, setpriv and a system python to run as another user")  # fmt: skip
+                    reason="needs root, setpriv and a system python to run as another user")
 def test_hostile_batch_is_contained_for_another_user(host, tmp_path):
     """The same batch started by an unprivileged user (nobody, with the system python): a user
     namespace sandbox, where the jobs share the fork-server's uid."""
@@ -232,9 +232,9 @@ def test_hostile_batch_is_contained_for_another_user(host, tmp_path):
     batch = build_batch(params, science=False)
     tmp_path.chmod(0o777)
     command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c",
-               AS_ANOTHER_USER, str(SRC), str(Path(__file__).parent)]  # fmt: skip
+               AS_ANOTHER_USER, str(SRC), str(Path(__file__).parent)]
     done = subprocess.run(command, input=json.dumps([job for _, job, _ in batch]), capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, cwd=tmp_path, timeout=600)  # fmt: skip
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, cwd=tmp_path, timeout=600)
     if "No module named" in done.stderr:
         pytest.skip(f"the system python cannot import what opencodegen.execution needs: {done.stderr[-300:]}")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -254,7 +254,7 @@ def test_a_job_cannot_read_what_an_earlier_job_left(host):
             {"source": (HOSTILE / "other_job_writer.py").read_text(), "stdin": stdin,
              "files": {"input.csv": params["job_secret"]}},
             {"source": (HOSTILE / "other_job_reader.py").read_text()},
-        ])  # fmt: skip
+        ])
     assert writer.status == "passed" and writer.stdout.endswith("left secrets\n")
     assert reader.status == "passed", reader  # the scratch directories were unlocked again
     assert params["job_secret"] not in reader.stdout + reader.stderr

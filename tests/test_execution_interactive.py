@@ -41,7 +41,7 @@ def _lines(process: SandboxedProcess, count: int) -> list[str]:
 @pytest.mark.parametrize("isolation", MODES)
 def test_a_job_talks_over_pipes_in_its_private_directory_and_exits(isolation):
     process = spawn_interactive(ECHO, memory_mb=256, cpu_seconds=30, isolation=isolation,
-                                files={"data/in.txt": "given"})  # fmt: skip
+                                files={"data/in.txt": "given"})
     try:
         assert process.isolation.mode == (isolation_report()["mode"] if isolation == "auto" else "none")
         first = json.loads(_lines(process, 1)[0])
@@ -61,7 +61,7 @@ def test_a_job_talks_over_pipes_in_its_private_directory_and_exits(isolation):
 @pytest.mark.parametrize("isolation", MODES)
 def test_outcomes_say_how_a_job_ended(isolation):
     cases = {"failed": "raise SystemExit(3)", "crashed": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)",
-             "timeout": "while True:\n    pass", "memory": FORKED_MEMORY}  # fmt: skip
+             "timeout": "while True:\n    pass", "memory": FORKED_MEMORY}
     for expected, source in cases.items():
         with spawn_interactive(source, memory_mb=200, cpu_seconds=1, isolation=isolation) as process:
             assert process.wait(30) is not None, expected
@@ -76,7 +76,7 @@ def test_kill_stops_the_job_and_everything_it_started(isolation):
     assert process.outcome is None
     _lines(process, 1)
     mine = [pid for pid, config in sandbox_processes().items() if config["host"] == os.getpid()
-            and config["role"] == "interactive"]  # fmt: skip
+            and config["role"] == "interactive"]
     assert mine
     process.close(wait=0)
     assert process.outcome == "killed"

@@ -51,7 +51,7 @@ print(json.dumps({
 # A HumanEval problem that passes only in a sandbox: the project tree must be out of sight.
 PROBLEM = {"task_id": "Sandboxed/0", "prompt": "def f():\n", "entry_point": "f",
            "test": f"import os\n\ndef check(candidate):\n    assert candidate() == 1\n"
-                   f"    assert not os.path.exists({str(SRC)!r}), 'the project tree is visible'\n"}  # fmt: skip
+                   f"    assert not os.path.exists({str(SRC)!r}), 'the project tree is visible'\n"}
 
 
 def _env(path: str, **extra: str) -> dict[str, str]:
@@ -79,7 +79,7 @@ def _python(code: str, env: dict[str, str], python: str = sys.executable) -> dic
 
 def _cli(args: list[str], env: dict[str, str], python: str = sys.executable) -> subprocess.CompletedProcess:
     return subprocess.run([python, "-m", "opencodegen.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+                          timeout=300)
 
 
 def _assert_refusal(message: str, cause: str) -> None:
@@ -129,7 +129,7 @@ print(json.dumps({{"mode": mode, "seen": seen, "run_program": run_program("print
     explicit = _python("import json\nfrom opencodegen.execution import ExecutionPool\n"
                        "with ExecutionPool(workers=1, isolation='none') as p:\n"
                        "    print(json.dumps({'mode': p.isolation.mode, 'out': p.run('print(3)').stdout}))",
-                       broken_bwrap)  # fmt: skip
+                       broken_bwrap)
     assert explicit == {"mode": "none", "out": "3\n"}
 
 
@@ -246,7 +246,7 @@ def test_chat_opted_out_runs_and_prints_the_mode(tmp_path, broken_bwrap):
     script = "/code Print one.\nprint(1)\n/end\n"
     done = subprocess.run([sys.executable, "-m", "opencodegen.cli", "chat", "--model", str(model), "--device", "cpu",
                            "--isolation", "none"], input=script, capture_output=True, text=True, env=broken_bwrap,
-                          timeout=300)  # fmt: skip
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "isolation: none" in done.stderr and "# Print one.\nprint(1)\n" in done.stdout
 
@@ -267,9 +267,9 @@ def test_serve_opted_out_runs_sessions_in_the_recorded_mode(tmp_path, broken_bwr
     model = make_model_dir(tmp_path / "tiny")
     port = _free_port()
     command = [sys.executable, "-m", "opencodegen.cli", "serve", "--model", str(model), "--port", str(port),
-               "--threads", "1"]  # fmt: skip
+               "--threads", "1"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**broken_bwrap, ISOLATION_ENV: "none"})  # fmt: skip
+                              env={**broken_bwrap, ISOLATION_ENV: "none"})
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
         while True:

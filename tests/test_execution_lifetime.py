@@ -68,7 +68,7 @@ def test_nothing_of_a_sandbox_outlives_its_killed_host(mode, kind, busy, tmp_pat
         [*MODES[mode], python, "-I", "-c", HOST, str(SRC), kind, "auto" if mode == "user" else mode, busy],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MARKER": marker},
-    )  # fmt: skip
+    )
     try:
         line = _first_line(host)
         if not line and mode == "user" and "No module named" in (error := host.communicate(timeout=5)[1]):
@@ -166,7 +166,7 @@ def test_nothing_outlives_a_fallback_job_or_its_killed_server(user, tmp_path):
         capture_output=True, text=True, cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MARKER": marker},
         timeout=300,
-    )  # fmt: skip
+    )
     try:
         if "No module named" in done.stderr:
             pytest.skip(f"the system python cannot import what opencodegen needs: {done.stderr[-300:]}")

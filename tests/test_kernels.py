@@ -16,7 +16,7 @@ from opencodegen.kernels import small_batch_linear as kernel
 from opencodegen.model import CodeGenForCausalLM, Linear
 
 needs_kernel = pytest.mark.skipif(kernel.LIBRARY.unavailable_reason() is not None,
-                                  reason=f"kernel unavailable here: {kernel.LIBRARY.unavailable_reason()}")  # fmt: skip
+                                  reason=f"kernel unavailable here: {kernel.LIBRARY.unavailable_reason()}")
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_a_changed_header_rebuilds_the_library(fresh_kernel, tmp_path):
     source = source_dir / "answer.c"
     source.write_text('#include "value.h"\nint answer(void) { return VALUE; }\n')
     library = native.NativeLibrary(source, ("-O1", "-shared", "-fPIC"), (), lambda lib: lib.answer,
-                                   logging.getLogger(__name__), "nothing")  # fmt: skip
+                                   logging.getLogger(__name__), "nothing")
     first = library.build()
     (source_dir / "value.h").write_text("#define VALUE 2\n")
     second = library.build()

@@ -144,7 +144,7 @@ def test_live_casts_keep_set_order_and_unreadable_objects_fail():
     [None, True, 3, -2.5, float("inf"), "s\u00e9", [1, [2, (3,)]], {"k": {1, 2}}, frozenset({1}),
      np.int8(-3), np.float16(1.5), np.str_("ab"), np.array([[1.5, 2.0]], dtype=np.float32),
      np.array([True, False]), np.array(3)],
-)  # fmt: skip
+)
 def test_values_survive_the_transport_with_their_types(value):
     obj = transported(value)
     assert type(obj) is type(value)
@@ -165,7 +165,7 @@ def test_transport_limits_and_bad_reports():
         harness.encode(deep)
     huge = {"t": "ndarray", "dtype": "<U99999999", "shape": [1], "v": [{"t": "str", "v": "a"}]}
     for bad in [{"t": "int", "v": "1"}, {"t": "eval", "v": "1"}, {"t": "numpy", "dtype": "O", "v": {"t": "int", "v": 1}},
-                [], huge, {**huge, "dtype": "<U999999999"}]:  # fmt: skip
+                [], huge, {**huge, "dtype": "<U999999999"}]:
         with pytest.raises(ValueError):
             decode(bad)
 

@@ -29,7 +29,7 @@ def test_real_file_loads_with_its_known_quirks_as_warnings():
     text = "\n".join(bench.warnings)
     assert "problems 39-45 have no max_gen_length: using 256" in text
     for pid, words in [("31", "4/5"), ("38", "mlbootcamp5_train.csv"), ("46", "melb_data.csv"),
-                       ("57", "6 outputs for 5 inputs"), ("57", "unused input keys ['B']")]:  # fmt: skip
+                       ("57", "6 outputs for 5 inputs"), ("57", "unused input keys ['B']")]:
         assert any(w.startswith(f"problem {pid}:") and words in w for w in bench.warnings), (pid, words)
 
 
@@ -47,7 +47,7 @@ def _write(tmp_path, rows):
 
 
 GOOD = {"id": "1", "name": "n", "description": "d", "category": "math", "prompts": ["x = {a}", "print x"],
-        "inputs": [{"a": i} for i in range(5)], "outputs": list(range(5)), "max_gen_length": 128}  # fmt: skip
+        "inputs": [{"a": i} for i in range(5)], "outputs": list(range(5)), "max_gen_length": 128}
 
 
 @pytest.mark.parametrize(

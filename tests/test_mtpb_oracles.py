@@ -51,7 +51,7 @@ ORACLES: dict[str, list[str]] = {
            "sum_subarray = sum(max_subarray)", "print(sum_subarray)"],
     "61": ["my_matrix = {A}", "diag_elements = np.atleast_2d(np.array(my_matrix)).diagonal()",
            "print(np.sum(diag_elements))"],
-}  # fmt: skip
+}
 # Problem 31's test case 0 expects a wrong answer (see the data README); problem 14 imports
 # scikit-learn, which cannot be imported under the original checker's reliability_guard.
 BEST = {"31": 4, "14": 0}
@@ -106,7 +106,7 @@ def scored():
 def test_oracles_cover_every_category():
     problems = load_mtpb(mtpb_path()).by_id()
     assert {problems[p].category for p in ORACLES} == {"string", "math", "array", "data science",
-                                                       "algorithm", "dict", "class"}  # fmt: skip
+                                                       "algorithm", "dict", "class"}
     assert all(len(code) == problems[p].n_turns for p, code in ORACLES.items())
 
 
@@ -131,7 +131,7 @@ HOSTILE = {
     "kills its own process after printing": "print(5)\nimport signal\nsignal.raise_signal(signal.SIGKILL)",
     "writes a fake report to the real stdout": "import os\nos.write(1, b'\\n0\\n{\"printed\": true, \"value\": {\"t\": \"int\", \"v\": 5}}\\n0\\n')",
     "prints an object that lies about equality": "class A:\n    def __eq__(self, o):\n        return True\n    def __int__(self):\n        return 5\nprint(A())",
-}  # fmt: skip
+}
 
 
 def test_hostile_programs_cannot_fake_a_pass():

@@ -117,11 +117,11 @@ CASES = [
     ("a Counter is cast to dict: fails", "from collections import Counter\nprint(Counter('aab'))", {"a": 2, "b": 1}, FAIL),
     ("None outputs always fail (problem 41)", "print(None)", None, FAIL),
     ("a value against an expected None", "print(0)", None, FAIL),
-]  # fmt: skip
+]
 
 
 HANGS = {"prints, then hangs past the time limit", "prints, then sleeps past the time limit",
-         "prints a wrong value, then hangs", "hangs before printing", "catches its time-out and prints"}  # fmt: skip
+         "prints a wrong value, then hangs", "hangs before printing", "catches its time-out and prints"}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def verdicts():
         for hangs, limit in ((False, 20.0), (True, SHORT_LIMIT)):
             cases = [case for case in CASES if (case[0] in HANGS) == hangs]
             scores = score_programs([(PREFIX + code, expected) for _, code, expected, _ in cases], pool,
-                                    time_limit=limit)  # fmt: skip
+                                    time_limit=limit)
             found.update(zip((name for name, *_ in cases), scores))
     return found
 

@@ -56,11 +56,11 @@ def test_programs_file_is_scored_summarized_and_resumed(tmp_path, capsys):
     # problem 1: 5 right + 2 wrong pass (no upper case in tests 0 and 4); problem 3: 5 + 1 (0 hours)
     assert summary["mode"] == "programs" and summary["pass_rate"] == pytest.approx((70.0 + 60.0) / 2)
     assert summary["per_problem"]["1"] == {"name": "Sandwich string", "category": "string", "n_turns": 5,
-                                           "passed": 7, "total": 10, "pass_rate": 70.0}  # fmt: skip
+                                           "passed": 7, "total": 10, "pass_rate": 70.0}
     assert set(summary["per_category"]) == {"string", "math"} and set(summary["per_turns"]) == {"3", "5"}
     assert summary["data"]["sha256"] == load_mtpb(mtpb_path()).sha256 and summary["data"]["warnings"]
     assert summary["checker"] == {"rules": "salesforce/CodeGen codegen1/benchmark/mtpb_exec.py", "version": 2,
-                                  "time_limit_s": 20.0}  # fmt: skip
+                                  "time_limit_s": 20.0}
     assert summary["warnings"] == []  # nothing in problems 1 and 3 is impossible under the original's rules
     assert (out / "mtpb_categories.png").read_bytes()[:4] == b"\x89PNG"
     assert "MTPB programs: pass rate 65.00% over 2 problems (20 programs)" in capsys.readouterr().out
@@ -89,7 +89,7 @@ def test_programs_file_is_scored_summarized_and_resumed(tmp_path, capsys):
 def test_summary_warns_about_what_the_original_rules_make_impossible(tmp_path):
     bench = load_mtpb(mtpb_path())
     records = [{"id": pid, "test": t, "sample": 0, "passed": False, "status": "wrong"} for pid in ("1", "41", "89")
-               for t in range(5)]  # fmt: skip
+               for t in range(5)]
     warnings = mtpb_run.write_summary(tmp_path, bench, {"programs": records})["warnings"]
     assert [w.split(":")[0] for w in warnings] == ["problem 41", "problem 89"]
     assert "2 test case(s) (1, 4) expect None" in warnings[0] and "no program can pass them" in warnings[0]
@@ -133,7 +133,7 @@ def tiny(tmp_path_factory):
 def test_cli_with_a_tiny_model_writes_both_modes(tiny, tmp_path):
     out = tmp_path / "out"
     argv = ["eval", "mtpb", "--model", str(tiny), "--data", str(mtpb_path()), "--problems", "3", "--mode", "both",
-            "--temperature", "0", "--out", str(out), "--device", "cpu", "--workers", "2"]  # fmt: skip
+            "--temperature", "0", "--out", str(out), "--device", "cpu", "--workers", "2"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["modes"]) == {"multi", "single"} and summary["modes"]["multi"]["programs"] == 5
@@ -145,7 +145,7 @@ def test_cli_with_a_tiny_model_writes_both_modes(tiny, tmp_path):
 
     ppl_out = tmp_path / "ppl"
     argv = ["eval", "mtpb-perplexity", "--model", str(tiny), "--data", str(mtpb_path()), "--problems", "3",
-            "--samples", str(out / "samples_multi.jsonl"), "--out", str(ppl_out), "--device", "cpu"]  # fmt: skip
+            "--samples", str(out / "samples_multi.jsonl"), "--out", str(ppl_out), "--device", "cpu"]
     assert main(argv) == 0
     ppl = json.loads((ppl_out / "perplexity_summary.json").read_text())
     row = ppl["per_problem"]["3"]

@@ -67,7 +67,7 @@ def test_every_problem_matches_the_reference_loop_and_batches_each_turn_in_one_c
             firsts = [first] * len(keys) if isinstance(first, int) else first
             streams += [(key, f + j) for key, f in zip(keys, firsts) for j in range(params.n)]
         expected = [(stream_key(problem, t, turn), s) for turn in range(problem.n_turns) for t in problem.tests
-                    for s in range(2)]  # fmt: skip
+                    for s in range(2)]
         assert sorted(streams) == sorted(expected)
 
 

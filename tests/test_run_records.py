@@ -38,15 +38,15 @@ def options(out, ks=(1,)):
 
 def test_a_samples_file_that_leaves_problems_out_is_refused_with_their_ids(problems, tmp_path, capsys):
     six = write_jsonl(tmp_path / "six.jsonl", ({"task_id": p.task_id, "completion": p.canonical_solution}
-                                               for p in problems[:6]))  # fmt: skip
+                                               for p in problems[:6]))
     with pytest.raises(DataError, match=r"no samples for 158 of the 164 problems: HumanEval/6, HumanEval/7, .*"
-                                        r"HumanEval/25 and 138 more"):  # fmt: skip
+                                        r"HumanEval/25 and 138 more"):
         he.read_samples(six, problems)
     assert cli(["eval", "humaneval", "--samples", str(six), "--out", str(tmp_path / "all"), "--quiet"]) == 2
     assert "HumanEval/6, HumanEval/7" in capsys.readouterr().err
     # an explicit selection it covers is scored; samples beyond the selection are skipped
     assert cli(["eval", "humaneval", "--samples", str(six), "--limit", "4", "--out", str(tmp_path / "four"),
-                "--quiet"]) == 0  # fmt: skip
+                "--quiet"]) == 0
     assert [r["task_id"] for r in read_jsonl(tmp_path / "four" / "results.jsonl")] == [p.task_id for p in problems[:4]]
     # every temperature of the file must cover the selection
     rows = [{"task_id": p.task_id, "completion": "", "temperature": t} for p in problems[:3] for t in (0.2, 0.8)]
@@ -62,9 +62,9 @@ def test_a_samples_file_that_leaves_problems_out_is_refused_with_their_ids(probl
 def test_evalplus_and_bigcode_files_score_what_the_same_human_eval_samples_score(problems, tmp_path):
     chosen = problems[:4]
     completions = {p.task_id: [p.canonical_solution, broken(p.canonical_solution, replace=True), "    return None\n"]
-                   for p in chosen}  # fmt: skip
+                   for p in chosen}
     human_eval = write_jsonl(tmp_path / "samples.jsonl", ({"task_id": t, "completion": c}
-                                                          for t, cs in completions.items() for c in cs))  # fmt: skip
+                                                          for t, cs in completions.items() for c in cs))
     # EvalPlus: whole programs; one written the way a sanitizer writes it (not starting with the prompt)
     evalplus_rows = [{"task_id": p.task_id, "solution": p.prompt + c} for p in chosen for c in completions[p.task_id]]
     evalplus_rows[0]["solution"] = "import math\n" + evalplus_rows[0]["solution"]
@@ -117,13 +117,13 @@ def test_a_humaneval_resume_with_another_model_dtype_quantization_or_sampler_is_
 ):
     out = tmp_path / "out"
     argv = ["eval", "humaneval", "--model", str(model_dir), "--out", str(out), "--limit", "1", "--n", "2",
-            "--temperature", "0.5", "--max-new-tokens", "4", "--k", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+            "--temperature", "0.5", "--max-new-tokens", "4", "--k", "1", "--device", "cpu", "--quiet"]
     assert cli(argv) == 0
     record = json.loads((out / "run.json").read_text())
     weights = (model_dir / "model.safetensors").read_bytes()
     assert record["model"] == {"source": str(model_dir), "path": str(model_dir.resolve()),
                                "weights_sha256": {"model.safetensors": hashlib.sha256(weights).hexdigest()},
-                               "dtype": "float32", "device": "cpu", "device_name": "cpu"}  # fmt: skip
+                               "dtype": "float32", "device": "cpu", "device_name": "cpu"}
     assert set(record["versions"]) >= {"opencodegen", "torch", "tokenizers"}
     assert record["sampling"]["top_k"] == 0 and record["sampling"]["truncate"] == "humaneval"
     assert record["sampling"]["random_streams"] == run_record.RANDOM_STREAMS
@@ -156,7 +156,7 @@ def test_a_humaneval_resume_with_another_model_dtype_quantization_or_sampler_is_
 def test_an_mtpb_resume_with_another_dtype_or_quantization_is_refused(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["eval", "mtpb", "--model", str(model_dir), "--data", str(mtpb_path()), "--problems", "3",
-            "--temperature", "0", "--out", str(out), "--device", "cpu", "--workers", "2"]  # fmt: skip
+            "--temperature", "0", "--out", str(out), "--device", "cpu", "--workers", "2"]
     assert cli(argv) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["dtype"] == "float32" and config["model"]["quantization"] is None

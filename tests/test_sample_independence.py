@@ -43,7 +43,7 @@ class AgreeingFirstTurn:
 
 def _records(path):
     return sorted((json.loads(line) for line in path.read_text().splitlines()),
-                  key=lambda r: (r["id"], r["test"], r["sample"]))  # fmt: skip
+                  key=lambda r: (r["id"], r["test"], r["sample"]))
 
 
 def test_mtpb_samples_that_agree_after_turn_1_still_diverge(generator, tmp_path):
@@ -61,7 +61,7 @@ def test_mtpb_samples_that_agree_after_turn_1_still_diverge(generator, tmp_path)
     assert _records(tmp_path / "a" / "samples_multi.jsonl") == _records(tmp_path / "b" / "samples_multi.jsonl")
     assert sorted(r["program"] for r in again) == sorted(r["program"] for r in records)
     other = mtpb_run.generate(problems, forced, SamplingParams(n=4, temperature=1.0, top_p=1.0, seed=4), "multi",
-                              tmp_path / "c")  # fmt: skip
+                              tmp_path / "c")
     assert sorted(r["program"] for r in other) != sorted(r["program"] for r in records)
 
 
@@ -82,13 +82,13 @@ def test_a_resumed_mtpb_run_redraws_the_samples_it_lost(generator, tmp_path):
 def _humaneval_samples(generator, problems, out, batch_size, seed=7):
     store = ResultStore(out / "samples.jsonl", he.KEY)
     he.generate_samples(generator, problems, store, n=4, temperatures=[0.8, 1.0], top_p=0.95, max_new_tokens=8,
-                        seed=seed, batch_size=batch_size, progress=False)  # fmt: skip
+                        seed=seed, batch_size=batch_size, progress=False)
     return sorted(store.records, key=lambda r: (r["task_id"], r["temperature"], r["sample"]))
 
 
 def test_humaneval_samples_are_reproducible_whatever_the_batch_size(generator, tmp_path):
     problems = [he.Problem(f"Toy/{i}", prompt, "", "f") for i, prompt in
-                enumerate(["def add(a, b):\n    ", "import numpy as np\n", "def add(a, b):\n    "])]  # fmt: skip
+                enumerate(["def add(a, b):\n    ", "import numpy as np\n", "def add(a, b):\n    "])]
     whole = _humaneval_samples(generator, problems, tmp_path / "whole", batch_size=4)
     assert _humaneval_samples(generator, problems, tmp_path / "again", batch_size=4) == whole
     assert _humaneval_samples(generator, problems, tmp_path / "split", batch_size=3) == whole
@@ -105,5 +105,5 @@ def test_humaneval_samples_are_reproducible_whatever_the_batch_size(generator, t
     cut = tmp_path / "cut" / "samples.jsonl"
     cut.parent.mkdir()
     cut.write_text("".join(line for i, line in enumerate((tmp_path / "whole" / "samples.jsonl").read_text()
-                                                         .splitlines(keepends=True)) if i % 3 == 0))  # fmt: skip
+                                                         .splitlines(keepends=True)) if i % 3 == 0))
     assert _humaneval_samples(generator, problems, tmp_path / "cut", batch_size=2) == whole

@@ -24,7 +24,7 @@ PROBLEM = Problem(
     prompts=("Assign the list [3, 1, 2] to a variable named xs.\n# Keep it unsorted.",
              "Sort xs in place; call the result 'ys' — héllo.", "Print the first element of ys."),
     inputs=({},), outputs=(None,),
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_the_engine_prompt_is_eval_mtpbs_byte_for_byte(client, server, loaded, s
     for upto, expected in enumerate(expected_prompts):
         with EnginePrompts(server) as seen:
             reply = client.chat.completions.create(model=MODEL_NAME, messages=conversation(turns, codes, upto),
-                                                   max_tokens=4, temperature=0, stream=stream)  # fmt: skip
+                                                   max_tokens=4, temperature=0, stream=stream)
             if stream:
                 list(reply)
         [ids] = seen.prompts
@@ -104,7 +104,7 @@ def test_text_parts_are_joined_like_a_string(client, server):
     with EnginePrompts(server) as seen:
         for content in ("Print 1.", [{"type": "text", "text": "Print "}, {"type": "text", "text": "1."}]):
             client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": content}],
-                                           max_tokens=1, temperature=0)  # fmt: skip
+                                           max_tokens=1, temperature=0)
     assert len(seen.prompts) == 2 and seen.prompts[0] == seen.prompts[1]
 
 
@@ -113,7 +113,7 @@ def test_a_real_mtpb_problem_gives_the_same_prompt(client, server, loaded):
     expected_prompts, codes = mtpb_prompts(problem)
     with EnginePrompts(server) as seen:
         client.chat.completions.create(model=MODEL_NAME, messages=conversation(problem.turns(0), codes, 2),
-                                       max_tokens=2, temperature=0)  # fmt: skip
+                                       max_tokens=2, temperature=0)
     assert seen.prompts == [loaded[1].encode(expected_prompts[2])]
 
 
@@ -121,11 +121,11 @@ def test_chat_reply_is_the_engines_code_for_the_prompt(client, loaded):
     expected_prompts, codes = mtpb_prompts(PROBLEM)
     engine = Generator(*loaded)
     params = SamplingParams(n=3, max_new_tokens=12, temperature=0.8, top_p=0.9, seed=5, truncate="codegen",
-                            stop=("print",))  # fmt: skip
+                            stop=("print",))
     [expected] = engine.generate([expected_prompts[1]], params)
     messages = conversation(PROBLEM.turns(0), codes, 1)
     r = client.chat.completions.create(model=MODEL_NAME, messages=messages, n=3, max_tokens=12, temperature=0.8,
-                                       top_p=0.9, seed=5, stop="print")  # fmt: skip
+                                       top_p=0.9, seed=5, stop="print")
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == MODEL_NAME
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert [c.message.role for c in r.choices] == ["assistant"] * 3
@@ -137,7 +137,7 @@ def test_chat_reply_is_the_engines_code_for_the_prompt(client, loaded):
     # streamed: chunks add up to the same contents, each choice ends with a finish_reason, usage last
     chunks = list(client.chat.completions.create(
         model=MODEL_NAME, messages=messages, n=3, max_tokens=12, temperature=0.8, top_p=0.9, seed=5, stop="print",
-        stream=True, stream_options={"include_usage": True}))  # fmt: skip
+        stream=True, stream_options={"include_usage": True}))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     texts, reasons, roles = ["", "", ""], {}, set()
     for chunk in chunks[:-1]:
@@ -155,7 +155,7 @@ def test_top_k_1_at_temperature_1_is_greedy(client, loaded):
     prompt = "def add(a, b):\n    "
     greedy = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=16, temperature=0).choices[0].text
     sampled = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=16, temperature=1.0, n=4,
-                                        seed=11, extra_body={"top_k": 1})  # fmt: skip
+                                        seed=11, extra_body={"top_k": 1})
     assert [c.text for c in sampled.choices] == [greedy] * 4
     free = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=16, temperature=1.0, n=4, seed=11)
     assert any(c.text != greedy for c in free.choices)  # so top_k is what made them greedy
@@ -163,12 +163,12 @@ def test_top_k_1_at_temperature_1_is_greedy(client, loaded):
     params = SamplingParams(n=2, max_new_tokens=16, temperature=1.0, top_p=1.0, top_k=5, seed=3)
     [expected] = Generator(*loaded).generate([prompt], params)
     r = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=16, temperature=1.0, n=2, seed=3,
-                                  extra_body={"top_k": 5})  # fmt: skip
+                                  extra_body={"top_k": 5})
     assert [c.text for c in r.choices] == [c.text for c in expected]
     messages = [{"role": "user", "content": "Print the sum of 1 and 2."}]
     chat_greedy = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=8, temperature=0)
     chat_top1 = client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=8, temperature=1.0,
-                                               seed=2, extra_body={"top_k": 1})  # fmt: skip
+                                               seed=2, extra_body={"top_k": 1})
     assert chat_top1.choices[0].message.content == chat_greedy.choices[0].message.content
 
 
@@ -243,7 +243,7 @@ def test_bad_requests_are_openai_style_400s(http, path, body, param, code):
 def test_new_routes_go_through_the_guard(tmp_path_factory, loaded):
     with serve(*loaded, api_key="k") as server, httpx.Client(base_url=server.url, timeout=60) as http:
         for path, body in (("/tokenize", {"prompt": "a"}), ("/detokenize", {"tokens": [1]}),
-                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}]})):  # fmt: skip
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}]})):
             assert http.post(path, json=body).status_code == 401
             keyed = {"Authorization": "Bearer k"}
             assert http.post(path, content=b"{}", headers={**keyed, "Content-Type": "text/plain"}).status_code == 415
@@ -254,7 +254,7 @@ def test_new_routes_go_through_the_guard(tmp_path_factory, loaded):
 def test_execute_runs_the_turns_in_a_lent_session(http, server):
     messages = [{"role": "user", "content": "Assign 6 times 7 to x."}, {"role": "assistant", "content": "x = 6 * 7"},
                 {"role": "user", "content": "Print x."}, {"role": "assistant", "content": "print(x)"},
-                {"role": "user", "content": "Print x plus one."}]  # fmt: skip
+                {"role": "user", "content": "Print x plus one."}]
     body = {"messages": messages, "max_tokens": 6, "temperature": 0, "n": 2, "execute": True}
     r = http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
@@ -276,10 +276,10 @@ def test_execute_counts_against_the_session_bounds(http, server):
     assert mine.status_code == 201
     try:
         r = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}], "max_tokens": 2,
-                                                    "execute": True})  # fmt: skip
+                                                    "execute": True})
         assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_sessions"
         plain = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}],
-                                                        "max_tokens": 2})  # fmt: skip
+                                                        "max_tokens": 2})
         assert plain.status_code == 200
     finally:
         http.delete(f"/v1/sessions/{mine.json()['id']}")
@@ -287,9 +287,9 @@ def test_execute_counts_against_the_session_bounds(http, server):
 
 def test_a_client_that_leaves_a_stream_gives_the_lent_session_back(server):
     body = {"messages": [{"role": "user", "content": "Print 1."}], "max_tokens": 200, "temperature": 1.0,
-            "ignore_eos": True, "execute": True, "stream": True}  # fmt: skip
+            "ignore_eos": True, "execute": True, "stream": True}
     with httpx.Client(base_url=server.url, timeout=60) as http, http.stream("POST", "/v1/chat/completions",
-                                                                           json=body) as response:  # fmt: skip
+                                                                           json=body) as response:
         assert response.status_code == 200
         next(response.iter_lines())  # the stream started; then the client leaves
     sessions = server.app.state.sessions

@@ -42,7 +42,7 @@ def test_serve_command_answers_on_loopback(tmp_path):
     model_dir = make_model_dir(tmp_path / "model")
     port = free_port()
     command = [sys.executable, "-m", "opencodegen.cli", "serve", "--model", str(model_dir), "--port", str(port),
-               "--api-key", "k", "--max-batch", "2"]  # fmt: skip
+               "--api-key", "k", "--max-batch", "2"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60

@@ -86,7 +86,7 @@ def test_invalid_completion_requests_are_400_with_openai_errors(http, body, para
     "content,says",
     [(b"{", "could not parse the JSON body"), (b"[1, 2]", "must be a JSON object"), (b"", "must be a JSON object"),
      (b"\xff\xfe", "could not parse"), (b'{"prompt": NaN', "could not parse")],
-)  # fmt: skip
+)
 def test_malformed_bodies_are_400(http, content, says):
     response = http.post("/v1/completions", content=content, headers={"content-type": "application/json"})
     assert_error(response, 400, None, "invalid_json", says)
@@ -157,7 +157,7 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_slot(loaded):
 
                 def wait_in_queue():
                     queued["response"] = httpx.post(server.url + "/v1/completions", json={**OK, "max_tokens": 3},
-                                                    timeout=60)  # fmt: skip
+                                                    timeout=60)
 
                 waiter = threading.Thread(target=wait_in_queue)
                 waiter.start()
@@ -176,7 +176,7 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_slot(loaded):
         assert queued["response"].status_code == 200
         metrics = http.get("/metrics").text
         generated = next(float(line.split()[1]) for line in metrics.splitlines()
-                         if line.startswith("opencodegen_generation_tokens_total"))  # fmt: skip
+                         if line.startswith("opencodegen_generation_tokens_total"))
         assert generated < 400  # the abandoned request did not run to its end
 
 

@@ -99,7 +99,7 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/sessions"])
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
-                                          None])  # fmt: skip
+                                          None])
 def test_state_changes_need_a_json_content_type(counted, path, content_type):
     server, _ = counted
     headers = {} if content_type is None else {"content-type": content_type}
@@ -109,12 +109,12 @@ def test_state_changes_need_a_json_content_type(counted, path, content_type):
     assert "application/json" in response.json()["error"]["message"]
     assert len(server.app.app.state.sessions) == 0  # nothing was created
     ok = httpx.post(server.url + "/v1/completions", content=json.dumps(OK),
-                    headers={"content-type": "application/json; charset=utf-8"}, timeout=60)  # fmt: skip
+                    headers={"content-type": "application/json; charset=utf-8"}, timeout=60)
     assert ok.status_code == 200, ok.text
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "127.0.0.1.evil.example", "localhost.evil",
-                                  "", "[::2]:80", "10.0.0.1"])  # fmt: skip
+                                  "", "[::2]:80", "10.0.0.1"])
 def test_a_foreign_host_header_is_refused(counted, host):
     server, _ = counted
     for method, path in (("GET", "/health"), ("GET", "/"), ("POST", "/v1/completions")):
@@ -152,7 +152,7 @@ def test_a_declared_300_mb_body_is_refused_before_any_of_it_is_read(counted):
     before = app.body_bytes
     with raw_connection(server) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 314572800\r\n\r\n" + b" " * 4096)  # fmt: skip
+                     b"Content-Length: 314572800\r\n\r\n" + b" " * 4096)
         status, body = read_response(sock)
         assert healthy(server)  # while that connection is open
     assert (status, body["error"]["code"]) == (413, "body_too_large")
@@ -164,7 +164,7 @@ def test_a_chunked_body_is_cut_as_soon_as_it_passes_the_limit(counted):
     before, chunk = app.body_bytes, b"x" * (64 << 10)
     with raw_connection(server) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+                     b"Transfer-Encoding: chunked\r\n\r\n")
         for _ in range(LIMIT // len(chunk) + 1):  # one chunk past the limit, and no end
             sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         status, body = read_response(sock)
@@ -177,7 +177,7 @@ def test_a_trickled_body_gets_408_after_the_body_timeout(impatient):
     server = impatient
     with raw_connection(server) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{")  # fmt: skip
+                     b"Content-Length: 100\r\n\r\n{")
         assert healthy(server)
         status, body = read_response(sock)  # never sends the other 99 bytes
     assert (status, body["error"]["code"]) == (408, "request_timeout")
@@ -204,15 +204,15 @@ HUGE_INT = b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}"
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/sessions"])
-@pytest.mark.parametrize("content", [NESTED, HUGE_INT, b'{"seed": ' + b"9" * 4000 + b"}"], ids=["nested", "5000-digits", "4000-digits"])  # fmt: skip
+@pytest.mark.parametrize("content", [NESTED, HUGE_INT, b'{"seed": ' + b"9" * 4000 + b"}"], ids=["nested", "5000-digits", "4000-digits"])
 def test_hostile_json_is_a_400(counted, path, content):
     server, _ = counted
     response = httpx.post(server.url + path, content=content, headers={"content-type": "application/json"},
-                          timeout=60)  # fmt: skip
+                          timeout=60)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] in ("invalid_json", "invalid_value",
-                                                                          "unknown_parameter", "missing_parameter")  # fmt: skip
+                                                                          "unknown_parameter", "missing_parameter")
     if content is not NESTED and content is not HUGE_INT:
         return
     assert error["code"] == "invalid_json", error
@@ -264,7 +264,7 @@ def test_too_many_prompts_in_one_request_is_a_400(loaded):
         response = httpx.post(server.url + "/v1/completions", json={"prompt": ["a"] * 4, "max_tokens": 1}, timeout=60)
         assert response.status_code == 400 and response.json()["error"]["code"] == "too_many_prompts"
         assert httpx.post(server.url + "/v1/completions", json={"prompt": ["a"] * 3, "max_tokens": 1},
-                          timeout=60).status_code == 200  # fmt: skip
+                          timeout=60).status_code == 200
 
 
 # ----------------------------------------------------------------------------------- sessions

@@ -55,13 +55,13 @@ def test_seeded_samples_equal_the_engine_for_every_prompt_and_choice(client, eng
     prompts = [PROMPT, "import numpy as np\n", PROMPT]
     expected = engine.generate(prompts, params)
     r = client.completions.create(model=MODEL_NAME, prompt=prompts, n=3, max_tokens=16, temperature=0.9,
-                                  top_p=0.9, seed=7)  # fmt: skip
+                                  top_p=0.9, seed=7)
     assert [c.index for c in r.choices] == list(range(9))
     assert [c.text for c in r.choices] == [c.text for per_prompt in expected for c in per_prompt]
     assert len({c.text for c in r.choices[:3]}) > 1  # the n samples differ from one another
     assert [c.text for c in r.choices[:3]] != [c.text for c in r.choices[6:]]  # so do identical prompts
     again = client.completions.create(model=MODEL_NAME, prompt=prompts, n=3, max_tokens=16, temperature=0.9,
-                                      top_p=0.9, seed=7)  # fmt: skip
+                                      top_p=0.9, seed=7)
     assert [c.text for c in again.choices] == [c.text for c in r.choices]
 
 
@@ -70,7 +70,7 @@ def test_presence_and_frequency_penalties_equal_the_engine(client, engine):
                             frequency_penalty=1.2)
     expected = engine.generate([PROMPT], params)[0]
     r = client.completions.create(model=MODEL_NAME, prompt=PROMPT, n=2, max_tokens=16, temperature=0.9, top_p=0.9,
-                                  seed=3, presence_penalty=0.8, frequency_penalty=1.2)  # fmt: skip
+                                  seed=3, presence_penalty=0.8, frequency_penalty=1.2)
     assert [c.text for c in r.choices] == [c.text for c in expected]
     plain = engine.generate([PROMPT], dataclasses.replace(params, presence_penalty=0, frequency_penalty=0))[0]
     assert [c.text for c in plain] != [c.text for c in expected]  # the penalties changed the samples
@@ -79,7 +79,7 @@ def test_presence_and_frequency_penalties_equal_the_engine(client, engine):
 def test_stream_sends_token_deltas_that_add_up_to_the_completion(client):
     whole = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=24, temperature=0)
     chunks = list(client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=24, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}))  # fmt: skip
+                                            stream=True, stream_options={"include_usage": True}))
     text_chunks = [c for c in chunks if c.choices]
     assert "".join(c.choices[0].text for c in text_chunks) == whole.choices[0].text
     assert len(text_chunks) >= 5  # real token-by-token deltas, not one block at the end
@@ -136,12 +136,12 @@ def test_echo_scores_the_prompt_without_generating(client, loaded):
     # echo with generation: the prompt, then the same completion as without echo
     plain = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=8, temperature=0)
     echoed = client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=8, temperature=0, echo=True,
-                                       logprobs=0)  # fmt: skip
+                                       logprobs=0)
     assert echoed.choices[0].text == PROMPT + plain.choices[0].text
     offsets = echoed.choices[0].logprobs.text_offset
     assert offsets[len(ids)] == len(PROMPT)  # the first generated token starts right after the prompt
     chunks = list(client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=8, temperature=0, n=2,
-                                            echo=True, stream=True))  # fmt: skip
+                                            echo=True, stream=True))
     for index in (0, 1):
         texts = [c.choices[0].text for c in chunks if c.choices[0].index == index]
         assert texts[0] == PROMPT and "".join(texts) == echoed.choices[0].text
@@ -190,5 +190,5 @@ def test_a_quantized_model_serves_what_its_engine_writes(tmp_path):
     [[expected]] = Generator(model, tokenizer).generate([PROMPT], GREEDY)
     with serve(model, tokenizer, max_batch=2) as server:
         r = httpx.post(server.url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 24, "temperature": 0},
-                       timeout=60)  # fmt: skip
+                       timeout=60)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == expected.text

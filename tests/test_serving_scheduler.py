@@ -149,7 +149,7 @@ def test_stop_fails_what_is_left(loaded):
 
     async def scenario():
         running = scheduler.submit([tok.encode("x")], SamplingParams(max_new_tokens=400, temperature=1.0,
-                                                                      ignore_eos=True), stream=True)  # fmt: skip
+                                                                      ignore_eos=True), stream=True)
         queued = scheduler.submit([tok.encode("y")], GREEDY)
         await running.next_event()
         await asyncio.get_running_loop().run_in_executor(None, scheduler.stop)

@@ -186,7 +186,7 @@ def test_no_process_a_turn_started_outlives_the_turn(session):
 
 def test_memory_and_crashes_end_the_interpreter_with_the_right_status():
     bomb = ("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        b = bytearray(150 << 20)\n"
-            "        b[::4096] = b'x' * len(b[::4096])\n        time.sleep(60)\ntime.sleep(60)")  # fmt: skip
+            "        b[::4096] = b'x' * len(b[::4096])\n        time.sleep(60)\ntime.sleep(60)")
     with Interpreter(timeout=20, memory_mb=300) as interpreter:
         assert "MemoryError" in interpreter.run("bytearray(1 << 40)").error  # one process: its own limit
         assert interpreter.run("len('still alive')").value == "11"

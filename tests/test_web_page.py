@@ -21,7 +21,7 @@ if not Path(CHROMIUM).is_file():
     pytest.skip("no chromium binary (apt-get install chromium)", allow_module_level=True)
 REBOUND = "rebound.test"  # a name the browser resolves to 127.0.0.1, as after DNS rebinding
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"]  # fmt: skip
+                 "--disable-component-update", "--disable-sync", f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"]
 SCREENSHOT = "web-session.png"
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -239,7 +239,7 @@ def load_model(
 
     def mappable(hf_name: str, stored: torch.dtype) -> bool:  # used as stored: no conversion, kept
         return (device.type == "cpu" and stored == resolved(stored) and not hf_name.endswith("qkv_proj.weight")
-                and not (quantized and quantized.owns(_internal_name(hf_name))))  # fmt: skip
+                and not (quantized and quantized.owns(_internal_name(hf_name))))
 
     for path, hf_name, tensor in read_tensors(files, mappable):
         if _IGNORED_KEYS.search(hf_name):
@@ -338,7 +338,7 @@ def _exported_state(
     what `split_qkv(name, weight)` returns; every tensor contiguous, as safetensors needs."""
     if not isinstance(model.lm_head, nn.Linear):
         raise CheckpointError("this model's linear layers are quantized (kept in a kernel's packed format): save the "
-                              "float model, then quantize it again after loading")  # fmt: skip
+                              "float model, then quantize it again after loading")
     out = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().to(dtype=dtype or tensor.dtype, device="cpu")

@@ -76,14 +76,14 @@ def add_model_argument(container: Any) -> None:
     """`--model` (on a parser or a mutually exclusive group)."""
     container.add_argument("--model", metavar="DIR|HUB_ID",
                            help="checkpoint directory, LoRA adapter directory (merged into its base) or hub id "
-                           "(default: the embedded demo model)")  # fmt: skip
+                           "(default: the embedded demo model)")
 
 
 def add_model_options(parser: argparse.ArgumentParser, model_container: Any = None) -> None:
     """What a command that loads a model takes: --model, --device, --dtype, --quantize, --threads."""
     add_model_argument(model_container if model_container is not None else parser)
     parser.add_argument("--device", type=device_name, default=devices.AUTO,
-                        help="auto (default: CUDA if available, else cpu), cpu, cuda, cuda:1, mps, ...")  # fmt: skip
+                        help="auto (default: CUDA if available, else cpu), cpu, cuda, cuda:1, mps, ...")
     add_dtype_argument(parser, "weights dtype: auto (default: the checkpoint's; float16 becomes float32 on CPU)")
     add_quantize_argument(parser)
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
@@ -91,7 +91,7 @@ def add_model_options(parser: argparse.ArgumentParser, model_container: Any = No
 
 def add_dtype_argument(parser: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
     parser.add_argument("--dtype", type=dtype_name, default=default, metavar="{auto,float32,bfloat16,float16}",
-                        help=f"{help}; fp32, fp16, half and bf16 are accepted too")  # fmt: skip
+                        help=f"{help}; fp32, fp16, half and bf16 are accepted too")
 
 
 def add_seed_argument(parser: argparse.ArgumentParser, default: int | None) -> None:
@@ -99,7 +99,7 @@ def add_seed_argument(parser: argparse.ArgumentParser, default: int | None) -> N
     fresh seed each time) where a user samples interactively and asks again for another answer."""
     fresh = "a fresh one each run" if default is None else str(default)
     parser.add_argument("--seed", type=non_negative_int, default=default,
-                        help=f"random seed; the same seed gives the same samples (default: {fresh})")  # fmt: skip
+                        help=f"random seed; the same seed gives the same samples (default: {fresh})")
 
 
 def add_json_argument(parser: Any, what: str) -> None:
@@ -113,7 +113,7 @@ def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
                         help="quantized linear layers for faster CPU decoding of float32 models: int8 (int8 weights, "
                         "dynamically quantized activations; about 2-3x faster, a small cost in accuracy) or int4 "
                         "(4.5 bits per linear weight, 7x fewer bytes; 3-4x faster, a larger cost in accuracy; needs "
-                        "AVX-512 VNNI and a C compiler)")  # fmt: skip
+                        "AVX-512 VNNI and a C compiler)")
 
 
 def add_isolation_argument(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +121,7 @@ def add_isolation_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isolation", choices=["auto", "bwrap", "none"], default="auto",
                         help="how generated code is isolated: bwrap (the bubblewrap sandbox; refuse to run without "
                         "it), none (NO isolation: programs run as you, with your files and network; an explicit "
-                        "opt-out) or auto (default: $OPENCODEGEN_ISOLATION if set, else bwrap)")  # fmt: skip
+                        "opt-out) or auto (default: $OPENCODEGEN_ISOLATION if set, else bwrap)")
 
 
 def module_doc(name: str) -> str | None:
@@ -142,7 +142,7 @@ class SuggestingParser(argparse.ArgumentParser):
             guess = difflib.get_close_matches(str(value), names, n=1)
             if guess:
                 raise argparse.ArgumentError(action, f"invalid choice: {value!r}; did you mean {guess[0]!r}? "
-                                             f"(choose from {', '.join(names)})")  # fmt: skip
+                                             f"(choose from {', '.join(names)})")
         super()._check_value(action, value)
 
     def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]

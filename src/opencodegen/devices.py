@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 #: accepted dtype spellings and the torch dtype each names
 DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
-                 "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
+                 "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -76,7 +76,7 @@ class KVCache:
         the rotary embedding): one native call where kernels/decode_attention applies, else `attend`."""
         if self.fused_decode:
             out = decode_attention.attend(qkv, *rotary, self.keys[layer], self.values[layer],
-                                          self.length - self.offset, mask)  # fmt: skip
+                                          self.length - self.offset, mask)
             if out is not None:
                 return out
         q, k, v = heads(qkv, rotary)

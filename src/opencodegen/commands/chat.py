@@ -72,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
     isolation = resolve_isolation(args.isolation)  # refuses here, before the model loads
     model, tokenizer = opencodegen.load(default_model.resolve(args.model), device=args.device, dtype=args.dtype,
-                                        quantize=args.quantize)  # fmt: skip
+                                        quantize=args.quantize)
     params = SamplingParams(n=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, seed=args.seed, truncate="codegen")  # fmt: skip
+                            top_p=args.top_p, seed=args.seed, truncate="codegen")
     generator = Generator(model, tokenizer)
     factory = functools.partial(Interpreter, timeout=args.timeout, isolation=isolation.request)
     if args.load:
@@ -102,7 +102,7 @@ class Chat:
             "/undo": self._undo, "/retry": self._retry, "/edit": self._edit, "/code": self._code,
             "/run": self._rerun, "/show": self._show, "/save": self._save, "/export": self._export,
             "/help": lambda _: self.console.print(HELP),
-        }  # fmt: skip
+        }
 
     # ----------------------------------------------------------------------------- input
 

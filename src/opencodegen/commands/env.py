@@ -14,7 +14,7 @@ from opencodegen.cli_options import add_json_argument
 OPTIONAL_PACKAGES = ("transformers", "huggingface_hub", "safetensors", "numpy")
 #: environment variables that change what the commands do
 VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "OPENCODEGEN_ISOLATION",
-             "OPENCODEGEN_CPU_KERNEL", "OPENCODEGEN_API_KEY", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")  # fmt: skip
+             "OPENCODEGEN_CPU_KERNEL", "OPENCODEGEN_API_KEY", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,17 +44,17 @@ def _devices() -> dict[str, Any]:
 
     gpus = [{"name": torch.cuda.get_device_name(i),
              "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
-            for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []  # fmt: skip
+            for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"auto": devices.auto_device(), "cuda_available": torch.cuda.is_available(), "cuda_build": torch.version.cuda,
             "gpus": gpus, "mps_available": torch.backends.mps.is_available(), "cpu": platform.processor() or
-            platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}  # fmt: skip
+            platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 def _kernels() -> dict[str, str]:
     from opencodegen.kernels import decode_attention, int4_linear, small_batch_linear
 
     return {module.__name__.rsplit(".", 1)[1]: module.LIBRARY.status()
-            for module in (decode_attention, small_batch_linear, int4_linear)}  # fmt: skip
+            for module in (decode_attention, small_batch_linear, int4_linear)}
 
 
 def report() -> dict[str, Any]:
@@ -71,10 +71,10 @@ def report() -> dict[str, Any]:
         "isolation": isolation_report(),
         "cpu_kernels": _kernels(),
         "caches": {"huggingface_hub": str(hub.hub_cache_dir()), "opencodegen": str(user_cache_dir()),
-                   "kernels": str(cache_dir())},  # fmt: skip
+                   "kernels": str(cache_dir())},
         "hub_offline": hub.hub_offline(),
         "environment": {name: os.environ[name] if name != "OPENCODEGEN_API_KEY" else "(set)"
-                        for name in VARIABLES if name in os.environ},  # fmt: skip
+                        for name in VARIABLES if name in os.environ},
     }
 
 

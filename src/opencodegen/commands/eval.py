@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_loss(benchmarks: argparse._SubParsersAction) -> None:
     q = benchmarks.add_parser("loss", help="language-model loss on held-out files, beside unigram and uniform baselines",
                               description=module_doc("opencodegen.evaluation.loss"),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(q)
     q.add_argument("--input", nargs="+", action="extend", required=True, metavar="PATH",
                    help="files, directories or corpus specs (e.g. stdlib:heldout) to score")
@@ -66,7 +66,7 @@ def run_loss(args: argparse.Namespace) -> int:
         print("note: --json FILE is now --json-out FILE (--json alone prints the summary)", file=sys.stderr)
         args.json, args.json_out = False, args.json
     directory, model = load_model(default_model.resolve(args.model), device=args.device, dtype=args.dtype,
-                                  quantize=args.quantize)  # fmt: skip
+                                  quantize=args.quantize)
     tokenizer = CodeGenTokenizer.from_pretrained(directory)
     counts_file = Path(args.unigram) if args.unigram else directory / TRAIN_COUNTS
     counts = loss.load_counts(counts_file) if args.unigram or counts_file.is_file() else None
@@ -164,21 +164,21 @@ def run_humaneval(args: argparse.Namespace) -> int:
     isolation = None if args.merge else resolve_isolation(args.isolation)  # refuses before anything is written
     planning.check_out_dir(args.out)  # before anything loads
     options = he.RunOptions(out=Path(args.out), ks=tuple(args.k), workers=args.workers or _default_workers(world),
-                            rank=rank, world=world, progress=not args.quiet)  # fmt: skip
+                            rank=rank, world=world, progress=not args.quiet)
     if isolation is None:
         return _print_summary(he.merge_run(options), options.out)
     options.isolation = isolation.request
     benchmark = he.load_problems(args.problems)
     problems = benchmark[: args.limit] if args.limit is not None else benchmark
     common = dict(problems_file=args.problems, limit=args.limit, problems=he.problems_digest(problems),
-                  timeout=args.timeout, versions=run_record.package_versions())  # fmt: skip
+                  timeout=args.timeout, versions=run_record.package_versions())
     if args.samples:
         if args.protocol is not None:
             raise ConfigError("--protocol sets how --model samples; a --samples file is scored as it is")
         if world != 1:
             raise ConfigError("--samples runs as one process; --shard is for sampling with --model")
         settings = he.Settings(mode="samples", source=str(Path(args.samples).resolve()),
-                               source_digest=he.file_digest(args.samples), protocol=None, **common)  # fmt: skip
+                               source_digest=he.file_digest(args.samples), protocol=None, **common)
         outside = [p.task_id for p in benchmark[len(problems) :]]
         return _print_summary(he.run_samples_file(args.samples, problems, settings, options, outside), options.out)
     args.model = default_model.resolve(args.model)
@@ -188,11 +188,11 @@ def run_humaneval(args: argparse.Namespace) -> int:
         planning.print_humaneval_work(len(problems), args.temperature, args.n, budget, world)
     generator, directory = _load_generator(args.model, args.device, args.dtype, args.quantize)
     batch_size = planning.humaneval_batch(generator, [p.prompt for p in problems], args.n, args.temperature,
-                                          budget, args.batch_size, world, show=rank == 0)  # fmt: skip
+                                          budget, args.batch_size, world, show=rank == 0)
     settings = he.Settings(mode="model", source=args.model, n=args.n, temperatures=list(args.temperature),
                            seed=args.seed, batch_size=batch_size, world=world, quantize=args.quantize,
                            model=run_record.model_record(args.model, directory, generator.model),
-                           **sampling, **common)  # fmt: skip
+                           **sampling, **common)
     summary = he.run_with_generator(generator, problems, settings, options)
     return _print_summary(summary, options.out) if summary is not None else 0
 
@@ -212,7 +212,7 @@ def _print_summary(summary: dict, out: Path) -> int:
         cells = "  ".join(f"{metric} {100 * value:6.2f}%" for metric, value in row.items())
         print(f"T={temperature:<8} {cells}")
     best = "  ".join(f"{metric} {100 * value:6.2f}% (T={summary['best_temperature'][metric]})"
-                     for metric, value in summary["best"].items())  # fmt: skip
+                     for metric, value in summary["best"].items())
     print(f"best       {best}")
     if summary.get("syntax_valid"):
         print("valid Python (prompt + completion): " + "  ".join(

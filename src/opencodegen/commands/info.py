@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="print config, parameter count, dtype and tokenizer of a checkpoint")
     add_model_argument(p)
     p.add_argument("model_positional", nargs="?", metavar="MODEL",
-                   help="the same as --model (a hub id not cached whole: config.json only)")  # fmt: skip
+                   help="the same as --model (a hub id not cached whole: config.json only)")
     add_json_argument(p, "the description")
     p.set_defaults(func=run)
 

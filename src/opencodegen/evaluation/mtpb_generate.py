@@ -102,7 +102,7 @@ def generate_multi_turn(
         {"mode": "multi", "id": problem.id, "test": t, "sample": s, "program": history,
          "completions": texts, "finish_reasons": reasons, "max_new_tokens": budgets}
         for t, s, history, texts, reasons in states
-    ]  # fmt: skip
+    ]
 
 
 def generate_single_turn(
@@ -124,7 +124,7 @@ def generate_single_turn(
          "completions": [c.text], "finish_reasons": [c.finish_reason], "max_new_tokens": [step.max_new_tokens]}
         for t, prompt, completions in zip(tests, prompts, outputs)
         for s, c in enumerate(completions)
-    ]  # fmt: skip
+    ]
 
 
 GENERATORS = {"multi": generate_multi_turn, "single": generate_single_turn}

@@ -56,7 +56,7 @@ GUARDED = {
     "shutil": ("rmtree", "move", "chown"),
     "subprocess": ("Popen",),
     "builtins": ("exit", "quit"),
-}  # fmt: skip
+}
 BLOCKED_MODULES = ("ipdb", "joblib", "resource", "tkinter")
 
 

@@ -110,7 +110,7 @@ def score(
     stale = sum(r.get("checker") != CHECKER_VERSION for r in store.records)
     if stale:
         raise DataError(f"{store.path} holds {stale} results scored under other checker rules; delete that file "
-                        f"to score its samples again under the current rules (version {CHECKER_VERSION})")  # fmt: skip
+                        f"to score its samples again under the current rules (version {CHECKER_VERSION})")
     todo = [s for s in samples if _key(s) not in store]
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"MTPB {mode} scoring", unit="prog")
     with bar, ExecutionPool(workers=workers, preload=SCORE_PRELOAD, isolation=isolation) as pool:
@@ -122,7 +122,7 @@ def score(
                 {"id": s["id"], "test": s["test"], "sample": s["sample"], **sc.to_record(), "checker": CHECKER_VERSION,
                  "expected": problems[s["id"]].expected(s["test"]), "program": s["program"]}
                 for s, sc in zip(chunk, scores)
-            )  # fmt: skip
+            )
     keys = {_key(s) for s in samples}
     return [r for r in store.records if _key(r) in keys]
 

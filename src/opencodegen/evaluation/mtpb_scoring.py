@@ -52,7 +52,7 @@ class Score:
 
     def to_record(self) -> dict[str, Any]:
         return {"passed": self.passed, "status": self.status, "output": self.output, "error": self.error,
-                "stdout": self.stdout[:1000]}  # fmt: skip
+                "stdout": self.stdout[:1000]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class Opaque:
 # like their base but keep `type(x) != base`, which the checker's branches look at.
 _SUBCLASS = {base: type(f"{base.__name__}_subclass", (base,), {}) for base in (int, float, str, list, tuple, set, frozenset, dict)}
 _BASES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "tuple": tuple,
-          "set": set, "frozenset": frozenset, "dict": dict}  # fmt: skip
+          "set": set, "frozenset": frozenset, "dict": dict}
 
 
 def decode(node: Any) -> Any:

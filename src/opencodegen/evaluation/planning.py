@@ -39,7 +39,7 @@ def check_out_dir(out: str | os.PathLike[str]) -> Path:
             pass
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); "
-                          "give a directory you can write to") from None  # fmt: skip
+                          "give a directory you can write to") from None
     return path
 
 
@@ -47,7 +47,7 @@ def greedy_repeats(temperatures: Sequence[float], n: int, flag: str = "--num-sam
     """The warning for T = 0 with n > 1 (greedy samples are all the same), or None."""
     if n > 1 and any(t == 0 for t in temperatures):
         return (f"T = 0 is greedy decoding: its {n} samples per problem will be identical. "
-                f"Use {flag} 1 for T = 0, or a temperature above 0")  # fmt: skip
+                f"Use {flag} 1 for T = 0, or a temperature above 0")
     return None
 
 
@@ -110,7 +110,7 @@ class BatchChoice:
         fitting = int(self.free_bytes * MEMORY_FRACTION) // self.row_bytes
         return (f"batch {self.batch} rows (memory rule: {_size(self.free_bytes)} free on {device}, {MEMORY_FRACTION:.0%} "
                 f"of it holds {fitting:,} rows of {_size(self.row_bytes)} (KV cache of {self.n_ctx} positions and "
-                f"sampling buffers); capped at {MAX_BATCH} and at the {self.limit} rows of one call)")  # fmt: skip
+                f"sampling buffers); capped at {MAX_BATCH} and at the {self.limit} rows of one call)")
 
 
 def choose_batch(generator: Any, n_ctx: int, limit: int) -> BatchChoice:
@@ -157,7 +157,7 @@ def warm_up(generator: Any, prompt: str, batch: int, temperature: float, steps: 
 
     def timed(new_tokens: int) -> float:
         params = SamplingParams(n=batch, max_new_tokens=new_tokens, temperature=temperature, seed=0,
-                                ignore_eos=True, truncate_prompt=True)  # fmt: skip
+                                ignore_eos=True, truncate_prompt=True)
         start = time.perf_counter()
         generator.generate([prompt], params)
         return time.perf_counter() - start
@@ -171,7 +171,7 @@ def warm_up(generator: Any, prompt: str, batch: int, temperature: float, steps: 
 def describe_speed(speed: Speed, seconds: float) -> str:
     return (f"estimate from a warm-up ({speed.call_s:.3f} s per call, {speed.step_s:.4f} s per decode step at batch "
             f"{speed.batch}): at most ~{_duration(seconds)} of sampling (less when completions stop early), "
-            "then the programs run in the sandbox")  # fmt: skip
+            "then the programs run in the sandbox")
 
 
 def _size(n: int) -> str:
@@ -193,9 +193,9 @@ def print_humaneval_work(problems: int, temperatures: Sequence[float], n: int, m
     completions = problems * len(temperatures) * n
     ranks = f", over {world} ranks" if world > 1 else ""
     say(f"{problems} problems x {len(temperatures)} temperatures ({', '.join(map(str, temperatures))}) x {n} samples "
-        f"= {completions:,} completions{ranks}")  # fmt: skip
+        f"= {completions:,} completions{ranks}")
     say(f"token budget {max_new_tokens} new tokens per completion: at most {completions * max_new_tokens:,} "
-        "generated tokens")  # fmt: skip
+        "generated tokens")
     warn(greedy_repeats(temperatures, n))
 
 
@@ -228,10 +228,10 @@ def print_mtpb_work(problems: Sequence[Any], modes: Sequence[str], n: int, tempe
     turns = sum(len(p.tests) * p.n_turns for p in problems)
     budget = sum(len(p.tests) * single_turn_budget(p) for p in problems)
     say(f"{len(problems)} problems, {cases} test cases x {n} samples = {cases * n:,} programs per mode "
-        f"({', '.join(modes)})")  # fmt: skip
+        f"({', '.join(modes)})")
     if "multi" in modes:
         say(f"multi-turn: {turns * n:,} turn completions, each within its problem's budget: at most "
-            f"{budget * n:,} generated tokens")  # fmt: skip
+            f"{budget * n:,} generated tokens")
     if "single" in modes:
         say(f"single-turn: {cases * n:,} completions with the summed budget: at most {budget * n:,} generated tokens")
     warn(greedy_repeats([temperature], n))

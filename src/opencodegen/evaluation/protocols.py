@@ -20,7 +20,7 @@ from opencodegen.errors import ConfigError
 CLEAN_UP_REPLACEMENTS: tuple[tuple[str, str], ...] = (
     (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
     (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
-)  # fmt: skip
+)
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -68,17 +68,17 @@ class Protocol:
 CODEGEN_RELEASE = Protocol(
     name="codegen-release", top_p=0.95, top_k=50, truncate="codegen", stop=(), new_tokens=128,
     total_tokens=None, strip_prompt=False, clean_up=True, mtpb=True,
-)  # fmt: skip
+)
 #: The new-token budget fits the longest canonical solution (benchmarks/humaneval_budget.py).
 HUMAN_EVAL = Protocol(
     name="human-eval", top_p=0.95, top_k=0, truncate="humaneval", stop=(), new_tokens=384,
     total_tokens=None, strip_prompt=False, clean_up=False, mtpb=True,
-)  # fmt: skip
+)
 BIGCODE = Protocol(
     name="bigcode", top_p=0.95, top_k=0, truncate=None,
     stop=("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```", "<file_sep>", "<|endoftext|>"),
     new_tokens=None, total_tokens=512, strip_prompt=True, clean_up=False, mtpb=False,
-)  # fmt: skip
+)
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (CODEGEN_RELEASE, HUMAN_EVAL, BIGCODE)}
 DEFAULT_HUMANEVAL = HUMAN_EVAL.name

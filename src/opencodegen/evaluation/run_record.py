@@ -124,7 +124,7 @@ def check_record(path: Path, wanted: dict[str, Any], error: type[Exception] = Co
     if noted:
         detail = ", ".join(f"{name}: {old.get(name)!r} -> {new.get(name)!r}" for name in noted)
         print(f"warning: resuming {path.parent} with {detail} (recorded in {path.name} under resumed_with)",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr)
         found.setdefault("resumed_with", []).append({name: new.get(name) for name in noted})
         _write_atomic(path, found)
 

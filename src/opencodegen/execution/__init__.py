@@ -12,4 +12,4 @@ from opencodegen.execution.sandbox import (
 )
 
 __all__ = ["ExecutionPool", "ExecutionResult", "IsolationUnavailable", "SandboxError", "SandboxedProcess",
-           "default_workers", "isolation_report", "run_program", "spawn_interactive"]  # fmt: skip
+           "default_workers", "isolation_report", "run_program", "spawn_interactive"]

@@ -160,7 +160,7 @@ def _load_seccomp(prog: Any) -> None:
     ulong = ctypes.c_ulong
     if (_libc.prctl(PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) != 0
             or _libc.prctl(PR_SET_SECCOMP, ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog), ulong(0), ulong(0)) != 0):
-        raise OSError(ctypes.get_errno(), "cannot load the seccomp filter")  # fmt: skip
+        raise OSError(ctypes.get_errno(), "cannot load the seccomp filter")
 
 
 def _child(job: dict[str, Any], limits: list, config: dict[str, Any], fds: tuple[int, ...], key: bytes | None) -> None:
@@ -263,7 +263,7 @@ def _describe(exc: BaseException, limit: int) -> bytes:
     if type(name) is not str or type(text) is not str:
         return b"UnprintableException\0"
     return b"".join((name[:ERROR_TYPE_LIMIT].encode("utf-8", "backslashreplace")[:ERROR_TYPE_LIMIT], b"\0",
-                     text[:limit].encode("utf-8", "backslashreplace")[:limit]))  # fmt: skip
+                     text[:limit].encode("utf-8", "backslashreplace")[:limit]))
 
 
 def _write_all(write: Any, data: bytes) -> None:
@@ -404,7 +404,7 @@ _ipc_info = (ctypes.c_int * 64)()
 
 class _ShmInfo(ctypes.Structure):  # struct shm_info, what shmctl(SHM_INFO) fills in
     _fields_ = [("used_ids", ctypes.c_int), ("shm_tot", ctypes.c_ulong), ("shm_rss", ctypes.c_ulong),
-                ("shm_swp", ctypes.c_ulong), ("swap_attempts", ctypes.c_ulong), ("swap_successes", ctypes.c_ulong)]  # fmt: skip
+                ("shm_swp", ctypes.c_ulong), ("swap_attempts", ctypes.c_ulong), ("swap_successes", ctypes.c_ulong)]
 
 
 _shm_info = _ShmInfo()
@@ -830,7 +830,7 @@ def own_state() -> tuple:
     """What a job must not change about the fork-server: its limits, priority, CPUs and scheduling."""
     getrlimit = resource.getrlimit
     return ([getrlimit(r) for r in RLIMITS], os.getpriority(os.PRIO_PROCESS, 0), os.sched_getaffinity(0),
-            os.sched_getscheduler(0))  # fmt: skip
+            os.sched_getscheduler(0))
 
 
 def _own_memory() -> int:

@@ -106,11 +106,11 @@ class _Worker(threading.Thread):
             if hung:
                 todo.pop(0)
                 future.set_result(ExecutionResult("timeout", None, "", "", job["timeout"], "SandboxError",
-                                                  "the worker stopped answering; it was replaced"))  # fmt: skip
+                                                  "the worker stopped answering; it was replaced"))
             elif id(future) in retried:  # a job that takes its worker down gets one retry
                 todo.pop(0)
                 future.set_result(ExecutionResult("crashed", None, "", "", 0.0, "SandboxError",
-                                                  "the worker died twice while running this job"))  # fmt: skip
+                                                  "the worker died twice while running this job"))
             else:
                 retried.add(id(future))
 
@@ -224,4 +224,4 @@ def run_program(
     `files` (relative name -> text or bytes) are placed in the job's private working directory.
     """
     return _shared_pool().run(source, stdin=stdin, timeout=timeout, memory_mb=memory_mb,
-                              output_limit=output_limit, files=dict(files or {}))  # fmt: skip
+                              output_limit=output_limit, files=dict(files or {}))

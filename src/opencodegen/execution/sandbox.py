@@ -61,7 +61,7 @@ KILL_GRACE_S = 5.0  # without a sandbox: time the server has to clean up after S
 REPLY_GRACE_S = 15.0  # beyond a job's own time limit, before the host gives up on a worker
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
-             "nsswitch.conf", "hosts", "os-release", "mime.types", "ssl")  # fmt: skip
+             "nsswitch.conf", "hosts", "os-release", "mime.types", "ssl")
 JOB_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -109,7 +109,7 @@ class ExecutionResult:
 # ----------------------------------------------------------------------------- jobs
 
 JOB_DEFAULTS: dict[str, Any] = {"stdin": "", "timeout": 10.0, "memory_mb": 1024, "output_limit": 1 << 20,
-                                "files": None}  # fmt: skip
+                                "files": None}
 
 
 def normalize_job(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def normalize_job(job: Mapping[str, Any]) -> dict[str, Any]:
     if not full["timeout"] > 0 or not full["memory_mb"] > 0 or not full["output_limit"] >= 0:
         raise ValueError("timeout and memory_mb must be positive and output_limit non-negative")
     full.update(files=normalize_files(full["files"]), timeout=float(full["timeout"]),
-                memory_mb=int(full["memory_mb"]), output_limit=int(full["output_limit"]))  # fmt: skip
+                memory_mb=int(full["memory_mb"]), output_limit=int(full["output_limit"]))
     return full
 
 
@@ -179,7 +179,7 @@ class Isolation:
             if seccomp_program() is not None:
                 isolated.append("kernel (a seccomp filter refuses keyrings, memfds, io_uring, new user namespaces, "
                                 "userfaultfd, perf events, bpf, and changing another process's limits, "
-                                "priority or CPUs)")  # fmt: skip
+                                "priority or CPUs)")
             return {"mode": self.mode, "isolated": isolated, "not_isolated": [], "reason": self.reason}
         return {
             "mode": self.mode,
@@ -221,7 +221,7 @@ def requested_isolation(requested: str = "auto") -> str:
         requested = os.environ.get(ISOLATION_ENV, "").strip().lower() or "auto"
         if requested not in ISOLATION_CHOICES:
             raise SandboxError(f"{ISOLATION_ENV}={os.environ[ISOLATION_ENV]!r} is not a mode: use auto, bwrap "
-                               "or none (or unset it)")  # fmt: skip
+                               "or none (or unset it)")
     return "none" if requested == "none" else "bwrap"
 
 
@@ -262,10 +262,10 @@ def _refusal(reason: str) -> str:
     fix = ("install it (e.g. `apt install bubblewrap`)" if shutil.which("bwrap") is None
            else "make `bwrap --ro-bind / / --unshare-all true` succeed; without root it needs user namespaces "
            "(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone on Debian, "
-           "kernel.apparmor_restrict_unprivileged_userns on Ubuntu)")  # fmt: skip
+           "kernel.apparmor_restrict_unprivileged_userns on Ubuntu)")
     return (f"untrusted code runs in a sandbox or not at all, and the sandbox cannot start: {reason.rstrip('.')}. "
             f"Fix: {fix}. To run programs WITHOUT isolation (as this user, with network and file access) "
-            f"opt out explicitly: {OPT_OUT}.")  # fmt: skip
+            f"opt out explicitly: {OPT_OUT}.")
 
 
 def _warn_once(plan: Isolation) -> None:
@@ -311,7 +311,7 @@ def _job_uid(index: int) -> int:
 def _bwrap_help() -> str:
     try:
         return subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True, text=True,
-                              timeout=10).stdout  # fmt: skip
+                              timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -326,7 +326,7 @@ def _python_dirs() -> list[str]:
     """Directories the interpreter and its installed packages live in, outermost only."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
              os.path.dirname(_interpreter()), *site.getsitepackages(),
-             site.getusersitepackages(), *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))}  # fmt: skip
+             site.getusersitepackages(), *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))}
     real = {os.path.realpath(p) for p in paths if p and os.path.isdir(p)}
     real = {p for p in real if p != "/" and not _under(p, SYSTEM_DIRS)}
     return sorted(p for p in real if not any(q != p and _under(p, (q,)) for q in real))
@@ -357,7 +357,7 @@ def _under(path: str, roots: tuple[str, ...] | set[str]) -> bool:
 def _bwrap_argv(plan: Isolation) -> list[str]:
     argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--as-pid-1",
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--hostname", "sandbox"]  # fmt: skip
+            "--hostname", "sandbox"]
     if plan.mode == "bwrap-root":
         argv += ["--cap-drop", "ALL"]
         for cap in WORKER_CAPS:
@@ -377,7 +377,7 @@ def _bwrap_argv(plan: Isolation) -> list[str]:
     size = ["--size", str(SCRATCH_MB << 20)] if "--size" in _bwrap_help() else []  # bubblewrap >= 0.7
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--perms", "1777", *size, "--tmpfs", "/tmp",
-             "--perms", "1777", *size, "--tmpfs", "/dev/shm"]  # fmt: skip
+             "--perms", "1777", *size, "--tmpfs", "/dev/shm"]
     argv += _read_only_binds(in_scratch)  # on top of the private /tmp (kept when it is wiped)
     argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--clearenv", "--chdir", "/tmp"]
     for key, value in {**JOB_ENV, "HOME": "/tmp", "TMPDIR": "/tmp", **SERVER_ENV}.items():
@@ -391,7 +391,7 @@ def seccomp_program() -> bytes | None:
 
 
 def _server_config(plan: Isolation, role: str, index: int, scratch: str | None,
-                   preload: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+                   preload: tuple[str, ...]) -> dict[str, Any]:
     root_mode = plan.mode == "bwrap-root"
     return {
         "role": role,  # fork-server | interactive
@@ -467,7 +467,7 @@ class SandboxedProcess:
         self.scratch = None if isolation.sandboxed else tempfile.mkdtemp(prefix="opencodegen-sandbox-")
         config = _server_config(isolation, role, index, self.scratch, preload)
         argv = [_interpreter(), "-I", "-S", "-B", "-c", _server.BOOTSTRAP, Path(_server.__file__).read_text(),
-                json.dumps(config)]  # fmt: skip
+                json.dumps(config)]
         pass_fds = []
         if isolation.sandboxed:
             argv = _bwrap_argv(isolation) + argv
@@ -484,7 +484,7 @@ class SandboxedProcess:
             self._proc = _launch(
                 args=argv, bufsize=0, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
                 cwd=self.scratch, start_new_session=not isolation.sandboxed, pass_fds=pass_fds,
-            )  # fmt: skip
+            )
         except OSError as exc:
             self._log.close()
             self._remove_scratch()
@@ -607,9 +607,9 @@ def spawn_interactive(
     if not memory_mb > 0 or not cpu_seconds > 0:
         raise ValueError("memory_mb and cpu_seconds must be positive")
     job = {"source": source, "memory_mb": int(memory_mb), "cpu_seconds": int(cpu_seconds),
-           "files": normalize_files(files)}  # fmt: skip
+           "files": normalize_files(files)}
     process = SandboxedProcess(resolve_isolation(isolation), "interactive", 128 + next(_interactive_uids) % 128,
-                               tuple(preload))  # fmt: skip
+                               tuple(preload))
     try:
         _server.write_frame(process.stdin.fileno(), {"job": job})
         hello = process._receive(time.monotonic() + START_TIMEOUT_S)

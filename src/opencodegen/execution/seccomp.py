@@ -42,7 +42,7 @@ class Machine:
 
 
 _COMMON = {"clone3": 435, "pidfd_send_signal": 424, "io_uring_setup": 425, "io_uring_enter": 426,
-           "io_uring_register": 427, "memfd_secret": 447}  # fmt: skip
+           "io_uring_register": 427, "memfd_secret": 447}
 MACHINES = {
     "x86_64": Machine(0xC000003E, {
         **_COMMON, "add_key": 248, "request_key": 249, "keyctl": 250, "memfd_create": 319, "userfaultfd": 323,
@@ -58,15 +58,15 @@ MACHINES = {
         "ioprio_set": 30, "kill": 129, "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138,
         "rt_tgsigqueueinfo": 240, "setsid": 157, "setpgid": 154, "shmget": 194, "msgget": 186, "semget": 190,
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271}, x32=False),
-}  # fmt: skip
+}
 REFUSED = ("add_key", "request_key", "keyctl", "memfd_create", "memfd_secret", "io_uring_setup", "io_uring_enter",
-           "io_uring_register", "userfaultfd", "perf_event_open", "bpf")  # fmt: skip
+           "io_uring_register", "userfaultfd", "perf_event_open", "bpf")
 OWN_PROCESS_ONLY = ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr")
 # Without a sandbox: a job stays in the fork-server's session (so that the host can find all of it),
 # creates no System V IPC objects (they would be the host's) and cannot signal or trace the server
 # or the host.
 FALLBACK_REFUSED = ("setsid", "setpgid", "shmget", "msgget", "semget", "tkill", "pidfd_send_signal", "ptrace",
-                    "process_vm_readv", "process_vm_writev")  # fmt: skip
+                    "process_vm_readv", "process_vm_writev")
 
 
 class _Program:

@@ -103,7 +103,7 @@ def layer_quantizer(mode: str) -> Callable[[nn.Linear], nn.Module]:
         return _int8_layer
     if int4_linear.LIBRARY.functions() is None:
         raise ConfigError(f"int4 quantization needs its CPU kernel, which is {int4_linear.LIBRARY.status()} "
-                          "(use --quantize int8)")  # fmt: skip
+                          "(use --quantize int8)")
     return Int4Linear
 
 

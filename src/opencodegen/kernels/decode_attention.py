@@ -33,13 +33,13 @@ def _bind(library: ctypes.CDLL) -> dict[torch.dtype, object]:
     functions = {torch.float32: library.decode_attention, torch.bfloat16: library.decode_attention_bf16}
     for function in functions.values():
         function.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_long] + [ctypes.c_void_p] * 2 + [ctypes.c_long] * 6
-                             + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int])  # fmt: skip
+                             + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int])
         function.restype = ctypes.c_int
     return functions
 
 
 LIBRARY = NativeLibrary(Path(__file__).with_suffix(".c"), FLAGS, ("avx512f",), _bind, logging.getLogger(__name__),
-                        "decoding is slower")  # fmt: skip
+                        "decoding is slower")
 
 
 def _one_dtype_on_cpu(*tensors: torch.Tensor) -> bool:
@@ -81,5 +81,5 @@ def attend(
     out = torch.empty(B, 1, H * D, dtype=qkv.dtype)
     code = functions[qkv.dtype](qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.stride(0), keys.data_ptr(), values.data_ptr(),  # type: ignore[operator]
                     keys.stride(0), keys.stride(1), B, H, D, start, None if mask is None else mask.data_ptr(),
-                    D**-0.5, out.data_ptr(), torch.get_num_threads())  # fmt: skip
+                    D**-0.5, out.data_ptr(), torch.get_num_threads())
     return out if code == 0 else None

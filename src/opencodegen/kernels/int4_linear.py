@@ -28,7 +28,7 @@ from opencodegen.kernels.native import NativeLibrary, cpu_flags
 GROUP = 32  # inputs per scale
 BLOCK = 128  # inputs per 64-byte block of packed weights: K must be a multiple of this
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx512bf16", "-mf16c", "-mfma", "-fopenmp",
-         "-shared", "-fPIC")  # fmt: skip
+         "-shared", "-fPIC")
 CPU_NEEDS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 PACK_ROWS = 4096  # rows quantized at a time (bounds the temporary memory for large matrices)
 # From this many rows on (prefill, large batches), where the CPU has AMX, `linear` turns the
@@ -50,7 +50,7 @@ def _bind(library: ctypes.CDLL) -> dict[str, object]:
 
 
 LIBRARY = NativeLibrary(Path(__file__).with_suffix(".c"), FLAGS, CPU_NEEDS, _bind, logging.getLogger(__name__),
-                        "int4 quantization is unavailable")  # fmt: skip
+                        "int4 quantization is unavailable")
 
 
 def check_shape(in_features: int) -> str | None:
@@ -103,7 +103,7 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, bias: to
     (rows, k), n = x.shape, packed.shape[0]
     if packed.shape != (n, k // 2) or scales.shape != (n, k // GROUP) or check_shape(k):
         raise ValueError(f"x {list(x.shape)} does not fit packed weights {list(packed.shape)} with scales "
-                         f"{list(scales.shape)} (K must be a multiple of {BLOCK})")  # fmt: skip
+                         f"{list(scales.shape)} (K must be a multiple of {BLOCK})")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape [{n}], got {list(bias.shape)}")
     if rows >= MATMUL_ROWS and _has_bf16_matmul():
@@ -115,7 +115,7 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, bias: to
     bias = None if bias is None else bias.float().contiguous()
     y = torch.empty(rows, n)
     code = functions["linear"](x.data_ptr(), packed.data_ptr(), scales.data_ptr(), None if bias is None else bias.data_ptr(),  # type: ignore[operator]
-                    y.data_ptr(), rows, n, k, torch.get_num_threads())  # fmt: skip
+                    y.data_ptr(), rows, n, k, torch.get_num_threads())
     if code != 0:
         raise (MemoryError if code == -2 else ValueError)(f"int4 kernel failed with code {code}")
     return y
@@ -134,7 +134,7 @@ def dequantize_bf16(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     packed, scales = packed.contiguous(), scales.contiguous()
     out = torch.empty(packed.shape[0], packed.shape[1] * 2, dtype=torch.bfloat16)
     code = functions["dequantize_bf16"](packed.data_ptr(), scales.data_ptr(), out.data_ptr(), out.shape[0],  # type: ignore[index]
-                                        out.shape[1], torch.get_num_threads())  # fmt: skip
+                                        out.shape[1], torch.get_num_threads())
     if code != 0:
         raise ValueError(f"int4 dequantization failed with code {code}")
     return out

@@ -54,7 +54,7 @@ class NativeLibrary:
     """
 
     def __init__(self, source: Path, flags: tuple[str, ...], cpu_needs: tuple[str, ...],
-                 bind: Callable[[ctypes.CDLL], Any], log: logging.Logger, consequence: str) -> None:  # fmt: skip
+                 bind: Callable[[ctypes.CDLL], Any], log: logging.Logger, consequence: str) -> None:
         self.source, self.flags, self.cpu_needs = source, flags, cpu_needs
         self._bind, self._log, self._consequence = bind, log, consequence
         self._lock = threading.Lock()
@@ -88,7 +88,7 @@ class NativeLibrary:
         os.close(fd)
         try:
             done = subprocess.run([cc, *self.flags, str(self.source), "-o", partial], capture_output=True,
-                                  text=True, timeout=COMPILE_TIMEOUT_S)  # fmt: skip
+                                  text=True, timeout=COMPILE_TIMEOUT_S)
             if done.returncode != 0:
                 raise RuntimeError(f"{cc} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
             os.replace(partial, target)  # atomic: concurrent builders leave one complete file

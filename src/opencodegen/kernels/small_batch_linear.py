@@ -44,7 +44,7 @@ def _bind(library: ctypes.CDLL) -> dict[torch.dtype, object]:
 
 
 LIBRARY = NativeLibrary(Path(__file__).with_suffix(".c"), FLAGS, ("avx512f",), _bind, logging.getLogger(__name__),
-                        "decoding a few sequences is slower")  # fmt: skip
+                        "decoding a few sequences is slower")
 
 
 def status() -> str:
@@ -81,5 +81,5 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     x32 = x.float()  # the kernel reads fp32 activations (bf16 ones widen exactly); kept alive for the call
     y = torch.empty(rows, n, dtype=dtype)
     code = functions[dtype](x32.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),  # type: ignore[operator]
-                            y.data_ptr(), rows, n, k, torch.get_num_threads())  # fmt: skip
+                            y.data_ptr(), rows, n, k, torch.get_num_threads())
     return y if code == 0 else None

@@ -100,12 +100,12 @@ def create_app(
     """
     context = model.config.n_positions
     limits = Limits(context=context, max_tokens=min(max_tokens_limit or context, context), max_n=max_batch,
-                    max_prompts=max_prompts)  # fmt: skip
+                    max_prompts=max_prompts)
     metrics = Metrics()
     scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue, metrics=metrics)
     sessions = SessionStore(scheduler, tokenizer, context, max_sessions=max_sessions, session_factory=session_factory,
                             ttl_s=session_ttl, memory_budget_mb=session_memory_budget_mb,
-                            max_per_client=max_sessions_per_client, clock=clock)  # fmt: skip
+                            max_per_client=max_sessions_per_client, clock=clock)
     tokenize_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="opencodegen-tokenize")
     started = int(time.time())
 
@@ -144,7 +144,7 @@ def create_app(
     async def _path_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0]
         error = APIError(400, f"Invalid value for {err['loc'][-1]}: {err['msg']}", param=str(err["loc"][-1]),
-                         code="invalid_value")  # fmt: skip
+                         code="invalid_value")
         return JSONResponse(error.body(), status_code=400)
 
     @app.exception_handler(Exception)
@@ -156,14 +156,14 @@ def create_app(
         app.add_middleware(BearerAuth, api_key=api_key)
     # outermost (added last): runs before the key check and the routes
     app.add_middleware(HTTPGuard, allowed_hosts=allowed_hosts, max_body_bytes=max_body_bytes,
-                       body_timeout=body_timeout)  # fmt: skip
+                       body_timeout=body_timeout)
 
     # ------------------------------------------------------------------ OpenAI API
 
     def check_model(name: str | None) -> None:
         if name not in (None, model_name):
             raise APIError(404, f"The model `{name}` does not exist (this server has `{model_name}`).",
-                           param="model", code="model_not_found")  # fmt: skip
+                           param="model", code="model_not_found")
 
     def read_completion(raw: bytes) -> Prepared:
         """Parse, check and tokenize a completion request (on the tokenizer pool, off the event loop)."""
@@ -188,11 +188,11 @@ def create_app(
         except QueueFull as exc:
             metrics.count_request("rejected")
             raise APIError(429, f"The server is busy ({exc}); retry later.", type="server_busy",
-                           code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None  # fmt: skip
+                           code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except ShuttingDown as exc:
             metrics.count_request("rejected")
             raise APIError(503, str(exc), type="server_busy", code="shutting_down",
-                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None  # fmt: skip
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except APIError:
             metrics.count_request("invalid")
             raise
@@ -211,7 +211,7 @@ def create_app(
 
             # the background task closes a run whose stream never started (the client left at once)
             return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS,
-                                     background=BackgroundTask(run.close))  # fmt: skip
+                                     background=BackgroundTask(run.close))
         try:
             result = await run.response(request)
         except ClientGone:
@@ -237,7 +237,7 @@ def create_app(
         with counted():
             prepared = await off_loop(read_chat, await request.body())
             run = await start_chat(prepared, scheduler, model_name, sessions if prepared.body.execute else None,
-                                   client_address(request))  # fmt: skip
+                                   client_address(request))
         return await answer(run, request, bool(prepared.body.stream))
 
     def read_tokenize(raw: bytes) -> dict[str, Any]:
@@ -260,7 +260,7 @@ def create_app(
         bad = next((t for t in body.tokens if not 0 <= t < len(tokenizer)), None)
         if bad is not None:
             raise APIError(400, f"token id {bad} is outside the vocabulary (0 … {len(tokenizer) - 1})",
-                           param="tokens", code="invalid_value")  # fmt: skip
+                           param="tokens", code="invalid_value")
         return {"prompt": tokenizer.decode(body.tokens)}
 
     @app.post("/tokenize")
@@ -273,7 +273,7 @@ def create_app(
 
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": started, "owned_by": "opencodegen",
-                "max_model_len": context}  # fmt: skip
+                "max_model_len": context}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -288,7 +288,7 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_name, "queue_depth": scheduler.queue_depth,
-                "running_sequences": metrics.running_sequences}  # fmt: skip
+                "running_sequences": metrics.running_sequences}
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
@@ -361,7 +361,7 @@ def create_app(
         entry = sessions.get(session_id)
         program = await entry.call(entry.session.program)
         return Response(program, media_type="text/x-python; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="session-{session_id}.py"'})  # fmt: skip
+                        headers={"Content-Disposition": f'attachment; filename="session-{session_id}.py"'})
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -392,7 +392,7 @@ class BearerAuth:
             scheme, _, given = header.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
                 error = APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
-                                 code="invalid_api_key")  # fmt: skip
+                                 code="invalid_api_key")
                 response = JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return

@@ -20,7 +20,7 @@ class BackgroundServer:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0,
-                 header_timeout: float = HEADER_TIMEOUT_S):  # fmt: skip
+                 header_timeout: float = HEADER_TIMEOUT_S):
         self.app, self.host, self.port, self.startup_timeout = app, host, port, startup_timeout
         self.header_timeout = header_timeout
         self._server: uvicorn.Server | None = None
@@ -36,7 +36,7 @@ class BackgroundServer:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
-                                http=header_timeout_protocol(self.header_timeout))  # fmt: skip
+                                http=header_timeout_protocol(self.header_timeout))
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()

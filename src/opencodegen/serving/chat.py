@@ -51,12 +51,12 @@ def conversation(messages: list[ChatMessage]) -> tuple[list[tuple[str, str]], st
         if message.role in ("system", "developer"):
             raise APIError(400, f"{param}: {message.role} messages have no place in CodeGen's multi-turn format "
                            "(per turn an instruction comment and its code); leave them out", param=param,
-                           code="unsupported_parameter")  # fmt: skip
+                           code="unsupported_parameter")
         expected = ROLES[i % 2]
         if message.role != expected:
             raise APIError(400, f"{param}: expected a {expected} message, got role {message.role!r} (the conversation "
                            "alternates user instructions and the assistant's code, starting with a user)",
-                           param=param, code="invalid_value")  # fmt: skip
+                           param=param, code="invalid_value")
         if expected == "user" and not message.text.strip():
             raise APIError(400, f"{param}: an instruction must not be empty", param=param, code="invalid_value")
     turns = [(messages[i].text, messages[i + 1].text) for i in range(0, len(messages) - 1, 2)]
@@ -87,7 +87,7 @@ def prepare_chat(body: ChatCompletionRequest, tokenizer: CodeGenTokenizer, limit
     if instruction is None:
         param = f"messages.{len(body.messages) - 1}"
         raise APIError(400, f"{param}: the conversation must end with a user message (the instruction of the turn "
-                       "to write)", param=param, code="invalid_value")  # fmt: skip
+                       "to write)", param=param, code="invalid_value")
     prompt = tokenizer.encode(conversation_prompt(turns, instruction))
     wanted = body.token_limit
     max_tokens = min(limits.max_tokens, limits.context - len(prompt)) if wanted is None else wanted
@@ -118,7 +118,7 @@ class ChatRun:
     session (`execute`), runs the earlier turns at once and each choice's code when it is done."""
 
     def __init__(self, prepared: PreparedChat, job: Job, model_name: str,
-                 lent: tuple[SessionStore, SessionEntry] | None):  # fmt: skip
+                 lent: tuple[SessionStore, SessionEntry] | None):
         self.p, self.job, self.model_name, self.lent = prepared, job, model_name, lent
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -141,7 +141,7 @@ class ChatRun:
     def usage(self) -> dict[str, int]:
         prompt = len(self.p.prompt)
         return {"prompt_tokens": prompt, "completion_tokens": self.completion_tokens,
-                "total_tokens": prompt + self.completion_tokens}  # fmt: skip
+                "total_tokens": prompt + self.completion_tokens}
 
     async def _execute(self, code: str) -> dict[str, Any]:
         assert self.lent is not None
@@ -162,7 +162,7 @@ class ChatRun:
         choices = []
         for i, text in enumerate(texts):
             choice = {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": reasons[i]}  # fmt: skip
+                      "finish_reason": reasons[i]}
             if self.lent is not None:
                 choice["execution"] = await self._execute(text)
             choices.append(choice)
@@ -208,7 +208,7 @@ class ChatRun:
 
 
 async def start_chat(prepared: PreparedChat, scheduler: Scheduler, model_name: str,
-                     sessions: SessionStore | None = None, client: str = "") -> ChatRun:  # fmt: skip
+                     sessions: SessionStore | None = None, client: str = "") -> ChatRun:
     """Queue a prepared chat request (on the event loop); with `sessions`, lend one of their
     sessions (their bounds apply: a 429 when full) to run the code. Answer with `.response()`
     or `.stream()`, then `.close()`."""

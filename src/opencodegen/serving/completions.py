@@ -53,7 +53,7 @@ def prepare(body: CompletionRequest, tokenizer: CodeGenTokenizer, limits: Limits
     items = body.prompt_items()
     if len(items) > limits.max_prompts:
         raise APIError(400, f"{len(items)} prompts in one request: this server allows at most {limits.max_prompts} "
-                       "(split the request)", param="prompt", code="too_many_prompts")  # fmt: skip
+                       "(split the request)", param="prompt", code="too_many_prompts")
     texts = [p for p in items if isinstance(p, str)]
     encoded = iter(tokenizer.encode_batch(texts) if texts else [])
     prompts, echo_texts = [], []
@@ -81,7 +81,7 @@ def check_budget(body: SamplingFields, max_tokens: int, limits: Limits) -> None:
         raise APIError(400, f"n={body.n} is too large: this server allows at most {limits.max_n}", param="n")
     if max_tokens > limits.max_tokens:
         raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {limits.max_tokens}",
-                       param="max_tokens", code="max_tokens_exceeded")  # fmt: skip
+                       param="max_tokens", code="max_tokens_exceeded")
 
 
 def check_context(prompt_tokens: int, max_tokens: int, limits: Limits, param: str) -> None:
@@ -93,7 +93,7 @@ def check_context(prompt_tokens: int, max_tokens: int, limits: Limits, param: st
             f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in your prompt; {max_tokens} for the completion). "
             "Please reduce your prompt or completion length.",
             param=param, code="context_length_exceeded",
-        )  # fmt: skip
+        )
 
 
 def sampling_params(body: SamplingFields, max_new_tokens: int, **extra: Any) -> SamplingParams:
@@ -103,7 +103,7 @@ def sampling_params(body: SamplingFields, max_new_tokens: int, **extra: Any) -> 
         top_p=1.0 if body.top_p is None else body.top_p, top_k=body.sampling_top_k, seed=body.seed,
         stop=body.stop_list, presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0, ignore_eos=bool(body.ignore_eos), **extra,
-    )  # fmt: skip
+    )
 
 
 class _Logprobs:
@@ -157,7 +157,7 @@ class CompletionRun:
     def usage(self) -> dict[str, int]:
         prompt = sum(map(len, self.p.prompts))
         return {"prompt_tokens": prompt, "completion_tokens": self.completion_tokens,
-                "total_tokens": prompt + self.completion_tokens}  # fmt: skip
+                "total_tokens": prompt + self.completion_tokens}
 
     # ------------------------------------------------------------------ whole response
 
@@ -178,9 +178,9 @@ class CompletionRun:
             {"text": texts[i], "index": i, "logprobs": logprobs[i].data if self.logprobs else None,
              "finish_reason": reasons[i]}
             for i in range(self.job.choices)
-        ]  # fmt: skip
+        ]
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_name,
-                "choices": choices, "usage": self.usage()}  # fmt: skip
+                "choices": choices, "usage": self.usage()}
 
     # ------------------------------------------------------------------ stream
 
@@ -188,7 +188,7 @@ class CompletionRun:
         logprobs = _Logprobs(self.tokenizer).add(tokens or [], shift).data if self.logprobs else None
         choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": reason}
         return sse_event({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_name,
-                     "choices": [choice]})  # fmt: skip
+                     "choices": [choice]})
 
     async def stream(self) -> AsyncIterator[str]:
         """Server-sent events, one chunk per text delta, then `data: [DONE]`; cancels the job if cut off."""
@@ -206,11 +206,11 @@ class CompletionRun:
                 elif isinstance(event, Finished):
                     self.completion_tokens += event.completion_tokens
                     yield self._chunk(event.index, event.text, event.tokens, event.finish_reason,
-                                      self._shift(event.index))  # fmt: skip
+                                      self._shift(event.index))
             options = self.p.body.stream_options
             if options is not None and options.include_usage:
                 yield sse_event({"id": self.id, "object": "text_completion", "created": self.created,
-                            "model": self.model_name, "choices": [], "usage": self.usage()})  # fmt: skip
+                            "model": self.model_name, "choices": [], "usage": self.usage()})
         except APIError as exc:
             yield sse_event(exc.body())
         finally:
@@ -265,5 +265,5 @@ def start_completion(
     job = scheduler.submit(
         prepared.prompts, prepared.params, stream=bool(body.stream),
         prompt_logprobs=bool(body.echo) and body.logprobs is not None, prompt_only=prepared.max_tokens == 0,
-    )  # fmt: skip
+    )
     return CompletionRun(prepared, job, tokenizer, model_name)

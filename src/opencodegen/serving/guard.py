@@ -45,7 +45,7 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
-]  # fmt: skip
+]
 
 
 def host_name(header: str) -> str:
@@ -75,7 +75,7 @@ class HTTPGuard:
     """ASGI middleware: Host allow-list, JSON-only state changes, bounded bodies, security headers."""
 
     def __init__(self, app: Any, *, allowed_hosts: Iterable[str], max_body_bytes: int = MAX_BODY_BYTES,
-                 body_timeout: float = BODY_TIMEOUT_S):  # fmt: skip
+                 body_timeout: float = BODY_TIMEOUT_S):
         self.app = app
         self.allowed = allowed_host_names(allowed_hosts)
         self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
@@ -105,7 +105,7 @@ class HTTPGuard:
         host = host_name(headers.get(b"host", b"").decode("latin-1"))
         if "*" not in self.allowed and host not in self.allowed:
             raise APIError(421, f"Host {host!r} is not served here; to serve it, start the server with "
-                           f"--allowed-host {host or 'NAME'}.", code="host_not_allowed")  # fmt: skip
+                           f"--allowed-host {host or 'NAME'}.", code="host_not_allowed")
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             raise APIError(413, f"request body over {self.max_body_bytes} bytes", code="body_too_large")
@@ -115,7 +115,7 @@ class HTTPGuard:
         if media_type != b"application/json":
             raise APIError(415, f"Content-Type must be application/json, not {media_type.decode('latin-1')!r} "
                            "(send the body as JSON with 'Content-Type: application/json').",
-                           code="unsupported_media_type")  # fmt: skip
+                           code="unsupported_media_type")
         body = await self._read_body(receive)
         return _replay(body, receive)
 
@@ -128,7 +128,7 @@ class HTTPGuard:
                 message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
             except asyncio.TimeoutError:
                 raise APIError(408, f"the request body did not arrive within {self.body_timeout:g} s",
-                               code="request_timeout") from None  # fmt: skip
+                               code="request_timeout") from None
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")

@@ -70,7 +70,7 @@ class Metrics:
                 self._recent.append((self._clock(), generated))
 
     def observe(self, *, latency: float | None = None, first_token: float | None = None,
-                queue_wait: float | None = None) -> None:  # fmt: skip
+                queue_wait: float | None = None) -> None:
         with self._lock:
             for hist, value in ((self.latency, latency), (self.first_token, first_token), (self.queue_wait, queue_wait)):
                 if value is not None:

@@ -80,7 +80,7 @@ class SamplingFields(_Strict):
         for name, used in self.unsupported().items():
             if used:
                 raise APIError(400, f"{name} is not supported by this server (leave it unset)", param=name,
-                               code="unsupported_parameter")  # fmt: skip
+                               code="unsupported_parameter")
 
     def unsupported(self) -> dict[str, bool]:
         """Known OpenAI fields set to a value this server does not implement."""
@@ -224,7 +224,7 @@ def parse_body(raw: bytes, model: type[BaseModel]) -> Any:
         data = json.loads(raw) if raw.strip() else None
     except RecursionError:
         raise APIError(400, "We could not parse the JSON body of your request (it is nested too deeply).",
-                       code="invalid_json") from None  # fmt: skip
+                       code="invalid_json") from None
     except ValueError as exc:  # bad JSON, bad UTF-8, or an integer with too many digits
         raise APIError(400, f"We could not parse the JSON body of your request ({exc}).", code="invalid_json") from None
     if not isinstance(data, dict):
@@ -249,18 +249,18 @@ def validation_error(exc: ValidationError) -> APIError:
     param = loc[0] if loc else None
     if param in _EXPECTED and err["type"] not in ("extra_forbidden", "missing"):
         return APIError(400, f"Invalid value for {param}: expected {_EXPECTED[param]}", param=param,
-                        code="invalid_value")  # fmt: skip
+                        code="invalid_value")
     if "content" in loc[:4] and err["type"] != "missing":  # a message's content (a union: one error per member)
         where = ".".join(loc[: loc.index("content") + 1])
         return APIError(400, f"Invalid value for {where}: expected a string or a list of text parts "
-                        '({"type": "text", "text": ...})', param=param, code="invalid_value")  # fmt: skip
+                        '({"type": "text", "text": ...})', param=param, code="invalid_value")
     if err["type"] == "extra_forbidden":
         return APIError(400, f"Unrecognized request argument supplied: {'.'.join(loc)}", param=param,
-                        code="unknown_parameter")  # fmt: skip
+                        code="unknown_parameter")
     if err["type"] == "missing":
         return APIError(400, f"Missing required parameter: {'.'.join(loc)}", param=param, code="missing_parameter")
     message = str(err["msg"]).removeprefix("Value error, ")
     where = f"{'.'.join(loc)}: " if loc else ""
     return APIError(400, f"Invalid value for {where}{message}" if loc else message, param=param,
-                    code="invalid_value")  # fmt: skip
+                    code="invalid_value")
 

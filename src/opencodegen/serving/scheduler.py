@@ -283,7 +283,7 @@ class Scheduler:
         if params.n > self.max_batch:
             raise ValueError(f"n={params.n} exceeds the batch size {self.max_batch}")
         job = Job(self, prompts, params, stream=stream, prompt_logprobs=prompt_logprobs, prompt_only=prompt_only,
-                  loop=asyncio.get_running_loop())  # fmt: skip
+                  loop=asyncio.get_running_loop())
         with self._cond:
             if self._stopping or self._thread is None:
                 raise ShuttingDown("the server is shutting down")
@@ -366,7 +366,7 @@ class Scheduler:
         prefilled = prefill(
             self.model, prompts, self.tokenizer.pad_token_id, 0 if self._batch.rows else room,
             all_logits=any(g.job.prompt_logprobs for g in groups),
-        )  # fmt: skip
+        )
         self.metrics.add_tokens(prompt=sum(map(len, prompts)))
         for g, group_logits in zip(groups, prefilled.logits):
             if g.job.prompt_logprobs:

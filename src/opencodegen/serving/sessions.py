@@ -34,7 +34,7 @@ class SessionEntry:
     """A live session, its settings, its worker thread and the lock that orders its turns."""
 
     def __init__(self, session_id: str, session: Session, settings: SessionCreate, client: str,
-                 clock: Callable[[], float] = time.monotonic):  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic):
         self.id, self.session, self.settings, self.client = session_id, session, settings, client
         self.lock = asyncio.Lock()
         self.clock = clock
@@ -63,7 +63,7 @@ class SessionEntry:
         """Turn `index` (call on the session's thread)."""
         if not 0 <= index < len(self.session.turns):
             raise APIError(404, f"no turn {index} (the session has {len(self.session.turns)})", param="index",
-                           code="turn_not_found")  # fmt: skip
+                           code="turn_not_found")
         return self.session.turns[index]
 
     def state(self) -> dict[str, Any]:
@@ -125,12 +125,12 @@ class SessionStore:
                            f"{self.memory_budget_mb} MiB at {self.session_memory_mb} MiB each, at most "
                            f"{self.capacity}); delete a session you no longer need or retry after idle ones "
                            f"expire ({self.ttl_s:g} s without use).", type="server_busy", code="too_many_sessions",
-                           headers=retry)  # fmt: skip
+                           headers=retry)
         mine = sum(e.client == client for e in self._entries.values())
         if mine >= self.max_per_client:
             raise APIError(429, f"You hold {mine} sessions, the most one client may hold; delete one "
                            "(DELETE /v1/sessions/{id}) before starting another.", type="server_busy",
-                           code="too_many_sessions", headers=retry)  # fmt: skip
+                           code="too_many_sessions", headers=retry)
         entry = SessionEntry(secrets.token_urlsafe(12), self.session_factory(), settings, client, self.clock)
         self._entries[entry.id] = entry
         return entry
@@ -212,7 +212,7 @@ class SessionStore:
         params = SamplingParams(
             max_new_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p,
             seed=entry.next_seed(), truncate="codegen",
-        )  # fmt: skip
+        )
         job = self.scheduler.submit([ids], params, stream=True)
         try:
             while True:

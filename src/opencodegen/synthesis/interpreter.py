@@ -53,7 +53,7 @@ class Interpreter:
         self.timeout = timeout
         source = Path(interpreter_worker.__file__).read_text(encoding="utf-8")
         self.process = spawn_interactive(source, memory_mb=memory_mb, cpu_seconds=SESSION_CPU_S,
-                                         isolation=isolation, preload=PRELOAD)  # fmt: skip
+                                         isolation=isolation, preload=PRELOAD)
         self._buffer = b""
         self._requests = itertools.count(1)
         self.alive = True
@@ -85,7 +85,7 @@ class Interpreter:
             status = "timeout" if "timeout" in reply else ("memory" if reply["died"] == "memory" else "crashed")
             why = {"timeout": f"the turn ran past {timeout or self.timeout:g} s and the interpreter was stopped",
                    "memory": "the turn went over the memory limit and the interpreter was stopped",
-                   "crashed": "the interpreter died (its state is lost)"}[status]  # fmt: skip
+                   "crashed": "the interpreter died (its state is lost)"}[status]
             return TurnOutput(status, error=why, duration=duration)
         error = reply.get("error")
         return TurnOutput(
