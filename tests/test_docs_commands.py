@@ -35,11 +35,12 @@ def documented_commands() -> list[tuple[str, str]]:
 
 
 def _opencodegen_args(text: str) -> str | None:
-    """The arguments after `opencodegen` / `-m opencodegen.cli`, without comment or redirection."""
-    match = re.match(r"^(?:opencodegen|.*-m opencodegen(?:\.cli)?)\s+(.*)$", text)
+    """The arguments after `opencodegen` / `-m opencodegen.cli`, without redirection or `&`."""
+    match = re.match(r"^(?:(?:\w+=\S*\s+)*opencodegen|.*-m opencodegen(?:\.cli)?)\s+(.*)$", text)
     if match is None:
         return None
-    return re.sub(r"\s*[<>]\s*\S+", "", match.group(1)).strip()
+    command = re.sub(r"\s*[<>]\s*\S+", "", match.group(1)).strip().rstrip("&;").strip()
+    return re.sub(r"\$\{?\w+\}?", "0", command)  # a loop's or the user's shell variable: any value
 
 
 COMMANDS = documented_commands()
