@@ -3,7 +3,7 @@ import json
 import pytest
 
 from opencodegen.errors import DataError
-from opencodegen.evaluation.results import ResultStore
+from opencodegen.io import ResultStore
 
 
 def test_round_trip_and_resume(tmp_path):

@@ -37,7 +37,7 @@ from opencodegen.errors import DataError
 from opencodegen.evaluation import run_record
 from opencodegen.evaluation.passk import estimate, pass_at_k
 from opencodegen.evaluation.protocols import HUMAN_EVAL, Protocol, get_protocol
-from opencodegen.evaluation.results import ResultStore
+from opencodegen.io import ResultStore
 
 if TYPE_CHECKING:
     from opencodegen.generation import SamplingParams

@@ -33,7 +33,7 @@ from opencodegen.evaluation.mtpb_scoring import (
     score_programs,
 )
 from opencodegen.evaluation.protocols import Protocol
-from opencodegen.evaluation.results import ResultStore
+from opencodegen.io import ResultStore
 
 KEY = ("id", "test", "sample")
 SCORE_CHUNK = 32  # programs scored between two appends to the results file

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from opencodegen.config import CodeGenConfig
-from opencodegen.evaluation.results import ResultStore
+from opencodegen.io import ResultStore
 
 # Dense bf16 peak of one device, TFLOP/s, matched against torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = (

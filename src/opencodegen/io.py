@@ -1,4 +1,4 @@
-"""Append-only JSONL result files that survive a kill and resume where they stopped."""
+"""Run files below evaluation and training: append-only JSONL results that survive a kill and resume."""
 
 from __future__ import annotations
 

@@ -152,7 +152,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from opencodegen.evaluation.mtpb_generate import generate_multi_turn
     from opencodegen.evaluation.mtpb_perplexity import problem_perplexity
     from opencodegen.evaluation.mtpb_run import check_config
-    from opencodegen.evaluation.results import ResultStore
+    from opencodegen.io import ResultStore
 
     out = planning.check_out_dir(args.out)  # before anything loads
     benchmark, problems = _benchmark(args)
