@@ -3,7 +3,7 @@ import json
 import pytest
 
 from opencodegen.errors import DataError
-from opencodegen.io import ResultStore
+from opencodegen.io import ResultStore, write_atomic
 
 
 def test_round_trip_and_resume(tmp_path):
@@ -39,3 +39,19 @@ def test_duplicate_and_missing_key(tmp_path):
         store.append({"k": 1})
     with pytest.raises(DataError, match="lacks key"):
         store.append({"z": 1})
+
+
+def test_write_atomic_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    write_atomic(path, "old ünïcode\n")
+    write_atomic(path, "new\n")
+    assert path.read_text(encoding="utf-8") == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
+
+    def interrupted(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr("opencodegen.io.os.replace", interrupted)
+    with pytest.raises(OSError):
+        write_atomic(path, "half")
+    assert path.read_text(encoding="utf-8") == "new\n"

@@ -1,4 +1,5 @@
-"""Run files below evaluation and training: append-only JSONL results that survive a kill and resume."""
+"""Run files below evaluation, training and data: atomic writes, and append-only JSONL results that
+survive a kill and resume."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from opencodegen.errors import DataError
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temporary file beside it, so a reader never sees
+    half a file and a killed writer leaves the old one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class ResultStore:

@@ -37,7 +37,7 @@ from opencodegen.errors import DataError
 from opencodegen.evaluation import run_record
 from opencodegen.evaluation.passk import estimate, pass_at_k
 from opencodegen.evaluation.protocols import HUMAN_EVAL, Protocol, get_protocol
-from opencodegen.io import ResultStore
+from opencodegen.io import ResultStore, write_atomic
 
 if TYPE_CHECKING:
     from opencodegen.generation import SamplingParams
@@ -322,12 +322,6 @@ def check_settings(out: Path, settings: Settings) -> None:
     run_record.check_record(out / "run.json", wanted)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _suffix(rank: int, world: int) -> str:
     return "" if world == 1 else f".rank{rank}"
 
@@ -505,8 +499,8 @@ def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int], se
 
     summary = {**summarize(records, ks), "isolation": settings.isolation, "settings": asdict(settings)}
     rows = per_problem(records, ks)
-    _write_atomic(out / "per_problem.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "per_problem.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     numeric = {float(t): row for t, row in summary["results"].items() if t != NO_TEMPERATURE}
     if numeric:
         plot_passk_vs_temperature(numeric, out / "passk_vs_temperature.png", title="HumanEval")
@@ -582,7 +576,7 @@ def _finish(problems: Sequence[Problem], settings: Settings, options: RunOptions
     if options.world == 1:
         records = ResultStore(options.out / "results.jsonl", KEY).records
         return write_report(options.out, _ordered(records, problems), options.ks, settings)
-    _write_atomic(options.out / f"rank{options.rank}.done", json.dumps({"rank": options.rank}) + "\n")
+    write_atomic(options.out / f"rank{options.rank}.done", json.dumps({"rank": options.rank}) + "\n")
     if options.rank != 0:
         return None
     return merge(problems, settings, options, wait=True)
@@ -620,7 +614,7 @@ def merge(
         raise DataError(f"{out}: the ranks hold {len(records['results'])} results, expected {expected}")
     for kind, items in records.items():
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _ordered(items, problems))
-        _write_atomic(out / f"{kind}.jsonl", lines)
+        write_atomic(out / f"{kind}.jsonl", lines)
     return write_report(out, _ordered(records["results"], problems), options.ks, settings)
 
 
