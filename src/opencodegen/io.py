@@ -1,15 +1,36 @@
-"""Run files below evaluation, training and data: atomic writes, and append-only JSONL results that
-survive a kill and resume."""
+"""Files below evaluation, training and data: JSON-lines reading with one error format, atomic
+writes, and append-only JSONL results that survive a kill and resume."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from opencodegen.errors import DataError
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSON-lines file (gzip if it ends in .gz);
+    a bad line or an unreadable file is a DataError naming the file and the line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                    if not isinstance(record, dict):
+                        raise DataError(f"{path}:{lineno}: expected a JSON object")
+                    yield lineno, record
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:

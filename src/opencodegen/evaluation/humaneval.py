@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ from opencodegen.errors import DataError
 from opencodegen.evaluation import run_record
 from opencodegen.evaluation.passk import estimate, pass_at_k
 from opencodegen.evaluation.protocols import HUMAN_EVAL, Protocol, get_protocol
-from opencodegen.io import ResultStore, write_atomic
+from opencodegen.io import ResultStore, read_jsonl, write_atomic
 
 if TYPE_CHECKING:
     from opencodegen.generation import SamplingParams
@@ -114,28 +113,11 @@ def bundled_problems_file() -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                    if not isinstance(record, dict):
-                        raise DataError(f"{path}:{lineno}: expected a JSON object")
-                    yield lineno, record
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-
-
 def load_problems(path: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[Problem]:
     """HumanEval problems in file order (the bundled 164 by default), the first `limit` if given."""
     path = Path(path) if path else bundled_problems_file()
     problems = []
-    for lineno, record in _read_jsonl(path):
+    for lineno, record in read_jsonl(path):
         missing = [k for k in ("task_id", "prompt", "test", "entry_point") if not isinstance(record.get(k), str)]
         if missing:
             raise DataError(f"{path}:{lineno}: problem lacks {', '.join(missing)}")
@@ -165,7 +147,7 @@ def read_samples(
     benchmark's.
     """
     path = Path(path)
-    rows = _bigcode_rows(path, problems, outside) if _is_json_list(path) else _read_jsonl(path)
+    rows = _bigcode_rows(path, problems, outside) if _is_json_list(path) else read_jsonl(path)
     known = {p.task_id: p for p in problems}
     counters: dict[tuple[str, Any], int] = defaultdict(int)
     samples, seen = [], set()
