@@ -33,8 +33,8 @@ def main() -> None:
     from opencodegen.checkpoint import load_model, resolve_checkpoint
     from opencodegen.evaluation import humaneval as he
     from opencodegen.evaluation import planning
-    from opencodegen.evaluation.results import ResultStore
     from opencodegen.generation import Generator
+    from opencodegen.io import ResultStore
     from opencodegen.tokenizer import CodeGenTokenizer
 
     directory, model = load_model(resolve_checkpoint(default_model.resolve(args.model)), device=args.device)

@@ -102,9 +102,9 @@ def main() -> None:
     from opencodegen.checkpoint import load_model
     from opencodegen.config import CodeGenConfig
     from opencodegen.generation import Generator, SamplingParams
-    from opencodegen.generation.quantize import quantize_int4, quantize_int8
     from opencodegen.kernels import decode_attention, int4_linear, small_batch_linear
     from opencodegen.model import CodeGenForCausalLM
+    from opencodegen.quantize import quantize_int4, quantize_int8
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -33,9 +33,9 @@ from opencodegen.evaluation.protocols import (
     get_protocol,
     protocol_settings,
 )
-from opencodegen.evaluation.results import ResultStore
 from opencodegen.generation import SamplingParams
 from opencodegen.generation.sampling import TokenSampler
+from opencodegen.io import ResultStore
 
 # ----------------------------------------------------------------------------- the decode clean-up
 

@@ -15,8 +15,8 @@ from opencodegen import load
 from opencodegen.cli import main
 from opencodegen.errors import ConfigError
 from opencodegen.generation import Generator, SamplingParams
-from opencodegen.generation.quantize import Int4Linear, quantize, quantize_int4
 from opencodegen.kernels import int4_linear as int4
+from opencodegen.quantize import Int4Linear, quantize, quantize_int4
 
 needs_kernel = pytest.mark.skipif(int4.LIBRARY.unavailable_reason() is not None,
                                   reason=f"int4 kernel unavailable here: {int4.LIBRARY.unavailable_reason()}")

@@ -1,9 +1,10 @@
+import gzip
 import json
 
 import pytest
 
 from opencodegen.errors import DataError
-from opencodegen.evaluation.results import ResultStore
+from opencodegen.io import ResultStore, read_jsonl, write_atomic
 
 
 def test_round_trip_and_resume(tmp_path):
@@ -39,3 +40,43 @@ def test_duplicate_and_missing_key(tmp_path):
         store.append({"k": 1})
     with pytest.raises(DataError, match="lacks key"):
         store.append({"z": 1})
+
+
+def test_write_atomic_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    write_atomic(path, "old ünïcode\n")
+    write_atomic(path, "new\n")
+    assert path.read_text(encoding="utf-8") == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
+
+    def interrupted(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr("opencodegen.io.os.replace", interrupted)
+    with pytest.raises(OSError):
+        write_atomic(path, "half")
+    assert path.read_text(encoding="utf-8") == "new\n"
+
+
+@pytest.mark.parametrize("name, body, error", [
+    ("ok.jsonl", '{"a": 1}\n\n{"a": 2}\n', None),
+    ("bad.jsonl", '{"a": 1}\n{"a": \n', r"bad\.jsonl:2: not valid JSON"),
+    ("list.jsonl", '[1, 2]\n', r"list\.jsonl:1: expected a JSON object"),
+    ("latin.jsonl", b'{"a": "\xe9"}\n', r"cannot read .*latin\.jsonl"),
+])
+def test_read_jsonl_yields_line_numbers_and_names_the_bad_line(tmp_path, name, body, error):
+    path = tmp_path / name
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    if error is None:
+        assert list(read_jsonl(path)) == [(1, {"a": 1}), (3, {"a": 2})]
+    else:
+        with pytest.raises(DataError, match=error):
+            list(read_jsonl(path))
+
+
+def test_read_jsonl_reads_gzip_and_names_a_missing_file(tmp_path):
+    path = tmp_path / "s.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"task_id": "x"}\n'))
+    assert list(read_jsonl(path)) == [(1, {"task_id": "x"})]
+    with pytest.raises(DataError, match=r"cannot read .*missing\.jsonl"):
+        list(read_jsonl(tmp_path / "missing.jsonl"))

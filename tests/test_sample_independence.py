@@ -14,8 +14,8 @@ from opencodegen import load
 from opencodegen.evaluation import humaneval as he
 from opencodegen.evaluation import mtpb_run
 from opencodegen.evaluation.mtpb import load_mtpb
-from opencodegen.evaluation.results import ResultStore
 from opencodegen.generation import Generator, SamplingParams
+from opencodegen.io import ResultStore
 from opencodegen.synthesis.history import PREFIX
 
 pytestmark = pytest.mark.usefixtures("one_thread")

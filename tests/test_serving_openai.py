@@ -183,7 +183,7 @@ def test_default_sampling_is_openai_s(client, engine):
 
 
 def test_a_quantized_model_serves_what_its_engine_writes(tmp_path):
-    from opencodegen.generation.quantize import quantize
+    from opencodegen.quantize import quantize
 
     model, tokenizer = tiny_model(tmp_path / "tiny")
     quantize(model, "int8")

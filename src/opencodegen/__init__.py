@@ -20,7 +20,7 @@ def load(
     quantize: str | None = None,
 ) -> tuple[CodeGenForCausalLM, CodeGenTokenizer]:
     """Load a CodeGen model and its tokenizer from an HF directory or a hub id; `quantize`
-    ("int8", "int4") quantizes the linear layers while loading (CPU; see generation/quantize.py)."""
+    ("int8", "int4") quantizes the linear layers while loading (CPU; see quantize.py)."""
     from opencodegen.checkpoint import load_model
     from opencodegen.tokenizer import CodeGenTokenizer
 

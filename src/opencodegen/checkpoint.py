@@ -207,7 +207,7 @@ def load_model(
 
     dtype None keeps the stored dtype, except float16 on CPU, which becomes float32 (and any
     dtype becomes float32 with `quantize`). `quantize` ("int8", "int4"; see
-    generation/quantize.py) replaces each linear layer as soon as its weights are read, so the
+    quantize.py) replaces each linear layer as soon as its weights are read, so the
     float weights of the whole model never sit in memory together.
 
     A LoRA adapter directory (peft layout, see lora.py) loads as its base model with the
@@ -274,7 +274,7 @@ class _LayerByLayer:
     """Quantizes the linear layers of a model being loaded as their weights (and biases) arrive."""
 
     def __init__(self, model: CodeGenForCausalLM, mode: str, device: torch.device, dtype: torch.dtype) -> None:
-        from opencodegen.generation.quantize import check_quantizable, layer_quantizer
+        from opencodegen.quantize import check_quantizable, layer_quantizer
 
         self.make = layer_quantizer(mode)
         check_quantizable(model, mode, device, dtype)
@@ -308,7 +308,7 @@ class _LayerByLayer:
 
     def install(self) -> None:
         """Put every quantized layer into the model (all of them are complete by now)."""
-        from opencodegen.generation.quantize import replace_linear_layers
+        from opencodegen.quantize import replace_linear_layers
 
         replace_linear_layers(self.model, lambda name, layer: self.replacements[name])
 

@@ -108,7 +108,7 @@ def add_json_argument(parser: Any, what: str) -> None:
 
 
 def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
-    """The `--quantize` option of a command that samples from a model (see generation/quantize.py)."""
+    """The `--quantize` option of a command that samples from a model (see quantize.py)."""
     parser.add_argument("--quantize", choices=["int8", "int4"], default=None,
                         help="quantized linear layers for faster CPU decoding of float32 models: int8 (int8 weights, "
                         "dynamically quantized activations; about 2-3x faster, a small cost in accuracy) or int4 "

@@ -356,7 +356,7 @@ def load_merged(adapter_dir: str | Path, base: str | None = None, device: str | 
     model in eval mode). `base` overrides the adapter's base_model_name_or_path."""
     from opencodegen.checkpoint import load_model
     from opencodegen.devices import parse_device, parse_dtype
-    from opencodegen.training.checkpointing import TOKENIZER_FILES
+    from opencodegen.tokenizer import TOKENIZER_FILES
 
     adapter_dir = Path(adapter_dir)
     _, config = read_adapter_settings(adapter_dir)
@@ -372,7 +372,7 @@ def load_merged(adapter_dir: str | Path, base: str | None = None, device: str | 
     merge_lora(model, model_dtype)
     model.requires_grad_(False)
     if quantize:
-        from opencodegen.generation.quantize import quantize as quantize_model
+        from opencodegen.quantize import quantize as quantize_model
 
         model = quantize_model(model.float(), quantize)
     tokenizer_dir = adapter_dir if any((adapter_dir / n).is_file() for n in TOKENIZER_FILES) else base_dir

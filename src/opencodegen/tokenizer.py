@@ -46,6 +46,8 @@ ADDED_TOKENS_FILE = "added_tokens.json"
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+# every file a tokenizer directory may hold (copied along when a model directory is written)
+TOKENIZER_FILES = (TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE, ADDED_TOKENS_FILE, CONFIG_FILE, SPECIAL_TOKENS_FILE)
 # Keys of a loaded tokenizer_config.json that describe the old location, not the tokenizer.
 _STALE_CONFIG_KEYS = ("added_tokens_decoder", "tokenizer_file", "special_tokens_map_file", "name_or_path")
 

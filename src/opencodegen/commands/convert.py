@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _copy_tokenizer(source: str, out: Path) -> list[str]:
     """Copy tokenizer files from a directory or a hub repository (tokenizer files only) into `out`."""
     from opencodegen.errors import CheckpointError
-    from opencodegen.training.checkpointing import TOKENIZER_FILES, copy_tokenizer_files
+    from opencodegen.tokenizer import TOKENIZER_FILES
+    from opencodegen.training.checkpointing import copy_tokenizer_files
 
     directory = Path(source).expanduser()
     if not directory.is_dir():
@@ -93,8 +94,7 @@ def run_jaxformer(args: argparse.Namespace) -> int:
 
 def run_gptj(args: argparse.Namespace) -> int:
     from opencodegen.checkpoint import export_gptj, load_model
-    from opencodegen.tokenizer import CodeGenTokenizer
-    from opencodegen.training.checkpointing import TOKENIZER_FILES
+    from opencodegen.tokenizer import TOKENIZER_FILES, CodeGenTokenizer
 
     directory, model = load_model(args.source)
     has_tokenizer = any((directory / name).is_file() for name in TOKENIZER_FILES)

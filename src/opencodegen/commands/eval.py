@@ -90,8 +90,8 @@ def run_loss(args: argparse.Namespace) -> int:
 
 
 def _register_mtpb(benchmarks: argparse._SubParsersAction) -> None:
-    """`eval mtpb` and `eval mtpb-perplexity` (defined in opencodegen.evaluation.mtpb_cli)."""
-    from opencodegen.evaluation.mtpb_cli import add_mtpb_parsers
+    """`eval mtpb` and `eval mtpb-perplexity` (defined in commands/_eval_mtpb.py)."""
+    from opencodegen.commands._eval_mtpb import add_mtpb_parsers
 
     add_mtpb_parsers(benchmarks)
 

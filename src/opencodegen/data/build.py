@@ -32,6 +32,7 @@ from opencodegen.data.installed import expand_inputs, write_report
 from opencodegen.data.pack import FORMAT, MANIFEST, SequencePacker, ShardWriter, token_dtype
 from opencodegen.data.sources import CorpusReader, Document
 from opencodegen.errors import DataError
+from opencodegen.io import write_atomic
 
 TMP_TOKENS = ".build-tokens.tmp"
 LICENSES = "licenses.json"
@@ -228,9 +229,7 @@ def build_dataset(config: BuildConfig, tokenizer_factory: Callable[[str], Tokeni
     if licenses is not None:
         write_report(licenses, out / LICENSES)
         manifest["licenses"] = LICENSES
-    part = out / (MANIFEST + ".tmp")
-    part.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(part, out / MANIFEST)
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

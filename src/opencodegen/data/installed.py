@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from opencodegen.errors import DataError
+from opencodegen.io import write_atomic
 
 PERMISSIVE_SPDX = frozenset({
     "mit", "mit-0", "bsd-2-clause", "bsd-3-clause", "0bsd", "apache-2.0", "psf-2.0", "python-2.0",
@@ -257,7 +258,4 @@ def expand_inputs(inputs: Sequence[str], include_tests: bool = False) -> tuple[l
 
 def write_report(report: dict, path: str | Path) -> None:
     """Write the license report as JSON, atomically."""
-    path = Path(path)
-    part = path.with_name(path.name + ".tmp")
-    part.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(part, path)
+    write_atomic(path, json.dumps(report, indent=2) + "\n")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ from opencodegen.errors import DataError
 from opencodegen.evaluation import run_record
 from opencodegen.evaluation.passk import estimate, pass_at_k
 from opencodegen.evaluation.protocols import HUMAN_EVAL, Protocol, get_protocol
-from opencodegen.evaluation.results import ResultStore
+from opencodegen.io import ResultStore, read_jsonl, write_atomic
 
 if TYPE_CHECKING:
     from opencodegen.generation import SamplingParams
@@ -114,28 +113,11 @@ def bundled_problems_file() -> Path:
     return path
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                    if not isinstance(record, dict):
-                        raise DataError(f"{path}:{lineno}: expected a JSON object")
-                    yield lineno, record
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-
-
 def load_problems(path: str | os.PathLike[str] | None = None, limit: int | None = None) -> list[Problem]:
     """HumanEval problems in file order (the bundled 164 by default), the first `limit` if given."""
     path = Path(path) if path else bundled_problems_file()
     problems = []
-    for lineno, record in _read_jsonl(path):
+    for lineno, record in read_jsonl(path):
         missing = [k for k in ("task_id", "prompt", "test", "entry_point") if not isinstance(record.get(k), str)]
         if missing:
             raise DataError(f"{path}:{lineno}: problem lacks {', '.join(missing)}")
@@ -165,7 +147,7 @@ def read_samples(
     benchmark's.
     """
     path = Path(path)
-    rows = _bigcode_rows(path, problems, outside) if _is_json_list(path) else _read_jsonl(path)
+    rows = _bigcode_rows(path, problems, outside) if _is_json_list(path) else read_jsonl(path)
     known = {p.task_id: p for p in problems}
     counters: dict[tuple[str, Any], int] = defaultdict(int)
     samples, seen = [], set()
@@ -320,12 +302,6 @@ def check_settings(out: Path, settings: Settings) -> None:
         per_batch = ("n", "temperature") + (("max_new_tokens",) if settings.max_total_tokens is not None else ())
         wanted["sampling"] = run_record.sampling_record(base, per_batch=per_batch)
     run_record.check_record(out / "run.json", wanted)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _suffix(rank: int, world: int) -> str:
@@ -505,8 +481,8 @@ def write_report(out: Path, records: list[dict[str, Any]], ks: Sequence[int], se
 
     summary = {**summarize(records, ks), "isolation": settings.isolation, "settings": asdict(settings)}
     rows = per_problem(records, ks)
-    _write_atomic(out / "per_problem.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "per_problem.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     numeric = {float(t): row for t, row in summary["results"].items() if t != NO_TEMPERATURE}
     if numeric:
         plot_passk_vs_temperature(numeric, out / "passk_vs_temperature.png", title="HumanEval")
@@ -582,7 +558,7 @@ def _finish(problems: Sequence[Problem], settings: Settings, options: RunOptions
     if options.world == 1:
         records = ResultStore(options.out / "results.jsonl", KEY).records
         return write_report(options.out, _ordered(records, problems), options.ks, settings)
-    _write_atomic(options.out / f"rank{options.rank}.done", json.dumps({"rank": options.rank}) + "\n")
+    write_atomic(options.out / f"rank{options.rank}.done", json.dumps({"rank": options.rank}) + "\n")
     if options.rank != 0:
         return None
     return merge(problems, settings, options, wait=True)
@@ -620,7 +596,7 @@ def merge(
         raise DataError(f"{out}: the ranks hold {len(records['results'])} results, expected {expected}")
     for kind, items in records.items():
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _ordered(items, problems))
-        _write_atomic(out / f"{kind}.jsonl", lines)
+        write_atomic(out / f"{kind}.jsonl", lines)
     return write_report(out, _ordered(records["results"], problems), options.ks, settings)
 
 

@@ -33,7 +33,7 @@ from opencodegen.evaluation.mtpb_scoring import (
     score_programs,
 )
 from opencodegen.evaluation.protocols import Protocol
-from opencodegen.evaluation.results import ResultStore
+from opencodegen.io import ResultStore, read_jsonl
 
 KEY = ("id", "test", "sample")
 SCORE_CHUNK = 32  # programs scored between two appends to the results file
@@ -72,13 +72,10 @@ def load_programs(path: str | Path, problems: dict[str, Problem]) -> list[dict[s
         raise DataError(f"programs file not found: {path}")
     seen: Counter[tuple[str, int]] = Counter()
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, row in read_jsonl(path):
         try:
-            row = json.loads(line)
             pid, test, program = str(row["id"]), row["test"], row["program"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except KeyError:
             raise DataError(f'{path}:{lineno}: expected {{"id": ..., "test": 0-4, "program": "..."}}') from None
         if pid not in problems:
             raise DataError(f"{path}:{lineno}: unknown problem id {pid!r}")

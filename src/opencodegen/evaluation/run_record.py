@@ -13,13 +13,13 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from opencodegen.errors import ConfigError, DataError
+from opencodegen.io import write_atomic
 from opencodegen.user_cache import user_cache_dir
 
 # The engine's random-stream scheme (generation.sampling.sequence_seed); a new scheme gets a new name
@@ -66,9 +66,7 @@ def file_sha256(path: Path) -> str:
     cache[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1) + "\n")
-        os.replace(tmp, cache_file)
+        write_atomic(cache_file, json.dumps(cache, indent=1) + "\n")
     except OSError:
         pass  # a read-only cache only costs the next run another hash
     return digest.hexdigest()
@@ -105,7 +103,7 @@ def check_record(path: Path, wanted: dict[str, Any], error: type[Exception] = Co
     wanted = _as_json(wanted)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, wanted)
+        _write_record(path, wanted)
         return
     try:
         found = json.loads(path.read_text())
@@ -126,7 +124,7 @@ def check_record(path: Path, wanted: dict[str, Any], error: type[Exception] = Co
         print(f"warning: resuming {path.parent} with {detail} (recorded in {path.name} under resumed_with)",
               file=sys.stderr)
         found.setdefault("resumed_with", []).append({name: new.get(name) for name in noted})
-        _write_atomic(path, found)
+        _write_record(path, found)
 
 
 def _as_json(value: Any) -> Any:
@@ -153,7 +151,5 @@ def _warn_only(name: str) -> bool:
     return any(name == field or name.startswith(field + ".") for field in WARN_ONLY)
 
 
-def _write_atomic(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(record, indent=2) + "\n")

@@ -10,7 +10,7 @@ dot products per group, summed in fp32. Measured on the linear layers of one 350
 (MKL). The kernel is compute-bound from ~8 rows on and int8 is faster from ~16 rows (64 rows:
 108 ms against 70 ms; fp32 195 ms); from `MATMUL_ROWS` rows on, on CPUs with AMX, the weights are
 expanded to bf16 for PyTorch's matmul instead. There is no PyTorch fallback for the kernel (it
-would be slower than fp32): without it `linear` raises, and `generation/quantize.py` refuses int4
+would be slower than fp32): without it `linear` raises, and `quantize.py` refuses int4
 up front.
 """
 

@@ -38,6 +38,7 @@ from opencodegen.config import CodeGenConfig
 from opencodegen.data.dataset import file_sha256
 from opencodegen.errors import CheckpointError
 from opencodegen.model import CodeGenForCausalLM
+from opencodegen.tokenizer import TOKENIZER_FILES
 
 FORMAT = "opencodegen-train-checkpoint-v1"
 MANIFEST = "checkpoint.json"
@@ -45,10 +46,6 @@ TRAINER_STATE = "trainer.pt"
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 SHARDED = "dcp"  # subdirectory of a sharded checkpoint (torch.distributed.checkpoint files)
-TOKENIZER_FILES = (
-    "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
-    "tokenizer_config.json", "special_tokens_map.json",
-)
 
 
 def checkpoints_root(out_dir: str | Path) -> Path:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from opencodegen.config import CodeGenConfig
-from opencodegen.evaluation.results import ResultStore
+from opencodegen.io import ResultStore, write_atomic
 
 # Dense bf16 peak of one device, TFLOP/s, matched against torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = (
@@ -71,9 +70,7 @@ class MetricsLog:
                 continue  # a torn line of the killed run
             if isinstance(record, dict) and record.get("step", step + 1) <= step:
                 kept.append(line + "\n")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(kept))
 
     @property
     def records(self) -> list[dict[str, Any]]:

@@ -14,9 +14,9 @@ from opencodegen import load
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.generation import Generator, SamplingParams
-from opencodegen.generation.quantize import Int8Linear, quantize, quantize_int8
 from opencodegen.kernels import int4_linear
 from opencodegen.model import CodeGenForCausalLM
+from opencodegen.quantize import Int8Linear, quantize, quantize_int8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -102,7 +102,7 @@ def test_quantizing_while_loading_equals_quantizing_after(mode):
 PEAK_SCRIPT = """
 import sys
 from opencodegen.checkpoint import load_model
-from opencodegen.generation.quantize import quantize
+from opencodegen.quantize import quantize
 
 def status(key):
     return next(int(line.split()[1]) << 10 for line in open("/proc/self/status") if line.startswith(key))

@@ -1,14 +1,45 @@
-"""Append-only JSONL result files that survive a kill and resume where they stopped."""
+"""Files below evaluation, training and data: JSON-lines reading with one error format, atomic
+writes, and append-only JSONL results that survive a kill and resume."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from opencodegen.errors import DataError
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line of a JSON-lines file (gzip if it ends in .gz);
+    a bad line or an unreadable file is a DataError naming the file and the line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                    if not isinstance(record, dict):
+                        raise DataError(f"{path}:{lineno}: expected a JSON object")
+                    yield lineno, record
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temporary file beside it, so a reader never sees
+    half a file and a killed writer leaves the old one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class ResultStore:

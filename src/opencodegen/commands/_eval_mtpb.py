@@ -152,7 +152,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from opencodegen.evaluation.mtpb_generate import generate_multi_turn
     from opencodegen.evaluation.mtpb_perplexity import problem_perplexity
     from opencodegen.evaluation.mtpb_run import check_config
-    from opencodegen.evaluation.results import ResultStore
+    from opencodegen.io import ResultStore
 
     out = planning.check_out_dir(args.out)  # before anything loads
     benchmark, problems = _benchmark(args)
@@ -198,17 +198,13 @@ def _fmt(value: float | None) -> str:
 def _stored_completions(path: str) -> dict[str, dict[int, list[str]]]:
     """{problem id: {test: code turns}} from sample 0 of an `eval mtpb` samples_multi.jsonl."""
     from opencodegen.errors import DataError
+    from opencodegen.io import read_jsonl
 
     found: dict[str, dict[int, list[str]]] = {}
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read samples file {path}: {exc}") from None
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, row in read_jsonl(path):
         try:
-            row = json.loads(line)
             if row.get("mode", "multi") == "multi" and row["sample"] == 0:
                 found.setdefault(str(row["id"]), {})[int(row["test"])] = list(row["completions"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             raise DataError(f"{path}:{lineno}: not a samples_multi.jsonl row") from None
     return found
