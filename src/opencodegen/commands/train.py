@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return _train(config, args.resume)  # the caller owns the process (and any group)
     try:
         status = _train(config, args.resume)
-    except BaseException as exc:  # reported as the CLI would, then the worker ends
-        status = dist_utils.report_failure(exc)
+    except BaseException as exc:  # reported as the CLI would; the worker ends before the traceback is freed
+        dist_utils.exit_worker(dist_utils.report_failure(exc))
     dist_utils.exit_worker(status)
 
 

@@ -64,6 +64,21 @@ def report_failure(exc: BaseException) -> int:
     return 1
 
 
+_KEPT_UNTIL_EXIT: list[object] = []
+
+
+def keep_until_exit(wrapped: object) -> None:
+    """Hold a torchrun worker's wrapped model until `exit_worker`, never freeing it.
+
+    Freeing a DDP model frees its reducer, whose process-group reference can be the last one;
+    gloo's destructor then joins its worker threads while this thread holds the GIL, and a worker
+    still releasing a finished collective's tensors waits for that GIL: a deadlock (seen when a
+    rank failed and its traceback, holding the trainer, was dropped). The worker ends through
+    os._exit, so what is held here is never destructed."""
+    if launched_by_torchrun():
+        _KEPT_UNTIL_EXIT.append(wrapped)
+
+
 def exit_worker(status: int) -> NoReturn:
     """End this torchrun worker now with `status`, after its run has closed everything it opened.
 

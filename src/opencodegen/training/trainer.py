@@ -110,6 +110,7 @@ class Trainer:
             for block in model.transformer.h:
                 block.compile()
         self.model = dist_utils.wrap_model(model, env, cfg.fsdp_cpu_offload)
+        dist_utils.keep_until_exit(self.model)
         self.raw_model = dist_utils.unwrap(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
         self.schedule = WarmupCosine.from_config(cfg)
