@@ -8,6 +8,7 @@ import os
 import pytest
 
 from execution_helpers import alive, sandbox_processes, wait_for
+from training_helpers import corpus_fixture, restore_threads  # noqa: F401 (fixtures of the training tests)
 
 
 def _left_behind(before: set[int]) -> dict[int, str]:

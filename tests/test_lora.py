@@ -26,10 +26,7 @@ from opencodegen.tokenizer import CodeGenTokenizer
 from opencodegen.training.checkpointing import copy_tokenizer_files
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-from training_helpers import (  # noqa: F401 (fixtures)
-    build_corpus,
-    corpus_fixture,
-    restore_threads,
+from training_helpers import (
     run,
     run_settings,
     torchrun,

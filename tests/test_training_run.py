@@ -24,11 +24,8 @@ from opencodegen.tokenizer import CodeGenTokenizer
 from opencodegen.training.checkpointing import find_checkpoint
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-from training_helpers import (  # noqa: F401 (fixtures)
+from training_helpers import (
     TIMEOUT,
-    build_corpus,
-    corpus_fixture,
-    restore_threads,
     run,
     run_settings,
     torchrun,

@@ -13,10 +13,7 @@ from opencodegen.errors import CheckpointError
 from opencodegen.training.checkpointing import find_checkpoint, is_sharded
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-from training_helpers import (  # noqa: F401 (fixtures)
-    build_corpus,
-    corpus_fixture,
-    restore_threads,
+from training_helpers import (
     run,
     run_settings,
     torchrun,

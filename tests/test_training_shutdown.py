@@ -12,11 +12,8 @@ import pytest
 from opencodegen.cli import main
 from opencodegen.training.signals import EXIT_STATUS, Terminated, terminate_as_exception
 from opencodegen.training.trainer import Trainer
-from training_helpers import (  # noqa: F401 (fixtures)
+from training_helpers import (
     TIMEOUT,
-    build_corpus,
-    corpus_fixture,
-    restore_threads,
     run,
     run_settings,
     torchrun,

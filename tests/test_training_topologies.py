@@ -8,12 +8,9 @@ import pytest
 
 from opencodegen.training.config import TrainConfig
 from opencodegen.training.trainer import Trainer
-from training_helpers import (  # noqa: F401 (fixtures)
+from training_helpers import (
     TIMEOUT,
-    build_corpus,
-    corpus_fixture,
     free_port,
-    restore_threads,
     run_settings,
     trajectory,
     write_config,
