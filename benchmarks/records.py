@@ -7,7 +7,7 @@ benchmarks/README.md. A record (FIELDS lists what each field holds):
     {"benchmark": "bench_load", "setting": {"preset": "codegen-350M-mono"}, "metric": "load time",
      "value": 2.2, "unit": "s", "statistic": "one run", "reference": "transformers",
      "reference_value": 3.1, "ratio": 1.41, "date": "2026-12-07T10:58Z", "commit": "86c554b+dirty",
-     "machine": {"cpu": "AMD EPYC", "cores": 2, "torch": "2.13.0+cpu"}, "command": "python ..."}
+     "machine": {"cpu": "AMD EPYC", "cores": 2, "torch": "2.13.0+cpu", "load": 2.1}, "command": "python ..."}
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ REQUIRED = {
     "unit": "the value's unit ('' for a count)",
     "date": "UTC, ISO 8601 (YYYY-MM-DD or YYYY-MM-DDTHH:MMZ), or 'unknown'",
     "commit": "short git commit, '+dirty' when the tree had changes, or 'unknown'",
-    "machine": "an object with 'cpu', 'cores' and 'torch' (each may be 'unknown'), and 'gpu' when one was used",
+    "machine": "an object with 'cpu', 'cores' and 'torch' (each may be 'unknown'), 'gpu' when one was used, and "
+               "'load', the 1-minute load average when the figures were written (other tenants' work)",
 }
 OPTIONAL = {
     "statistic": "what the value is over (best of 3 rounds, median of 15 rounds, lowest of 9 runs ...)",
@@ -48,7 +49,7 @@ OPTIONAL = {
     "source": "where a record not written by its script came from",
 }
 FIELDS = {**REQUIRED, **OPTIONAL}
-MACHINE_KEYS = ("cpu", "cores", "torch", "gpu")
+MACHINE_KEYS = ("cpu", "cores", "torch", "gpu", "load")
 
 
 def problem(record: Any) -> tuple[str, str] | None:
@@ -88,8 +89,8 @@ def problem(record: Any) -> tuple[str, str] | None:
         if key not in machine:
             return f"machine.{key}", "missing (write 'unknown' when it is not known)"
     for key, value in machine.items():
-        if not isinstance(value, str) and not (isinstance(value, int) and not isinstance(value, bool)):
-            return f"machine.{key}", f"expected a string or an integer, got {value!r:.60}"
+        if not (is_number(value) if key == "load" else isinstance(value, str) or is_number(value)):
+            return f"machine.{key}", f"expected {'a number' if key == 'load' else 'a string or a number'}, got {value!r:.60}"
     return None
 
 
@@ -132,7 +133,8 @@ def cpu_model() -> str:
 
 
 def machine(gpu: str | None = None) -> dict[str, Any]:
-    """The CPU model, its cores, torch's version (read without importing torch) and the GPU when one was used."""
+    """The CPU model, its cores, torch's version (read without importing torch), the GPU when one was used
+    and the load average (on a shared machine, how much else was running)."""
     try:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
@@ -140,6 +142,8 @@ def machine(gpu: str | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count() or UNKNOWN, "torch": torch_version}
     if gpu:
         info["gpu"] = gpu
+    if hasattr(os, "getloadavg"):
+        info["load"] = round(os.getloadavg()[0], 1)
     return info
 
 

@@ -70,7 +70,8 @@ def provenance(record: dict[str, Any]) -> tuple[str, str, str, str]:
 
 def describe_machine(machine: dict[str, Any]) -> str:
     text = f"CPU {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}"
-    return text + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
+    text += f", GPU {machine['gpu']}" if "gpu" in machine else ""
+    return text + (f", load average {number(machine['load'])}" if "load" in machine else "")
 
 
 def number(value: float) -> str:

@@ -38,7 +38,7 @@ def record(**changes) -> dict:
     base = {"benchmark": "bench_x", "setting": {"preset": "small", "threads": 2}, "metric": "greedy",
             "value": 17.25, "unit": "tok/s", "statistic": "best of 3 rounds", "reference": "transformers",
             "reference_value": 13.5, "ratio": 1.28, "date": "2026-12-07T10:58Z", "commit": "abc1234+dirty",
-            "machine": {"cpu": "AMD EPYC", "cores": 2, "torch": "2.13.0+cpu"},
+            "machine": {"cpu": "AMD EPYC", "cores": 2, "torch": "2.13.0+cpu", "load": 3.25},
             "command": "python benchmarks/bench_x.py --quick"}
     return {**base, **changes}
 
@@ -73,7 +73,8 @@ def test_tables_hold_one_number_per_cell_with_their_provenance(site):
     text = readme.read_text()
     assert text.startswith("# Benchmarks\n\nProse a person wrote.\n") and text.endswith("\nMore prose.\n")
     assert "old tables" not in text
-    assert "2026-12-07T10:58Z · commit abc1234+dirty · CPU AMD EPYC (2 cores), torch 2.13.0+cpu" in text
+    assert ("2026-12-07T10:58Z · commit abc1234+dirty · CPU AMD EPYC (2 cores), torch 2.13.0+cpu, load average 3.25"
+            in text)
     assert "date unknown · commit unknown · CPU unknown (2 cores), torch unknown" in text
     assert "Setting: preset small." in text  # shared by the table, written once
     assert "| greedy (best of 3 rounds) | threads 2 | 17.2 tok/s | transformers 13.5 tok/s | 1.28 × |" in text
@@ -123,6 +124,7 @@ def test_a_later_record_of_the_same_measure_replaces_the_earlier(site):
     (record(speed=3), "'speed'"),
     (record(date="07/12/2026"), "'date'"),
     (record(machine={"cores": 2, "torch": "2.13"}), "'machine.cpu'"),
+    (record(machine={"cpu": "x", "cores": 2, "torch": "2.13", "load": "high"}), "'machine.load'"),
     (record(setting={"shape": [1, 2]}), "'setting'"),
     ({k: v for k, v in record().items() if k != "reference"}, "'reference'"),
     (record(benchmark="bench_z"), "'benchmark'"),
