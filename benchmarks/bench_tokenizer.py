@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from records import Recorder, add_json_out
+from records import Recorder, add_json_out, over
 
 from opencodegen.tokenizer import EOS_TOKEN, WHITESPACE_TOKENS, CodeGenTokenizer
 
@@ -95,7 +95,7 @@ def main() -> None:
     setting = {"files": len(texts), "tokens": sum(map(len, ids_a))}
     for name, a, b in rows:
         print(f"{name:28s} {a:14.4f} {b:15.4f} {b / a:6.2f}x")
-        recorder.add(name, round(a, 4), "s", setting, statistic=f"best of {args.repeat}",
+        recorder.add(name, round(a, 4), "s", setting, statistic=over("best", args.repeat, "run"),
                      reference="transformers", reference_value=round(b, 4), ratio=round(b / a, 3))
     recorder.write()
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from records import Recorder, add_json_out
+from records import Recorder, add_json_out, over
 
 from opencodegen import default_model
 from opencodegen.checkpoint import released_state_dict
@@ -201,7 +201,7 @@ def lora_vs_full(args) -> None:
     setting = {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads,
                "lora_r": args.lora_r, "base_dtype": args.base_dtype}
     recorder.add("LoRA training throughput", round(tokens / statistics.median(seconds["lora"]), 1), "tok/s", setting,
-                 statistic=f"median of {args.steps} steps; ratio: median of per-step ratios",
+                 statistic=over("median", args.steps, "step") + "; ratio: median of per-step ratios",
                  reference="full fine-tuning", reference_value=round(tokens / statistics.median(seconds["full"]), 1),
                  ratio=round(speedup, 3))
     for what, key in ((f"peak {memory['lora']['peak_kind']}", "peak_bytes"), ("training state", "state_bytes")):
@@ -279,7 +279,7 @@ def main() -> None:
         recorder.add("training throughput", round(ours_tps, 1), "tok/s",
                      {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads,
                       "precision": "bf16 autocast" if precision == "bf16" else precision},
-                     statistic=f"median of {args.steps} steps; ratio: median of per-step ratios",
+                     statistic=over("median", args.steps, "step") + "; ratio: median of per-step ratios",
                      reference="transformers + AdamW fp32", reference_value=round(ref_tps, 1), ratio=round(speedup, 3))
     ref_losses = results["bf16"]["ref_loss"]  # the reference trajectory from the shared initial weights
     print(f"\n{'step':>4}{'transformers fp32':>19}{'ours fp32':>11}{'ours bf16':>11}")

@@ -94,6 +94,11 @@ def problem(record: Any) -> tuple[str, str] | None:
     return None
 
 
+def over(how: str, count: int, noun: str) -> str:
+    """A statistic's wording: 'best of 3 rounds', or 'one round' when there was only one."""
+    return f"one {noun}" if count == 1 else f"{how} of {count} {noun}s"
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
