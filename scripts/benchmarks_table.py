@@ -52,6 +52,8 @@ def load(results: Path) -> dict[str, list[dict[str, Any]]]:
                 records.append(record)
         except DataError as exc:
             raise TableError(str(exc)) from None
+        if not records:
+            raise TableError(f"{path}: no records; run its benchmark or delete the file")
         loaded[path.stem] = records
     return loaded
 

@@ -139,6 +139,13 @@ def test_a_malformed_record_is_one_error_naming_file_line_and_field(site, capsys
     assert readme.read_text() == README
 
 
+def test_an_empty_results_file_is_an_error_naming_it(site, capsys):
+    results, readme = site
+    (results / "bench_z.jsonl").write_text("\n")
+    assert run(results, readme) == 2
+    assert f"{results / 'bench_z.jsonl'}: no records" in capsys.readouterr().err
+
+
 def test_missing_markers_are_an_error_that_says_what_to_add(site, capsys):
     results, readme = site
     readme.write_text("# Benchmarks\n")
