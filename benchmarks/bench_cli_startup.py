@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from records import Recorder, add_json_out, over
+
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "opencodegen --help": [sys.executable, "-m", "opencodegen", "--help"],
@@ -32,6 +34,7 @@ def wall(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15, help="paired rounds (default: 15)")
+    add_json_out(parser, "bench_cli_startup")
     args = parser.parse_args()
     for command in COMMANDS.values():  # warm the page cache and the bytecode caches
         wall(command)
@@ -40,10 +43,17 @@ def main() -> None:
         for name, command in COMMANDS.items():
             times[name].append(wall(command))
     bare = statistics.median(times["python -c pass"])
+    recorder = Recorder("bench_cli_startup", args.json_out)
+    statistic = over("median", args.rounds, "round")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<36} median {median * 1000:7.1f} ms  (+{(median - bare) * 1000:6.1f} ms over python -c pass; "
               f"min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f}; {args.rounds} rounds)")
+        recorder.add("wall time", round(median * 1000, 1), "ms", {"command": name}, statistic=statistic)
+        if name != "python -c pass":
+            recorder.add("above python -c pass", round((median - bare) * 1000, 1), "ms", {"command": name},
+                         statistic=statistic)
+    recorder.write()
 
 
 if __name__ == "__main__":

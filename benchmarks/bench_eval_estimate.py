@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from records import Recorder, add_json_out, over
 
 
 def main() -> None:
@@ -27,6 +30,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=2)
+    add_json_out(parser, "bench_eval_estimate")
     args = parser.parse_args()
 
     from opencodegen import default_model
@@ -45,6 +49,7 @@ def main() -> None:
                                      show=True)
     calls = len(problems) * -(-args.n // batch)
     base = he.sampling_params(0.95, args.max_new_tokens, 0)
+    ratios: dict[str, list[float]] = {"full budget": [], "real run": []}
     for round_ in range(args.repeat):
         speed = planning.warm_up(generator, prompts[0], min(batch, args.n), args.temperature)
         estimate = speed.seconds(calls, calls * args.max_new_tokens)
@@ -59,8 +64,20 @@ def main() -> None:
             he.generate_samples(generator, problems, store, n=args.n, temperatures=[args.temperature], top_p=0.95,
                                 max_new_tokens=args.max_new_tokens, seed=round_, batch_size=batch, progress=False)
             real_s = time.perf_counter() - start
+        ratios["full budget"].append(full_s / estimate)
+        ratios["real run"].append(real_s / estimate)
         print(f"round {round_}: estimate {estimate:.2f} s; full budget {full_s:.2f} s ({full_s / estimate:.2f}x); "
               f"real run {real_s:.2f} s ({real_s / estimate:.2f}x)")
+    import torch
+
+    gpu = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None
+    recorder = Recorder("bench_eval_estimate", args.json_out, gpu=gpu)
+    setting = {"model": args.model or "default demo", "limit": args.limit, "n": args.n,
+               "max_new_tokens": args.max_new_tokens, "device": args.device}
+    for what, values in ratios.items():
+        recorder.add(f"{what} time / warm-up estimate", round(statistics.median(values), 3), "×", setting,
+                     statistic=over("median", args.repeat, "round"))
+    recorder.write()
 
 
 if __name__ == "__main__":

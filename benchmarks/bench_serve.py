@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import httpx
+from records import Recorder, add_json_out
 
 PROMPTS = [
     "def fibonacci(n):\n",
@@ -329,9 +330,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--attack", action="store_true", help="latency of /health and a small request under attack")
     parser.add_argument("--attack-seconds", type=float, default=20.0)
+    add_json_out(parser, "bench_serve")
     args = parser.parse_args()
 
     model = args.model or ensure_model(args.workdir)
+    model_name = args.model.name if args.model else "tiny (random)"
     port = free_port()
     server = start_server(model, port, args.max_batch, max(256, args.clients), args.threads)
     url = f"http://127.0.0.1:{port}"
@@ -341,6 +344,15 @@ def main() -> None:
         finally:
             stop_server(server)
         print_attack(results)
+        recorder = Recorder("bench_serve", args.json_out)
+        for phase, probes in results.items():
+            for name, s in probes.items():
+                setting = {"model": model_name, "phase": phase.replace("_", " "), "probe": name.replace("_", " ")}
+                for key in ("p50", "p95", "max"):
+                    recorder.add(f"latency {key}", round(s[f"{key}_s"], 4), "s", setting,
+                                 statistic=f"{s['count']} probes")
+                recorder.add("failed probes", s["failed"], f"of {s['count']}", setting)
+        recorder.write()
         if args.out:
             args.out.write_text(json.dumps(results, indent=2) + "\n")
         return
@@ -362,6 +374,21 @@ def main() -> None:
     print(f"n = {sampling['n']} samples, {sampling['requests']} requests x {sampling['max_tokens']} tokens: "
           f"one at a time {sampling['one_at_a_time_tokens_per_s']:.0f} tokens/s, "
           f"concurrent {sampling['concurrent_tokens_per_s']:.0f} tokens/s")
+    recorder = Recorder("bench_serve", args.json_out)
+    setting = {"model": model_name, "clients": load["clients"], "requests": load["requests"],
+               "max_tokens": args.max_tokens, "threads": args.threads}
+    for metric, key, unit in (("5xx responses", "server_errors", ""), ("lost responses", "lost", ""),
+                              ("latency p50", "p50_latency_s", "s"), ("latency p95", "p95_latency_s", "s"),
+                              ("throughput", "tokens_per_s", "tok/s")):
+        recorder.add(metric, round(load[key], 3), unit, setting)
+    for metric, result, extra in (("continuous batching", batching, {"streams": batching["streams"]}),
+                                  (f"n = {sampling['n']} samples, concurrent requests", sampling,
+                                   {"requests": sampling["requests"], "n": sampling["n"]})):
+        recorder.add(metric, round(result["concurrent_tokens_per_s"], 1), "tok/s",
+                     {"model": model_name, **extra, "max_tokens": result["max_tokens"], "max_batch": args.max_batch},
+                     reference="one request at a time", reference_value=round(result["one_at_a_time_tokens_per_s"], 1),
+                     ratio=round(result["concurrent_tokens_per_s"] / result["one_at_a_time_tokens_per_s"], 3))
+    recorder.write()
     if args.out:
         args.out.write_text(json.dumps({"load": load, "batching": batching, "n_samples": sampling}, indent=2) + "\n")
     ok = load["server_errors"] == 0 and load["lost"] == 0 and batching["speedup"] >= 3

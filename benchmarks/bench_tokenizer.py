@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from records import Recorder, add_json_out, over
+
 from opencodegen.tokenizer import EOS_TOKEN, WHITESPACE_TOKENS, CodeGenTokenizer
 
 
@@ -64,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=40)
     ap.add_argument("--repeat", type=int, default=3)
+    add_json_out(ap, "bench_tokenizer")
     args = ap.parse_args()
     import transformers
 
@@ -88,8 +91,13 @@ def main() -> None:
     rows.append(("load (vocab+merges+added)", t_ours_load, t_hf_load))
     print(f"{len(texts)} stdlib files, {mb:.2f} MB, {sum(map(len, ids_a))} tokens; transformers {transformers.__version__}")
     print(f"{'operation':28s} {'opencodegen s':>14s} {'transformers s':>15s} {'ratio':>7s}")
+    recorder = Recorder("bench_tokenizer", args.json_out)
+    setting = {"files": len(texts), "tokens": sum(map(len, ids_a))}
     for name, a, b in rows:
         print(f"{name:28s} {a:14.4f} {b:15.4f} {b / a:6.2f}x")
+        recorder.add(name, round(a, 4), "s", setting, statistic=over("best", args.repeat, "run"),
+                     reference="transformers", reference_value=round(b, 4), ratio=round(b / a, 3))
+    recorder.write()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from records import Recorder, add_json_out, over
 
 from opencodegen import default_model
 from opencodegen.checkpoint import released_state_dict
@@ -196,6 +197,19 @@ def lora_vs_full(args) -> None:
         print(f"{mode:<6}{tokens / statistics.median(seconds[mode]):>10.1f}{m['trainable'] / 1e6:>11.2f}M"
               f"{m['state_bytes'] / 2**30:>11.2f} GiB{m['peak_bytes'] / 2**30:>10.2f} GiB")
     print(f"LoRA / full tokens/s: {speedup:.2f}x (median of per-step ratios)")
+    recorder = Recorder("bench_train", args.json_out)
+    setting = {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads,
+               "lora_r": args.lora_r, "base_dtype": args.base_dtype}
+    recorder.add("LoRA training throughput", round(tokens / statistics.median(seconds["lora"]), 1), "tok/s", setting,
+                 statistic=over("median", args.steps, "step") + "; ratio: median of per-step ratios",
+                 reference="full fine-tuning", reference_value=round(tokens / statistics.median(seconds["full"]), 1),
+                 ratio=round(speedup, 3))
+    for what, key in ((f"peak {memory['lora']['peak_kind']}", "peak_bytes"), ("training state", "state_bytes")):
+        recorder.add(f"LoRA {what}", round(memory["lora"][key] / 2**30, 3), "GiB", setting,
+                     statistic="two steps alone" if key == "peak_bytes" else None, reference="full fine-tuning",
+                     reference_value=round(memory["full"][key] / 2**30, 3),
+                     ratio=round(memory["full"][key] / memory["lora"][key], 3))
+    recorder.write()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads,
@@ -220,6 +234,7 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--base-dtype", choices=("fp32", "bf16", "int8"), default="bf16",
                         help="how LoRA holds the frozen base (default: bf16)")
+    add_json_out(parser, "bench_train")
     parser.add_argument("--child", choices=("full", "lora"), help=argparse.SUPPRESS)
     parser.add_argument("--base-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,6 +268,7 @@ def main() -> None:
     summary = {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads,
                "steps": args.steps, "torch": torch.__version__, "runs": {}}
     print(f"\n{'run':<28}{'tokens/s':>10}{'ref tokens/s':>14}{'speed-up':>10}")
+    recorder = Recorder("bench_train", args.json_out)
     for precision, r in results.items():
         ours_tps = tokens / statistics.median(r["ours_s"])
         ref_tps = tokens / statistics.median(r["ref_s"])
@@ -260,6 +276,11 @@ def main() -> None:
         summary["runs"][precision] = {"tokens_per_s": ours_tps, "reference_tokens_per_s": ref_tps,
                                       "speedup": speedup, **r}
         print(f"{'opencodegen ' + precision:<28}{ours_tps:>10.1f}{ref_tps:>14.1f}{speedup:>9.2f}x")
+        recorder.add("training throughput", round(ours_tps, 1), "tok/s",
+                     {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "threads": args.threads,
+                      "precision": "bf16 autocast" if precision == "bf16" else precision},
+                     statistic=over("median", args.steps, "step") + "; ratio: median of per-step ratios",
+                     reference="transformers + AdamW fp32", reference_value=round(ref_tps, 1), ratio=round(speedup, 3))
     ref_losses = results["bf16"]["ref_loss"]  # the reference trajectory from the shared initial weights
     print(f"\n{'step':>4}{'transformers fp32':>19}{'ours fp32':>11}{'ours bf16':>11}")
     for i in range(total):
@@ -269,6 +290,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_train.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(ref_losses, results, out / "bench_train.png", args)
+    recorder.write()
     print(f"\nwrote {out / 'bench_train.json'} and {out / 'bench_train.png'}")
 
 

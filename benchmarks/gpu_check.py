@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from records import Recorder, add_json_out, is_number
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SHAPE = dict(n_layer=4, n_embd=256, n_head=4, rotary_dim=32, vocab_size=4096, n_positions=512, n_ctx=512,
@@ -202,6 +203,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write a JSON summary here")
+    add_json_out(parser, "gpu_check")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device cuda: torch {torch.__version__} sees no CUDA device")
@@ -249,6 +251,14 @@ def main() -> int:
     passed = all(r["passed"] for r in results)
     total = time.perf_counter() - started
     print(f"{sum(r['passed'] for r in results)}/{len(results)} checks passed in {total:.1f}s")
+    recorder = Recorder("gpu_check", args.json_out, gpu=name if device.type == "cuda" else None)
+    recorder.add("checks passed", sum(r["passed"] for r in results), f"of {len(results)}", {"device": args.device})
+    for r in results:
+        for key, value in r.items():
+            if key not in ("passed", "seconds", "of") and is_number(value):
+                recorder.add(f"{r['check']}: {key.replace('_', ' ')}", float(f"{value:.4g}"),
+                             f"of {r['of']}" if "of" in r else "", {"device": args.device})
+    recorder.write()
     if args.json:
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__,
                                          "transformers": transformers.__version__, "passed": passed,

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from bench_tokenizer import make_dir
+from records import Recorder, add_json_out
 
 from opencodegen.evaluation.humaneval import load_problems
 from opencodegen.evaluation.protocols import BIGCODE, PROTOCOLS, Protocol
@@ -37,10 +38,13 @@ def cut_short(protocol: Protocol, solution: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--top", type=int, default=10, help="how many of the longest solutions to list")
+    add_json_out(parser, "humaneval_budget")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         tokenizer = CodeGenTokenizer.from_pretrained(make_dir(Path(root)))
     problems = load_problems()
+    recorder = Recorder("humaneval_budget", args.json_out)
+    of = f"of {len(problems)}"
     lengths = {}
     for p in problems:
         lengths[p.task_id] = len(tokenizer.encode(p.prompt + p.canonical_solution)) - len(tokenizer.encode(p.prompt))
@@ -48,18 +52,27 @@ def main() -> None:
     print(f"{len(problems)} canonical solutions, CodeGen tokens after their prompt:")
     for task_id, n in longest[: args.top]:
         print(f"  {task_id:<14} {n}")
+    recorder.add("longest canonical solution", longest[0][1], "tokens")
     for protocol in PROTOCOLS.values():
-        print(f"{protocol.name}: its stops cut {sum(cut_short(protocol, p.canonical_solution) for p in problems)} "
-              "solutions short")
+        cut = sum(cut_short(protocol, p.canonical_solution) for p in problems)
+        print(f"{protocol.name}: its stops cut {cut} solutions short")
+        recorder.add("solutions its stops cut short", cut, of, {"protocol": protocol.name})
         if protocol.new_tokens is not None:
             over = [t for t, n in longest if n > protocol.new_tokens]
             print(f"{protocol.name}: {protocol.new_tokens} new tokens; {len(over)} solutions longer: {', '.join(over)}")
+            recorder.add("solutions longer than the budget", len(over), of,
+                         {"protocol": protocol.name, "new_tokens": protocol.new_tokens})
     totals = {p.task_id: len(tokenizer.encode(BIGCODE.prompt(p.prompt) + "\n" + p.canonical_solution)) for p in problems}
     over = sorted((t for t, n in totals.items() if n > BIGCODE.total_tokens), key=lambda t: -totals[t])
     print(f"bigcode: stripped prompt + newline + solution over {BIGCODE.total_tokens} tokens: "
           + ", ".join(f"{t} ({totals[t]})" for t in over))
+    recorder.add("prompt + solution over the total", len(over), of,
+                 {"protocol": BIGCODE.name, "total_tokens": BIGCODE.total_tokens})
     longest_prompt = max(problems, key=lambda p: len(tokenizer.encode(BIGCODE.prompt(p.prompt))))
     print(f"longest stripped prompt: {longest_prompt.task_id}, {len(tokenizer.encode(BIGCODE.prompt(longest_prompt.prompt)))} tokens")
+    recorder.add("longest stripped prompt", len(tokenizer.encode(BIGCODE.prompt(longest_prompt.prompt))), "tokens",
+                 {"protocol": BIGCODE.name})
+    recorder.write()
 
 
 if __name__ == "__main__":
