@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from opencodegen import default_model
-from opencodegen.checkpoint import released_state_dict
+from opencodegen.checkpoint.hf import released_state_dict
 from opencodegen.config import CodeGenConfig
 from opencodegen.data.dataset import InMemorySequences
 from opencodegen.model import CodeGenForCausalLM
