@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from opencodegen import default_model, hub
 from opencodegen.errors import CheckpointError
+from opencodegen.io import atomic_path
 
 _SAFETENSORS_DTYPES = {
     "F32": torch.float32,
@@ -175,9 +176,8 @@ def write_safetensors(state: dict[str, torch.Tensor], directory: Path, max_shard
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     for shard, name in zip(shards, names):
-        tmp = directory / (name + ".tmp")
-        save_file(shard, tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / name)
+        with atomic_path(directory / name) as tmp:
+            save_file(shard, tmp, metadata={"format": "pt"})
     if len(shards) > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
