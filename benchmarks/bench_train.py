@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from records import Recorder, add_json_out, over
 
 from opencodegen import default_model
-from opencodegen.checkpoint import released_state_dict
+from opencodegen.checkpoint.hf import released_state_dict
 from opencodegen.config import CodeGenConfig
 from opencodegen.data.dataset import InMemorySequences
 from opencodegen.model import CodeGenForCausalLM

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from opencodegen.checkpoint import load_model, released_state_dict, save_model
+from opencodegen.checkpoint import load_model, save_model
+from opencodegen.checkpoint.hf import released_state_dict
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.model import CodeGenForCausalLM

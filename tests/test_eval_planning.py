@@ -17,7 +17,7 @@ from opencodegen.cli import build_parser
 from opencodegen.cli import main as cli
 from opencodegen.config import CodeGenConfig
 from opencodegen.evaluation import planning
-from opencodegen.evaluation.mtpb import load_mtpb
+from opencodegen.evaluation.mtpb.data import load_mtpb
 from opencodegen.generation import Generator
 from opencodegen.model import CodeGenForCausalLM
 from opencodegen.tokenizer import CodeGenTokenizer

@@ -22,8 +22,8 @@ from mtpb_helpers import FakeParams, ScriptedGenerator, mtpb_path
 from opencodegen.cli import main as cli
 from opencodegen.errors import ConfigError
 from opencodegen.evaluation import humaneval as he
-from opencodegen.evaluation.mtpb import load_mtpb
-from opencodegen.evaluation.mtpb_generate import generate_multi_turn, generate_single_turn
+from opencodegen.evaluation.mtpb.data import load_mtpb
+from opencodegen.evaluation.mtpb.generate import generate_multi_turn, generate_single_turn
 from opencodegen.evaluation.protocols import (
     BIGCODE,
     CODEGEN_RELEASE,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from opencodegen import default_model
-from opencodegen.checkpoint import UNUSED_ROW_BIAS
+from opencodegen.checkpoint.gptj import UNUSED_ROW_BIAS
 from opencodegen.cli import main
 from opencodegen.config import CodeGenConfig
 from opencodegen.generation.engine import Generator
@@ -47,7 +47,7 @@ def convert(gptj_dir, out_dir):
 def test_unpadded_vocabulary_is_what_ctranslate2_refuses(source, tmp_path):
     """The failure the padding fixes: a tokenizer smaller than the embedding is refused."""
     directory, model, _ = source
-    from opencodegen.checkpoint import export_gptj
+    from opencodegen.checkpoint.gptj import export_gptj
 
     export_gptj(model, tmp_path / "gptj")
     copy_tokenizer_files(directory, tmp_path / "gptj")

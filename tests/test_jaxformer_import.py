@@ -1,4 +1,4 @@
-"""JAXFORMER import: a synthetic checkpoint in the spec §7 layout gives the original model's logits.
+"""JAXFORMER import: a synthetic checkpoint in JAXFORMER's layout gives the original model's logits.
 
 The test writes the checkpoint the way JAXFORMER does: a nested haiku parameter dict, flattened
 like `jax.tree_flatten` (dict keys in sorted order), saved with `np.savez(f, *leaves)`, matrices
@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from opencodegen.checkpoint import load_model, qkv_to_released
+from opencodegen.checkpoint import load_model
+from opencodegen.checkpoint.hf import qkv_to_released
+from opencodegen.checkpoint.jaxformer import import_jaxformer
 from opencodegen.cli import main
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError
 from opencodegen.model import CodeGenForCausalLM
-from opencodegen.training.jaxformer import import_jaxformer
 
 
 def haiku_tree(model: CodeGenForCausalLM, mp_num: int, embed_bias: torch.Tensor) -> dict:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "opencodegen"
 LAYERS = (
     ("errors", "config", "devices", "extras", "user_cache", "hub", "default_model", "io"),
     ("tokenizer", "kernels", "model", "quantize"),
-    ("checkpoint", "lora", ""),
+    ("checkpoint", ""),
     ("generation",),
     ("execution",),
     ("synthesis",),
@@ -60,7 +60,7 @@ def imports(path: Path, source: str | None = None) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
-            # `from opencodegen import lora` imports the module opencodegen.lora
+            # `from opencodegen import hub` imports the module opencodegen.hub
             found.update(f"{target}.{a.name}" if is_module(f"{target}.{a.name}") else target for a in node.names)
     return {m for m in found if m == "opencodegen" or m.startswith("opencodegen.")}
 
@@ -109,7 +109,7 @@ def test_no_cycle_between_packages():
 
 
 @pytest.mark.parametrize("source, expected", [
-    ("from opencodegen import lora", {"opencodegen.lora"}),
+    ("from opencodegen import hub", {"opencodegen.hub"}),
     ("from opencodegen import __version__", {"opencodegen"}),
     ("def f():\n    from ..serving.app import create_app", {"opencodegen.serving.app"}),
     ("import opencodegen.cli as cli", {"opencodegen.cli"}),

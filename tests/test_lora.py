@@ -9,10 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from opencodegen.checkpoint import load_model
-from opencodegen.cli import main
-from opencodegen.config import CodeGenConfig
-from opencodegen.errors import CheckpointError, ConfigError
-from opencodegen.lora import (
+from opencodegen.checkpoint.lora import (
     FrozenLinear,
     LoraLinear,
     LoraSettings,
@@ -21,6 +18,9 @@ from opencodegen.lora import (
     merge_lora,
     save_adapter,
 )
+from opencodegen.cli import main
+from opencodegen.config import CodeGenConfig
+from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.model import CodeGenForCausalLM
 from opencodegen.tokenizer import CodeGenTokenizer
 from opencodegen.training.checkpointing import copy_tokenizer_files
@@ -175,7 +175,7 @@ def test_bad_lora_settings_and_adapters(base_dir, tmp_path):
     _, other = load_model(base_dir)
     apply_lora(other, LoraSettings(r=3, targets=("fc_in",)))
     with pytest.raises(CheckpointError, match="has shape"):
-        from opencodegen.lora import load_adapter_weights
+        from opencodegen.checkpoint.lora import load_adapter_weights
 
         load_adapter_weights(other, tmp_path / "a")
 

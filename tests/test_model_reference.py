@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from opencodegen.checkpoint import export_gptj, load_model, qkv_from_released, qkv_to_released
+from opencodegen.checkpoint import load_model
+from opencodegen.checkpoint.gptj import export_gptj
+from opencodegen.checkpoint.hf import qkv_from_released, qkv_to_released
 from opencodegen.config import CodeGenConfig
 from opencodegen.model import CodeGenForCausalLM
 

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from mtpb_helpers import mtpb_path
-from opencodegen.evaluation import mtpb_harness as harness
-from opencodegen.evaluation.mtpb import load_mtpb
-from opencodegen.evaluation.mtpb_scoring import (
+from opencodegen.evaluation.mtpb import harness
+from opencodegen.evaluation.mtpb.data import load_mtpb
+from opencodegen.evaluation.mtpb.scoring import (
     Opaque,
     add_final_print,
     check_equivalence,

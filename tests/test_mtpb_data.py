@@ -13,8 +13,8 @@ import pytest
 
 from mtpb_helpers import mtpb_path
 from opencodegen.errors import DataError
-from opencodegen.evaluation import mtpb
-from opencodegen.evaluation.mtpb import MTPB_SHA256, load_mtpb, resolve_data
+from opencodegen.evaluation.mtpb import data as mtpb
+from opencodegen.evaluation.mtpb.data import MTPB_SHA256, load_mtpb, resolve_data
 
 
 def test_real_file_loads_with_its_known_quirks_as_warnings():

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from mtpb_helpers import mtpb_path
-from opencodegen.evaluation.mtpb import load_mtpb
-from opencodegen.evaluation.mtpb_run import SCORE_PRELOAD
-from opencodegen.evaluation.mtpb_scoring import score_programs
+from opencodegen.evaluation.mtpb.data import load_mtpb
+from opencodegen.evaluation.mtpb.run import SCORE_PRELOAD
+from opencodegen.evaluation.mtpb.scoring import score_programs
 from opencodegen.execution import ExecutionPool
 from opencodegen.synthesis.history import build_program
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import pytest
 
-from opencodegen.evaluation.mtpb_run import SCORE_PRELOAD
-from opencodegen.evaluation.mtpb_scoring import score_programs
+from opencodegen.evaluation.mtpb.run import SCORE_PRELOAD
+from opencodegen.evaluation.mtpb.scoring import score_programs
 from opencodegen.execution import ExecutionPool
 from opencodegen.synthesis.history import PREFIX
 

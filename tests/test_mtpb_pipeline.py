@@ -12,9 +12,9 @@ import torch
 from generation_helpers import make_model_dir
 from mtpb_helpers import FakeParams, ScriptedGenerator, mtpb_path
 from opencodegen.cli import main
-from opencodegen.evaluation import mtpb_run
-from opencodegen.evaluation.mtpb import load_mtpb, single_turn_prompt
-from opencodegen.evaluation.mtpb_perplexity import (
+from opencodegen.evaluation.mtpb import run as mtpb_run
+from opencodegen.evaluation.mtpb.data import load_mtpb, single_turn_prompt
+from opencodegen.evaluation.mtpb.perplexity import (
     multi_turn_segments,
     prompt_nll,
     prompt_token_mask,

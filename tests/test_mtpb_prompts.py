@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mtpb_helpers import FakeParams, ScriptedGenerator, mtpb_path
-from opencodegen.evaluation.mtpb import load_mtpb
-from opencodegen.evaluation.mtpb_generate import generate_multi_turn, generate_single_turn, stream_key
+from opencodegen.evaluation.mtpb.data import load_mtpb
+from opencodegen.evaluation.mtpb.generate import generate_multi_turn, generate_single_turn, stream_key
 from opencodegen.synthesis.history import turn_prompt
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from opencodegen.errors import DataError
-from opencodegen.io import ResultStore, read_jsonl, write_atomic
+from opencodegen.io import ResultStore, atomic_path, read_jsonl, write_atomic
 
 
 def test_round_trip_and_resume(tmp_path):
@@ -56,6 +56,24 @@ def test_write_atomic_replaces_whole_files_and_keeps_the_old_one_on_failure(tmp_
     with pytest.raises(OSError):
         write_atomic(path, "half")
     assert path.read_text(encoding="utf-8") == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # the failed write's temporary file is gone
+
+
+def test_atomic_path_installs_what_the_block_wrote_and_nothing_when_it_fails(tmp_path):
+    path = tmp_path / "kernel.so"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="compiler failed"):
+        with atomic_path(path) as partial:
+            assert partial.parent == tmp_path and partial != path
+            partial.write_bytes(b"half a library")
+            raise RuntimeError("compiler failed")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["kernel.so"]
+    with atomic_path(path) as partial:
+        partial.write_bytes(b"new")
+        assert path.read_bytes() == b"old"  # not visible before the block ends
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["kernel.so"]
 
 
 @pytest.mark.parametrize("name, body, error", [

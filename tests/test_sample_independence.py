@@ -12,8 +12,8 @@ from generation_helpers import make_model_dir, one_thread  # noqa: F401 (fixture
 from mtpb_helpers import mtpb_path
 from opencodegen import load
 from opencodegen.evaluation import humaneval as he
-from opencodegen.evaluation import mtpb_run
-from opencodegen.evaluation.mtpb import load_mtpb
+from opencodegen.evaluation.mtpb import run as mtpb_run
+from opencodegen.evaluation.mtpb.data import load_mtpb
 from opencodegen.generation import Generator, SamplingParams
 from opencodegen.io import ResultStore
 from opencodegen.synthesis.history import PREFIX

@@ -11,8 +11,8 @@ import pytest
 
 from generation_helpers import one_thread  # noqa: F401 (fixture)
 from mtpb_helpers import FakeParams, ScriptedGenerator, mtpb_path
-from opencodegen.evaluation.mtpb import Problem, load_mtpb
-from opencodegen.evaluation.mtpb_generate import generate_multi_turn
+from opencodegen.evaluation.mtpb.data import Problem, load_mtpb
+from opencodegen.evaluation.mtpb.generate import generate_multi_turn
 from opencodegen.generation import Generator, SamplingParams
 from serving_helpers import MODEL_NAME, serve, sse_data, tiny_model
 

@@ -27,6 +27,7 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
 from opencodegen.errors import CheckpointError, ConfigError, DataError, GenerationError
+from opencodegen.io import write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -303,11 +304,8 @@ class CodeGenTokenizer:
         }
         written = []
         for name, text in contents.items():
-            target = directory / name
-            tmp = target.with_name(f".{name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)
-            written.append(target)
+            write_atomic(directory / name, text)
+            written.append(directory / name)
         return tuple(written)
 
 

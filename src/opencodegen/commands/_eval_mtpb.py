@@ -68,8 +68,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> tuple[Any, list[Any]]:
-    from opencodegen.evaluation.mtpb import load_mtpb
-    from opencodegen.evaluation.mtpb_run import select
+    from opencodegen.evaluation.mtpb.data import load_mtpb
+    from opencodegen.evaluation.mtpb.run import select
 
     benchmark = load_mtpb(args.data)
     for warning in benchmark.warnings:
@@ -92,7 +92,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def run_mtpb(args: argparse.Namespace) -> int:
-    from opencodegen.evaluation import mtpb_run
+    from opencodegen.evaluation.mtpb import run as mtpb_run
     from opencodegen.execution.sandbox import resolve_isolation
 
     if args.programs and args.model:
@@ -149,9 +149,9 @@ def run_mtpb(args: argparse.Namespace) -> int:
 def run_perplexity(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from opencodegen.evaluation.mtpb_generate import generate_multi_turn
-    from opencodegen.evaluation.mtpb_perplexity import problem_perplexity
-    from opencodegen.evaluation.mtpb_run import check_config
+    from opencodegen.evaluation.mtpb.generate import generate_multi_turn
+    from opencodegen.evaluation.mtpb.perplexity import problem_perplexity
+    from opencodegen.evaluation.mtpb.run import check_config
     from opencodegen.io import ResultStore
 
     out = planning.check_out_dir(args.out)  # before anything loads

@@ -68,9 +68,9 @@ def _copy_tokenizer(source: str, out: Path) -> list[str]:
 
 
 def run_jaxformer(args: argparse.Namespace) -> int:
+    from opencodegen.checkpoint.jaxformer import import_jaxformer, read_jaxformer_config
     from opencodegen.devices import parse_dtype
     from opencodegen.errors import ConfigError
-    from opencodegen.training.jaxformer import import_jaxformer, read_jaxformer_config
 
     settings = read_jaxformer_config(args.config) if args.config else {}
     n_head = args.n_head or settings.get("n_head")
@@ -93,7 +93,8 @@ def run_jaxformer(args: argparse.Namespace) -> int:
 
 
 def run_gptj(args: argparse.Namespace) -> int:
-    from opencodegen.checkpoint import export_gptj, load_model
+    from opencodegen.checkpoint import load_model
+    from opencodegen.checkpoint.gptj import export_gptj
     from opencodegen.tokenizer import TOKENIZER_FILES, CodeGenTokenizer
 
     directory, model = load_model(args.source)
@@ -118,7 +119,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
 
 
 def run_merge_lora(args: argparse.Namespace) -> int:
-    from opencodegen.lora import load_merged
+    from opencodegen.checkpoint.lora import load_merged
     from opencodegen.training.checkpointing import copy_tokenizer_files
 
     tokenizer_dir, model = load_merged(args.adapter, base=args.base, dtype=args.dtype)

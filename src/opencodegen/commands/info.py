@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _describe_directory(directory: Path) -> dict[str, Any]:
     """Config, weight files, stored dtype and tokenizer of a checkpoint directory."""
-    from opencodegen.checkpoint import read_tensors, weight_files
+    from opencodegen.checkpoint.files import read_tensors, weight_files
     from opencodegen.config import CodeGenConfig
     from opencodegen.tokenizer import CodeGenTokenizer
 
@@ -71,7 +71,7 @@ def describe(model: str) -> dict[str, Any]:
     """The description `info` prints: a local directory or a hub id cached whole in full, another
     hub id from its config.json."""
     from opencodegen import hub
-    from opencodegen.checkpoint import has_weights, resolve_checkpoint
+    from opencodegen.checkpoint.files import has_weights, resolve_checkpoint
 
     if hub.is_hub_id(model) and not Path(model).expanduser().exists():
         cached = hub.cached_snapshot(model, has_weights)

@@ -222,7 +222,7 @@ def humaneval_batch(
 
 def print_mtpb_work(problems: Sequence[Any], modes: Sequence[str], n: int, temperature: float) -> None:
     """The work of an MTPB generation run, before the model loads."""
-    from opencodegen.evaluation.mtpb import single_turn_budget
+    from opencodegen.evaluation.mtpb.data import single_turn_budget
 
     cases = sum(len(p.tests) for p in problems)
     turns = sum(len(p.tests) * p.n_turns for p in problems)
@@ -240,7 +240,7 @@ def print_mtpb_work(problems: Sequence[Any], modes: Sequence[str], n: int, tempe
 def mtpb_batch(generator: Any, problems: Sequence[Any], modes: Sequence[str], n: int, temperature: float) -> int:
     """Apply the memory rule to `generator` (rows of a whole context each) and print it with the
     time estimate of the generation (every prompt prefilled, every budget used up)."""
-    from opencodegen.evaluation.mtpb import single_turn_budget
+    from opencodegen.evaluation.mtpb.data import single_turn_budget
     from opencodegen.synthesis.history import PREFIX
 
     context = generator.model.config.n_positions

@@ -77,7 +77,7 @@ def model_record(source: str, directory: Path, model: Any) -> dict[str, Any]:
     dtype and device it samples with."""
     import torch
 
-    from opencodegen.checkpoint import weight_files
+    from opencodegen.checkpoint.files import weight_files
 
     device = model.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

@@ -36,7 +36,7 @@ def _nth_start(pattern: re.Pattern[str], text: str, n: int, end: int) -> int | N
 
 
 def codegen_cut(text: str) -> int:
-    """Length of the prefix CodeGen's truncation keeps (spec §4).
+    """Length of the prefix kept by the `truncate` of CodeGen's released samplers.
 
     Cut at the second top-level ``print``, then at the second top-level ``def``, then at the
     earliest of: a line starting with ``#``, ``<|endoftext|>``, a line starting with ``'''`` or

@@ -17,12 +17,12 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from opencodegen.io import atomic_path
 from opencodegen.user_cache import user_cache_dir
 
 SWITCH = "OPENCODEGEN_CPU_KERNEL"  # "0" turns every native kernel off
@@ -84,17 +84,11 @@ class NativeLibrary:
         if target.is_file() and not force:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=target.parent, prefix=".building-", suffix=".so")
-        os.close(fd)
-        try:
-            done = subprocess.run([cc, *self.flags, str(self.source), "-o", partial], capture_output=True,
+        with atomic_path(target) as partial:  # concurrent builders leave one complete file
+            done = subprocess.run([cc, *self.flags, str(self.source), "-o", str(partial)], capture_output=True,
                                   text=True, timeout=COMPILE_TIMEOUT_S)
             if done.returncode != 0:
                 raise RuntimeError(f"{cc} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-            os.replace(partial, target)  # atomic: concurrent builders leave one complete file
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
         return target
 
     def functions(self) -> Any:

@@ -1,7 +1,7 @@
-"""Training: `TrainConfig` (run settings), `Trainer` (DDP / FSDP2 loop with exact resume), and
-checkpoint import (JAXFORMER) and export (HF CodeGen directories).
+"""Training: `TrainConfig` (run settings), `Trainer` (DDP / FSDP2 loop with exact resume) and
+its resumable checkpoints (JAXFORMER import and HF export live in `opencodegen.checkpoint`).
 
-Modules: config, optim, loss, distributed, checkpointing, metrics, trainer, jaxformer.
+Modules: config, optim, loss, distributed, checkpointing, metrics, signals, trainer.
 """
 
 from opencodegen.training.config import TrainConfig

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from opencodegen.checkpoint.hf import model_from_state
 from opencodegen.config import CodeGenConfig
 from opencodegen.data.dataset import file_sha256
 from opencodegen.errors import CheckpointError
@@ -109,14 +110,6 @@ def _fsync_dir(path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def model_from_state(config: CodeGenConfig, state: dict[str, torch.Tensor]) -> CodeGenForCausalLM:
-    """A CodeGenForCausalLM whose parameters are the tensors of `state` (no copy)."""
-    with torch.device("meta"):
-        model = CodeGenForCausalLM(config)
-    model.load_state_dict(state, assign=True, strict=True)
-    return model
 
 
 def model_writer(config: CodeGenConfig, state: dict[str, torch.Tensor]) -> Callable[[Path], None]:
@@ -200,7 +193,7 @@ def save_checkpoint(
     """Write a single-writer checkpoint `step` atomically (see `finish_checkpoint`); returns its path.
 
     `write_weights(directory)` writes the weights: `model_writer` for a whole model, or a LoRA
-    adapter (`opencodegen.lora.write_adapter`)."""
+    adapter (`opencodegen.checkpoint.lora.write_adapter`)."""
     tmp = start_checkpoint(out_dir, step)
     write_weights(tmp)
     return finish_checkpoint(tmp, step, trainer_state, tokenizer_dir, keep_last)
@@ -333,7 +326,7 @@ def export_checkpoint(path: str | Path, out: str | Path, dtype: torch.dtype | st
 def export_adapter(path: str | Path, out: str | Path) -> Path:
     """Copy the LoRA adapter of checkpoint `path` (or a run's newest good one) and the tokenizer
     files into `out`: a peft adapter directory."""
-    from opencodegen.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+    from opencodegen.checkpoint.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
     source = _newest_good(path)
     if not (source / ADAPTER_CONFIG).is_file():

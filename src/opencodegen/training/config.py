@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
+from opencodegen.checkpoint.lora import LoraSettings
 from opencodegen.errors import ConfigError
-from opencodegen.lora import LoraSettings
 
 PRECISIONS = ("bf16", "fp32")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
@@ -76,7 +76,7 @@ class TrainConfig:
     keep_last: int = 3
     export_final: bool = True  # write {out_dir}/final as an HF CodeGen directory at the end
     seed: int = 0
-    # LoRA fine-tuning of init_from: {r, alpha, dropout, targets, base_dtype, rslora} (see opencodegen.lora)
+    # LoRA fine-tuning of init_from: {r, alpha, dropout, targets, base_dtype, rslora} (see opencodegen.checkpoint.lora)
     lora: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:

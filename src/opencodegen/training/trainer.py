@@ -27,8 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from opencodegen import lora
-from opencodegen.checkpoint import load_model
+from opencodegen.checkpoint import load_model, lora
 from opencodegen.config import CodeGenConfig
 from opencodegen.data.dataset import BatchIterator, PackedDataset
 from opencodegen.errors import CheckpointError, ConfigError, DataError, OpenCodeGenError

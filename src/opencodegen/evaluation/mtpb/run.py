@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from opencodegen.errors import DataError
 from opencodegen.evaluation import run_record
-from opencodegen.evaluation.mtpb import SINGLE_TURN_NOTE, Benchmark, Problem
-from opencodegen.evaluation.mtpb_generate import GENERATORS
-from opencodegen.evaluation.mtpb_report import plot_comparison, summarize
-from opencodegen.evaluation.mtpb_scoring import (
+from opencodegen.evaluation.mtpb.data import SINGLE_TURN_NOTE, Benchmark, Problem
+from opencodegen.evaluation.mtpb.generate import GENERATORS
+from opencodegen.evaluation.mtpb.report import plot_comparison, summarize
+from opencodegen.evaluation.mtpb.scoring import (
     CHECKER_SOURCE,
     CHECKER_VERSION,
     TIME_LIMIT_S,

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from opencodegen.checkpoint import qkv_from_released
+from opencodegen.checkpoint.hf import model_from_state, qkv_from_released
 from opencodegen.config import CodeGenConfig
 from opencodegen.errors import CheckpointError, ConfigError
-from opencodegen.training.checkpointing import model_from_state
 
 # (leaf path in tree order, shape in terms of L = n_layer, d = model dim, f = 4d, V = vocab)
 LEAVES: tuple[tuple[str, tuple[str, ...]], ...] = (

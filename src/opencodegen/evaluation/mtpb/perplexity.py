@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from opencodegen.errors import GenerationError
-from opencodegen.evaluation.mtpb import Problem
+from opencodegen.evaluation.mtpb.data import Problem
 from opencodegen.synthesis.history import PREFIX, turn_prompt
 
 

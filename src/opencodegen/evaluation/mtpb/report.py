@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from opencodegen.evaluation.mtpb import Problem
+from opencodegen.evaluation.mtpb.data import Problem
 
 
 def summarize(records: Iterable[Mapping[str, Any]], problems: Mapping[str, Problem]) -> dict[str, Any]:

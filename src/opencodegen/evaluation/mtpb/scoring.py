@@ -5,7 +5,7 @@ The rules are those of salesforce/CodeGen codegen1/benchmark/mtpb_exec.py (`eval
 
 1. If the last top-level statement is not a `print...(...)` call, its value is wrapped in
    `print(...)` (including the quirk that `x = f()` becomes `x = print(f())`).
-2. The program runs in the sandbox under `mtpb_harness.py`, which mirrors how the original runs
+2. The program runs in the sandbox under `harness.py`, which mirrors how the original runs
    it (its guard, its recording `print`, its 20 s limit whose time-out is swallowed like any
    Exception) and reports the first argument of the LAST print, after the checker's coercions.
 3. The report is rebuilt here from plain JSON and the check is finished: a type mismatch casts
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from opencodegen.evaluation.mtpb import Problem
+from opencodegen.evaluation.mtpb.data import Problem
 
-HARNESS_SOURCE = Path(__file__).with_name("mtpb_harness.py").read_text(encoding="utf-8")
+HARNESS_SOURCE = Path(__file__).with_name("harness.py").read_text(encoding="utf-8")
 CHECKER_SOURCE = "salesforce/CodeGen codegen1/benchmark/mtpb_exec.py"
 CHECKER_VERSION = 2  # of our rules; stored with every result, so results of other rules are never mixed
 TIME_LIMIT_S = 20.0  # the original's time limit per program (a time-out its do_exec swallows)

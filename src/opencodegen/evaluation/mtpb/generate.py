@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from opencodegen.evaluation.mtpb import Problem, single_turn_budget, single_turn_prompt
+from opencodegen.evaluation.mtpb.data import Problem, single_turn_budget, single_turn_prompt
 from opencodegen.evaluation.protocols import Protocol
 from opencodegen.synthesis.history import PREFIX, append_turn, turn_prompt
 

@@ -1,4 +1,4 @@
-"""MTPB (Multi-Turn Programming Benchmark): the data, its validation and the prompts.
+"""The MTPB data: reading, validation and the single-turn prompts.
 
 The data file is never vendored: it is read from a given path, from the cache
 (`~/.cache/opencodegen/mtpb.jsonl`) or downloaded from the pinned upstream file and checked
@@ -31,7 +31,7 @@ SINGLE_TURN_NOTE = (
     "turn prompts are concatenated into one prompt and one generation gets the sum of the turn budgets"
 )
 
-# Defects of the pinned file that cannot be detected from the data alone (see shared/data/mtpb.README.md).
+# Defects of the pinned file that cannot be detected from the data alone: each is reported as a warning.
 KNOWN_QUIRKS = {
     "9": "test case 2 expects 'Mike' but John has the top note (9 of [1, 9] vs Mike's 7): no correct "
     "program passes it, the best possible pass rate of problem 9 is 4/5",

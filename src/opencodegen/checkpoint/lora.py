@@ -264,7 +264,7 @@ def is_lora_key(name: str) -> bool:
 
 def peft_state_from_internal(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Adapter tensors named as in our model -> peft's names and layout (CPU, contiguous)."""
-    from opencodegen.checkpoint import qkv_to_released
+    from opencodegen.checkpoint.hf import qkv_to_released
 
     out = {}
     for name, tensor in state.items():
@@ -277,7 +277,7 @@ def peft_state_from_internal(state: dict[str, torch.Tensor]) -> dict[str, torch.
 
 def internal_state_from_peft(state: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
     """The inverse of `peft_state_from_internal` (names checked)."""
-    from opencodegen.checkpoint import qkv_from_released
+    from opencodegen.checkpoint.hf import qkv_from_released
 
     out = {}
     for name, tensor in state.items():
