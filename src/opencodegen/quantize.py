@@ -5,11 +5,8 @@ and by how fast the kernel turns bytes into products. Weights are int8 with one 
 row (symmetric); activations are quantized on the fly to uint8 with one scale and zero point per
 matmul (PyTorch's dynamic quantization, FBGEMM's VNNI kernels on x86), so the int8 products run
 natively instead of being converted to floats first. Everything else (embedding, LayerNorm,
-GELU, attention, residuals, KV cache) stays in float32.
-
-Measured (350M shape, 2 threads, AVX-512 VNNI): the linear layers of one decode step take
-15 ms instead of 50 ms in float32 and 22 ms with the int8 weight-only kernel (bf16 activations),
-whose dequantization is compute-bound.
+GELU, attention, residuals, KV cache) stays in float32. (An int8 weight-only kernel with float
+activations is slower: its dequantization is compute-bound.)
 
 Int4 (`Int4Linear`, kernels/int4_linear.py) halves the bytes again: 4.5 bits per weight, with
 activations quantized per call to int8 (one scale per row) and exact integer dot products per
