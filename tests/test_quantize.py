@@ -16,7 +16,7 @@ from opencodegen.errors import CheckpointError, ConfigError
 from opencodegen.generation import Generator, SamplingParams
 from opencodegen.kernels import int4_linear
 from opencodegen.model import CodeGenForCausalLM
-from opencodegen.quantize import Int8Linear, quantize, quantize_int8
+from opencodegen.quantize import Int8Linear, quantize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +45,7 @@ def test_int8_linear_is_close_for_one_row_and_many():
 
 def test_quantized_model_generates_close_to_fp32(tmp_path):
     model, tok = load(str(make_model_dir(tmp_path)))
-    q = quantize_int8(copy.deepcopy(model))
+    q = quantize(copy.deepcopy(model), "int8")
     assert q.dtype == torch.float32 and not any(isinstance(m, nn.Linear) for m in q.modules())
     ids = torch.tensor([tok.encode("def add(a, b):\n    return a + b\n")])
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_quantized_model_generates_close_to_fp32(tmp_path):
 def test_quantize_refuses_non_float32(tmp_path):
     model, _ = load(str(make_model_dir(tmp_path)), dtype="bfloat16")
     with pytest.raises(ConfigError, match="float32"):
-        quantize_int8(model)
+        quantize(model, "int8")
 
 
 def test_int8_keeps_the_default_models_quality():
@@ -69,7 +69,7 @@ def test_int8_keeps_the_default_models_quality():
     import json.decoder
 
     model, tok = load("default")
-    q = quantize_int8(copy.deepcopy(model))
+    q = quantize(copy.deepcopy(model), "int8")
     loss_ratio, agreement = (1.01, 0.95) if q.lm_head.full_range else (1.03, 0.9)
     with open(json.decoder.__file__, encoding="utf-8") as f:
         ids = torch.tensor([tok.encode(f.read())[:512]])
@@ -82,7 +82,7 @@ def test_int8_keeps_the_default_models_quality():
 
 def test_a_quantized_model_refuses_to_be_saved(tmp_path):
     model, _ = load(str(make_model_dir(tmp_path / "model")))
-    quantize_int8(model)
+    quantize(model, "int8")
     with pytest.raises(CheckpointError, match="quantized"):
         model.save_pretrained(tmp_path / "saved")
     assert not (tmp_path / "saved" / "model.safetensors").exists()

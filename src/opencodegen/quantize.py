@@ -143,13 +143,3 @@ def quantize(model: CodeGenForCausalLM, mode: str | None) -> CodeGenForCausalLM:
     replace_linear_layers(model, lambda name, layer: make(layer))
     return model
 
-
-def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
-    """`quantize(model, "int8")`."""
-    return quantize(model, "int8")
-
-
-def quantize_int4(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
-    """`quantize(model, "int4")`: every layer's inputs must be a multiple of 128 (true of every
-    released CodeGen size)."""
-    return quantize(model, "int4")
