@@ -328,10 +328,6 @@ class KVCache:
     def max_len(self) -> int:
         return self.keys[0].shape[2]
 
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].shape[0]
-
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, H, T, D] after the cached tokens; return all keys and values stored here."""
         start = self.length - self.offset

@@ -6,9 +6,8 @@ key and value to fp32), each costing a dispatch that is long against the work;
 `decode_attention.c` does them in one call per layer, for every row and head (the gain is in
 benchmarks/README.md). Keys are cached bit-identically to the PyTorch path; attention outputs
 agree within a few fp32 ulps (bf16: the same value, or one bf16 step apart where the fp32 sum
-lands near a rounding boundary). Used for fp32 and bf16 on CPU
-where the kernel builds (see native.py); `attend` returns None everywhere else and the model
-uses PyTorch.
+lands near a rounding boundary). Used for fp32 and bf16 on CPU where the kernel builds (see
+native.py); `attend` returns None everywhere else and the model uses PyTorch.
 """
 
 from __future__ import annotations
