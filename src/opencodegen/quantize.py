@@ -53,11 +53,6 @@ class Int8Linear(nn.Module):
         self.full_range = _full_range_activations()
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
 
-    def weight_and_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The int8 weights [out, in] and their per-row scales [out] (float64)."""
-        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
-        return qweight.int_repr(), qweight.q_per_channel_scales()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         if rows.dtype != torch.float32:  # (checked here: a no-op cast still costs a dispatch per layer)
