@@ -106,7 +106,7 @@ def main() -> None:
     from opencodegen.generation import Generator, SamplingParams
     from opencodegen.kernels import decode_attention, int4_linear, small_batch_linear
     from opencodegen.model import CodeGenForCausalLM
-    from opencodegen.quantize import quantize_int4, quantize_int8
+    from opencodegen.quantize import quantize
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -146,9 +146,9 @@ def main() -> None:
 
     modes = {}
     if not on_gpu and args.dtype == "fp32":
-        modes["int8"] = quantize_int8(copy.deepcopy(ours))
+        modes["int8"] = quantize(copy.deepcopy(ours), "int8")
         if int4_linear.LIBRARY.functions() is not None:
-            modes["int4"] = quantize_int4(copy.deepcopy(ours))
+            modes["int4"] = quantize(copy.deepcopy(ours), "int4")
     for name in ("bf16", "fp16"):
         if name != args.dtype and (on_gpu or name == "bf16"):
             modes[name] = copy.deepcopy(ours).to(DTYPES[name])

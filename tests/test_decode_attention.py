@@ -10,6 +10,7 @@ from opencodegen.config import CodeGenConfig
 from opencodegen.generation import Generator, SamplingParams
 from opencodegen.kernels import decode_attention
 from opencodegen.model import CodeGenForCausalLM, KVCache, rotary_table
+from opencodegen.model import heads as split_heads
 
 needs_kernel = pytest.mark.skipif(decode_attention.LIBRARY.unavailable_reason() is not None,
                                   reason=f"kernel unavailable: {decode_attention.LIBRARY.unavailable_reason()}")
@@ -53,8 +54,8 @@ def test_kernel_matches_the_pytorch_step(batch, heads, head_dim, cached, rotary_
     reference_cache = _clone(cache)
     with torch.no_grad():
         got = decode_attention.attend(qkv, *rotary, cache.keys[0], cache.values[0], cached, mask)
-        reference_cache.fused_decode = False
-        expected = reference_cache.decode_step(0, qkv, rotary, mask)
+        q, k, v = split_heads(qkv, rotary)  # the PyTorch decode step
+        expected = reference_cache.attend(0, q, k, v, mask).to(dtype).transpose(1, 2).reshape(batch, 1, -1)
     assert got is not None and got.shape == (batch, 1, heads * head_dim) and got.dtype == dtype
     assert torch.equal(cache.keys[0], reference_cache.keys[0])  # the rotary embedding rounds identically
     assert torch.equal(cache.values[0], reference_cache.values[0])

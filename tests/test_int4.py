@@ -16,7 +16,7 @@ from opencodegen.cli import main
 from opencodegen.errors import ConfigError
 from opencodegen.generation import Generator, SamplingParams
 from opencodegen.kernels import int4_linear as int4
-from opencodegen.quantize import Int4Linear, quantize, quantize_int4
+from opencodegen.quantize import Int4Linear, quantize
 
 needs_kernel = pytest.mark.skipif(int4.LIBRARY.unavailable_reason() is not None,
                                   reason=f"int4 kernel unavailable here: {int4.LIBRARY.unavailable_reason()}")
@@ -126,7 +126,7 @@ def test_int4_layer_and_model_generate(tmp_path):
         got = q(x)
     assert got.shape == exact.shape and (got - exact).abs().max() <= 0.1 * exact.abs().max()
     model, tok = load("default")
-    quantized = quantize_int4(copy.deepcopy(model))
+    quantized = quantize(copy.deepcopy(model), "int4")
     assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
     assert sum(b.numel() for b in quantized.buffers() if b.dtype == torch.uint8) * 2 == sum(
         m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
@@ -140,7 +140,7 @@ def test_int4_keeps_most_of_the_default_models_quality():
     """On trained weights (the embedded model, one stdlib file): measured +4.2 % loss and the fp32
     arg-max kept at 90 % of positions (int8: -0.1 %, 98 %)."""
     model, tok = load("default")
-    quantized = quantize_int4(copy.deepcopy(model))
+    quantized = quantize(copy.deepcopy(model), "int4")
     with open(json.decoder.__file__, encoding="utf-8") as f:
         ids = torch.tensor([tok.encode(f.read())[:512]])
     with torch.no_grad():

@@ -244,7 +244,6 @@ def test_lora_generate_cli_takes_the_adapter_directory(lora_run, tmp_path, capsy
     assert outputs[0] == outputs[1]
 
 
-@pytest.mark.slow
 def test_lora_under_fsdp_with_two_processes_matches_one(corpus, base_dir, tmp_path):
     """FSDP2 shards the frozen base and the adapters alike; the adapter checkpoints are gathered."""
     settings = lora_settings(corpus, base_dir, tmp_path / "one", precision="fp32", max_steps=6, save_every=3,

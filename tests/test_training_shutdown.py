@@ -28,7 +28,6 @@ def train_command(config, *overrides: str) -> list[str]:
     return torchrun(2, "-m", "opencodegen.cli", "train", "--config", str(config), *overrides)
 
 
-@pytest.mark.slow
 def test_consecutive_two_process_runs_all_exit_0(corpus, tmp_path):
     """The issue-21 loop, shortened (scripts/torchrun_exit_loop.py runs 20): rank 0 exports and
     plots after the last checkpoint while rank 1 has nothing left to do, so it must wait for it."""

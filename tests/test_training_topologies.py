@@ -45,7 +45,6 @@ def test_fsdp2_cpu_offload_keeps_the_losses(corpus, one_process, tmp_path):
     assert_same_losses(trajectory(tmp_path / "offload"), one_process)
 
 
-@pytest.mark.slow
 def test_two_nodes_through_the_c10d_rendezvous(corpus, one_process, tmp_path):
     """Two torchrun agents (`--nnodes 2`, one process each) meet at a c10d endpoint on 127.0.0.1
     and train one FSDP2 run with CPU offload, as two machines would."""

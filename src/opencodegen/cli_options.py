@@ -111,8 +111,8 @@ def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
     """The `--quantize` option of a command that samples from a model (see quantize.py)."""
     parser.add_argument("--quantize", choices=["int8", "int4"], default=None,
                         help="quantized linear layers for faster CPU decoding of float32 models: int8 (int8 weights, "
-                        "dynamically quantized activations; about 2-3x faster, a small cost in accuracy) or int4 "
-                        "(4.5 bits per linear weight, 7x fewer bytes; 3-4x faster, a larger cost in accuracy; needs "
+                        "dynamically quantized activations; a small cost in accuracy) or int4 (4.5 bits per linear "
+                        "weight, 7x fewer bytes; faster still, a larger cost in accuracy; needs "
                         "AVX-512 VNNI and a C compiler)")
 
 

@@ -9,6 +9,11 @@
 Attention uses interleaved ("rotate every two") rotary embeddings on the first `rotary_dim`
 dimensions of each head of q and k. Internally q, k, v are fused in plain [q; k; v] order
 (`attn.qkv`); the released checkpoints' mp_num=4 Q,V,K layout is converted in checkpoint.py.
+
+Top to bottom, as in the diagram: rotary embedding, attention, MLP, block, the model (sized by
+config.py's `CodeGenConfig`), then the KV cache (keys and values kept between decode steps).
+Where CPU inference leaves PyTorch's default ops for a native kernel is decided in
+kernels/cpu_decode.py.
 """
 
 from __future__ import annotations
@@ -23,88 +28,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from opencodegen.config import CodeGenConfig
-from opencodegen.kernels import decode_attention, small_batch_linear
+from opencodegen.kernels import cpu_decode
 
 
-class KVCache:
-    """Preallocated keys/values of every layer: [batch, n_head, max_len, head_dim] each.
-
-    All rows share one `length` (prompts are left-padded); padding is excluded through the
-    attention mask, which always covers the whole cached sequence plus the new tokens.
-    The first `offset` tokens may live elsewhere (a subclass holding a shared prompt prefix);
-    `keys`/`values` then store positions offset … length.
-    """
-
-    fused_decode = True  # decode steps may use kernels/decode_attention (it reads keys/values only)
-
-    def __init__(self, config: CodeGenConfig, batch_size: int, max_len: int, dtype: torch.dtype, device):
-        shape = (batch_size, config.n_head, max_len, config.head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.length = 0
-        self.offset = 0
-
-    @property
-    def max_len(self) -> int:
-        return self.keys[0].shape[2]
-
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].shape[0]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [B, H, T, D] after the cached tokens; return all keys and values stored here."""
-        start = self.length - self.offset
-        end = start + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.max_len}")
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """A decode step's attention: store k, v [B, H, 1, D], then attend q over every cached token (fp32)."""
-        k, v = self.update(layer, k, v)
-        return single_query_attention(q.float(), k.float(), v.float(), mask)
-
-    def decode_step(
-        self, layer: int, qkv: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Attention output [B, 1, H * D] of one new token per row from its qkv [B, 1, 3, H, D] (before
-        the rotary embedding): one native call where kernels/decode_attention applies, else `attend`."""
-        if self.fused_decode:
-            out = decode_attention.attend(qkv, *rotary, self.keys[layer], self.values[layer],
-                                          self.length - self.offset, mask)
-            if out is not None:
-                return out
-        q, k, v = heads(qkv, rotary)
-        return self.attend(layer, q, k, v, mask).to(qkv.dtype).transpose(1, 2).reshape(qkv.shape[0], 1, -1)
-
-    def compact(self, rows: list[int]) -> KVCache:
-        """Keep only `rows` (ascending) in place: each moves up to its new index, copying only the
-        cached positions; rows before the first dropped one are not touched at all."""
-        moves = [(dst, src) for dst, src in enumerate(rows) if dst != src]
-        stored = self.length - self.offset
-        for tensors in (self.keys, self.values):
-            for i, t in enumerate(tensors):
-                for dst, src in moves:
-                    t[dst, :, :stored].copy_(t[src, :, :stored])
-                tensors[i] = t[: len(rows)]
-        return self
-
-
-@dataclass
-class CausalLMOutput:
-    logits: torch.Tensor
-    past_key_values: KVCache | None = None
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
+# ---- rotary position embedding -------------------------------------------------------------------
 def rotary_table(n_positions: int, rotary_dim: int, head_dim: int) -> torch.Tensor:
     """Per position, multipliers (cos, signed sin) over a whole head: [n_positions, 2, head_dim], fp32.
 
@@ -124,12 +51,6 @@ def rotary_table(n_positions: int, rotary_dim: int, head_dim: int) -> torch.Tens
     return table
 
 
-def heads(qkv: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """q, k (rotary applied) and v [B, H, T, D] from the fused projection's output [B, T, 3, H, D]."""
-    q, k = apply_rotary(qkv[:, :, :2], *rotary).permute(2, 0, 3, 1, 4)  # q and k in one go
-    return q, k, qkv[:, :, 2].transpose(1, 2)
-
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of x [..., head_dim] ("rotate every two"), computed in fp32 like the
     original and returned in x's dtype; `cos`, `sin` [..., head_dim] broadcast against x."""
@@ -138,35 +59,20 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x32 * cos + swapped * sin).to(x.dtype)
 
 
+# ---- attention -----------------------------------------------------------------------------------
 class Linear(nn.Linear):
-    """nn.Linear (same parameters) with faster CPU inference on a few rows.
-
-    Decoding multiplies every weight by 1 … 64 rows, where PyTorch's CPU matmuls read the weights
-    well below the machine's bandwidth. Where kernels/small_batch_linear.py applies (AVX-512:
-    fp32 with 1 … 8 rows, bf16 with 1 … 4) it runs that kernel (350M shapes, 2 threads, the
-    linear layers of one step: fp32 with 8 rows 60-70 ms against 90-105 ms; fp32 with one row
-    ~1.08x MKL's matrix-vector product; bf16 with one row 24-37 ms against 39-60 ms). Otherwise,
-    from 4 fp32 rows on, MKL runs W @ xᵀ 1.3-1.7x faster than x @ Wᵀ (59 vs 89 ms for 8 rows,
-    61 vs 102 ms for 16); one fp32 row without the kernel takes MKL's matrix-vector path
-    (36-44 ms), which only the default orientation hits.
-    """
-
-    SMALL_BATCH = (4, 64)
+    """nn.Linear (same parameters) whose CPU inference on a few rows takes kernels/cpu_decode.py's
+    faster path: decoding multiplies every weight by a few rows, which PyTorch reads slowly."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        if x.device.type != "cpu" or torch.is_grad_enabled():
-            return super().forward(x)
-        flat = x.reshape(rows, self.in_features)
-        out = None
-        if small_batch_linear.applies(rows, x.dtype):
-            out = small_batch_linear.linear(flat.contiguous(), self.weight, self.bias)
-        if out is None and x.dtype == torch.float32 and self.SMALL_BATCH[0] <= rows <= self.SMALL_BATCH[1]:
-            xt = flat.T
-            out = (torch.mm(self.weight, xt) if self.bias is None else torch.addmm(self.bias[:, None], self.weight, xt)).T
-        if out is None:
-            return super().forward(x)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        out = cpu_decode.linear(x, self.weight, self.bias)
+        return super().forward(x) if out is None else out
+
+
+def heads(qkv: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """q, k (rotary applied) and v [B, H, T, D] from the fused projection's output [B, T, 3, H, D]."""
+    q, k = apply_rotary(qkv[:, :, :2], *rotary).permute(2, 0, 3, 1, 4)  # q and k in one go
+    return q, k, qkv[:, :, 2].transpose(1, 2)
 
 
 def single_query_attention(
@@ -174,9 +80,8 @@ def single_query_attention(
 ) -> torch.Tensor:
     """Attention of one new token per row (q [B, H, 1, D]) over the cache: two small matmuls.
 
-    The decode step's path: for a single query, SDPA's CPU flash kernel is no faster on an idle
-    machine and degrades badly when its threads compete for cores (measured 9x slower with 8 rows
-    and 2 threads on a busy 2-core machine). `mask` is boolean, True = may attend.
+    The decode step's path: for a single query SDPA's CPU flash kernel gains nothing and slows
+    down when its threads compete for cores. `mask` is boolean, True = may attend.
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
     if mask is not None:
@@ -204,7 +109,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)
         # Scores and softmax in fp32, as the original; output cast back to the model dtype.
         if cache is not None and T == 1 and not self.training:
-            return self.out_proj(cache.decode_step(layer, qkv, rotary, mask))
+            return self.out_proj(self.decode_step(qkv, rotary, mask, cache, layer))
         q, k, v = heads(qkv, rotary)
         if cache is not None:
             k, v = cache.update(layer, k, v)
@@ -218,6 +123,23 @@ class Attention(nn.Module):
         ).to(x.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
 
+    def decode_step(
+        self, qkv: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None, cache: KVCache,
+        layer: int,
+    ) -> torch.Tensor:
+        """Attention output [B, 1, H * D] of one new token per row from its qkv [B, 1, 3, H, D] (before
+        the rotary embedding): the native kernel where kernels/cpu_decode.py takes it, else PyTorch."""
+        out = cpu_decode.attention(qkv, rotary, cache, layer, mask)
+        if out is None:
+            q, k, v = heads(qkv, rotary)
+            out = cache.attend(layer, q, k, v, mask).to(qkv.dtype).transpose(1, 2).reshape(qkv.shape[0], 1, -1)
+        return out
+
+
+# ---- MLP -----------------------------------------------------------------------------------------
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
 
 class MLP(nn.Module):
     def __init__(self, config: CodeGenConfig):
@@ -229,6 +151,7 @@ class MLP(nn.Module):
         return self.fc_out(gelu_tanh(self.fc_in(x)))
 
 
+# ---- block and model -----------------------------------------------------------------------------
 class Block(nn.Module):
     def __init__(self, config: CodeGenConfig):
         super().__init__()
@@ -250,6 +173,12 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+    past_key_values: KVCache | None = None
 
 
 class CodeGenForCausalLM(nn.Module):
@@ -376,3 +305,55 @@ class CodeGenForCausalLM(nn.Module):
         from opencodegen.checkpoint import load_model
 
         return load_model(path, device=device, dtype=dtype)[1]
+
+
+# ---- the KV cache: what attention keeps between decode steps -------------------------------------
+class KVCache:
+    """Preallocated keys/values of every layer: [batch, n_head, max_len, head_dim] each.
+
+    All rows share one `length` (prompts are left-padded); padding is excluded through the
+    attention mask, which always covers the whole cached sequence plus the new tokens.
+    The first `offset` tokens may live elsewhere (a subclass holding a shared prompt prefix, which
+    overrides `attend`); `keys`/`values` then store positions offset … length.
+    """
+
+    def __init__(self, config: CodeGenConfig, batch_size: int, max_len: int, dtype: torch.dtype, device):
+        shape = (batch_size, config.n_head, max_len, config.head_dim)
+        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.length = 0
+        self.offset = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [B, H, T, D] after the cached tokens; return all keys and values stored here."""
+        start = self.length - self.offset
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.max_len}")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A decode step's attention in PyTorch: store k, v [B, H, 1, D], then attend q over every cached
+        token (fp32)."""
+        k, v = self.update(layer, k, v)
+        return single_query_attention(q.float(), k.float(), v.float(), mask)
+
+    def compact(self, rows: list[int]) -> KVCache:
+        """Keep only `rows` (ascending) in place: each moves up to its new index, copying only the
+        cached positions; rows before the first dropped one are not touched at all."""
+        moves = [(dst, src) for dst, src in enumerate(rows) if dst != src]
+        stored = self.length - self.offset
+        for tensors in (self.keys, self.values):
+            for i, t in enumerate(tensors):
+                for dst, src in moves:
+                    t[dst, :, :stored].copy_(t[src, :, :stored])
+                tensors[i] = t[: len(rows)]
+        return self

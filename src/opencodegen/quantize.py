@@ -5,11 +5,8 @@ and by how fast the kernel turns bytes into products. Weights are int8 with one 
 row (symmetric); activations are quantized on the fly to uint8 with one scale and zero point per
 matmul (PyTorch's dynamic quantization, FBGEMM's VNNI kernels on x86), so the int8 products run
 natively instead of being converted to floats first. Everything else (embedding, LayerNorm,
-GELU, attention, residuals, KV cache) stays in float32.
-
-Measured (350M shape, 2 threads, AVX-512 VNNI): the linear layers of one decode step take
-15 ms instead of 50 ms in float32 and 22 ms with the int8 weight-only kernel (bf16 activations),
-whose dequantization is compute-bound.
+GELU, attention, residuals, KV cache) stays in float32. (An int8 weight-only kernel with float
+activations is slower: its dequantization is compute-bound.)
 
 Int4 (`Int4Linear`, kernels/int4_linear.py) halves the bytes again: 4.5 bits per weight, with
 activations quantized per call to int8 (one scale per row) and exact integer dot products per
@@ -55,11 +52,6 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.full_range = _full_range_activations()
         self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-
-    def weight_and_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The int8 weights [out, in] and their per-row scales [out] (float64)."""
-        qweight, _ = torch.ops.quantized.linear_unpack(self._packed)
-        return qweight.int_repr(), qweight.q_per_channel_scales()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -146,13 +138,3 @@ def quantize(model: CodeGenForCausalLM, mode: str | None) -> CodeGenForCausalLM:
     replace_linear_layers(model, lambda name, layer: make(layer))
     return model
 
-
-def quantize_int8(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
-    """`quantize(model, "int8")`."""
-    return quantize(model, "int8")
-
-
-def quantize_int4(model: CodeGenForCausalLM) -> CodeGenForCausalLM:
-    """`quantize(model, "int4")`: every layer's inputs must be a multiple of 128 (true of every
-    released CodeGen size)."""
-    return quantize(model, "int4")

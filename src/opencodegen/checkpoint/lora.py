@@ -253,11 +253,6 @@ def merge_lora(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     return model
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors of `model` under peft's names (qkv_proj's lora_B in the released row order)."""
-    return peft_state_from_internal({name: p for name, p in model.state_dict().items() if is_lora_key(name)})
-
-
 def is_lora_key(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name or name.startswith(("lora_A.", "lora_B."))
 

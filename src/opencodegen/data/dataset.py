@@ -171,10 +171,6 @@ class BatchIterator:
         self._order: np.ndarray | None = None
         self._order_epoch = -1
 
-    @property
-    def batches_per_epoch(self) -> int:
-        return len(self.dataset) // self.global_batch_size
-
     def _epoch_order(self) -> np.ndarray:
         if self._order_epoch != self.epoch:
             n = len(self.dataset)

@@ -643,8 +643,8 @@ def _read_report(data: bytes, key: bytes) -> tuple[str, str | None, str | None] 
 def _precompile(source: str) -> types.CodeType | None:
     """The program's code object, or None for the child to compile it (and report its error).
 
-    Compiling here, where the parser's memory is warm, saves a forked child ~0.5 ms of page
-    faults (20 % of a HumanEval job). Large sources are left to the child and its limits.
+    Compiling here, where the parser's memory is warm, saves each forked child the page faults of
+    compiling. Large sources are left to the child and its limits.
     """
     if len(source) > PRECOMPILE_MAX_CHARS:
         return None
@@ -792,9 +792,9 @@ def serve(config: dict[str, Any]) -> None:
     _prepare(config, requests)
     gc.freeze()  # the collector then leaves the shared pages of forked children alone
     # No automatic collections in the server: each one writes to the headers of the objects it
-    # walks, i.e. copy-on-write faults after every fork (+12 % programs/s without them, median of
-    # 5 alternating HumanEval rounds). The job loop makes no reference cycles; a collection every
-    # GC_EVERY_BATCHES batches bounds what a surprise one would keep. Job children collect as usual.
+    # walks, i.e. copy-on-write faults after every fork. The job loop makes no reference cycles;
+    # a collection every GC_EVERY_BATCHES batches bounds what a surprise one would keep. Job
+    # children collect as usual.
     gc.disable()
     state, memory = own_state(), _own_memory()  # as it is before anything else can touch it
     write_frame(replies, {"ready": True, "pid": os.getpid(), "uid": os.getuid(), "job_uid": config["job_uid"]})

@@ -20,9 +20,8 @@ from opencodegen.execution.sandbox import (
     resolve_isolation,
 )
 
-# Jobs sent to a worker at once: fewer round trips to the host (164 x 10 HumanEval programs, 4
-# workers, 2 cores: 455 programs/s with 4, 386 with 2, 416 with 3, median of 5 alternating rounds);
-# more would hold up more jobs behind a slow one at the end of a run.
+# Jobs sent to a worker at once: fewer round trips to the host; more would hold up more jobs
+# behind a slow one at the end of a run.
 BATCH = 4
 LOOKAHEAD = 256  # jobs per worker that `map` submits ahead of the result it waits for (a long job
 # must not starve the other workers)

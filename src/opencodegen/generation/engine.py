@@ -129,8 +129,8 @@ class Generator:
 
     `share_prefix`: the n samples of a prompt attend to one copy of its cache (`SharedPrefixCache`)
     instead of a copy per row. It saves memory traffic where decoding is bandwidth-bound (CPU);
-    on a GPU, where small decode steps are bound by kernel launches, its extra kernels cost more
-    (H100, 350M bf16: 0.70x transformers' n=8 speed), so the default (None) shares on CPU only.
+    on a GPU, where small decode steps are bound by kernel launches, its extra kernels cost more,
+    so the default (None) shares on CPU only.
     """
 
     def __init__(

@@ -17,8 +17,6 @@ from opencodegen.model import CodeGenForCausalLM, KVCache
 class SharedPrefixCache(KVCache):
     """`groups`: (a cache holding a prompt, its row there, number of rows continuing it), in row order."""
 
-    fused_decode = False  # the native decode step knows nothing of the shared prompts
-
     def __init__(self, model: CodeGenForCausalLM, groups: list[tuple[KVCache, int, int]], max_new_tokens: int) -> None:
         config = model.config
         super().__init__(config, sum(n for _, _, n in groups), max_new_tokens, model.dtype, model.device)

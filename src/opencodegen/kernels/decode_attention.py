@@ -3,16 +3,11 @@
 A decode step runs ~15 small PyTorch ops per layer for its attention (rotary embedding, two
 cache writes, two matmuls, scale, softmax, reshapes; in bf16 also a conversion of every cached
 key and value to fp32), each costing a dispatch that is long against the work;
-`decode_attention.c` does them in one call per layer, for every row and head. Measured (350M
-shape, 2 threads): one layer's fp32 decode attention at 300 cached tokens 100 µs against
-190-280 µs (one row), 1.2 ms against 1.5-1.7 ms (8 rows); the decode step after a 256-token
-prompt, 8 paired rounds on a busy machine: fp32 0.95-1.17x (median 1.04x), int8 1.06-1.37x
-(1.19x), int4 0.93-1.35x (1.13x); bf16 greedy, 128 tokens end to end, 4 paired rounds:
-1.14-1.27x (median 1.18x; step 34-36 ms against 39-45). Keys are cached bit-identically to the
-PyTorch path; attention outputs agree within a few fp32 ulps (bf16: the same value, or one bf16
-step apart where the fp32 sum lands near a rounding boundary). Used for fp32 and bf16 on CPU
-where the kernel builds (see native.py); `attend` returns None everywhere else and the model
-uses PyTorch.
+`decode_attention.c` does them in one call per layer, for every row and head (the gain is in
+benchmarks/README.md). Keys are cached bit-identically to the PyTorch path; attention outputs
+agree within a few fp32 ulps (bf16: the same value, or one bf16 step apart where the fp32 sum
+lands near a rounding boundary). Used for fp32 and bf16 on CPU where the kernel builds (see
+native.py); `attend` returns None everywhere else and the model uses PyTorch.
 """
 
 from __future__ import annotations

@@ -5,13 +5,10 @@ second. Here a weight takes 4.5 bits: groups of `GROUP` inputs of one output row
 scale d, and each weight is d * q with q in -8 … 7 (d is chosen so that the group's largest
 magnitude is exactly -8 d; "round to nearest" for the rest). `int4_linear.c` multiplies them
 with activations quantized per call to int8 (one scale per row, max|x| / 127) in exact integer
-dot products per group, summed in fp32. Measured on the linear layers of one 350M decode step
-(2 threads): one row 7.1-10.5 ms against 13.9-20.9 ms for int8 (FBGEMM) and 35-51 ms for fp32
-(MKL). The kernel is compute-bound from ~8 rows on and int8 is faster from ~16 rows (64 rows:
-108 ms against 70 ms; fp32 195 ms); from `MATMUL_ROWS` rows on, on CPUs with AMX, the weights are
-expanded to bf16 for PyTorch's matmul instead. There is no PyTorch fallback for the kernel (it
-would be slower than fp32): without it `linear` raises, and `quantize.py` refuses int4
-up front.
+dot products per group, summed in fp32. The kernel is compute-bound from a few rows on; from
+`MATMUL_ROWS` rows on, on CPUs with AMX, the weights are expanded to bf16 for PyTorch's matmul
+instead. There is no PyTorch fallback for the kernel (it would be slower than fp32): without
+it `linear` raises, and `quantize.py` refuses int4 up front.
 """
 
 from __future__ import annotations
@@ -32,10 +29,9 @@ FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx5
 CPU_NEEDS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 PACK_ROWS = 4096  # rows quantized at a time (bounds the temporary memory for large matrices)
 # From this many rows on (prefill, large batches), where the CPU has AMX, `linear` turns the
-# weights into bf16 and lets PyTorch (oneDNN) multiply: measured 1.0-1.1x the kernel's speed at
-# 48 rows, 1.25x at 64, 2.3x at 256 (4M-weight layers, 2 threads); the kernel is compute-bound
+# weights into bf16 and lets PyTorch (oneDNN) multiply, which beats the compute-bound kernel
 # there. The rows then meet bf16 activations and weights (fp32 sums, the product rounded to
-# bf16) instead of int8 activations; the default model's loss is the same (+4.2 % over fp32).
+# bf16) instead of int8 activations, at the same loss on the default model.
 MATMUL_ROWS = 48
 MATMUL_CPU_NEEDS = {"amx_bf16", "avx512_bf16"}
 

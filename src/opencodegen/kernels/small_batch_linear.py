@@ -2,18 +2,11 @@
 
 Decoding a few sequences (n samples of a prompt, a small batch) multiplies every weight by a
 handful of rows and is bound by reading the weights. PyTorch streams them well below the
-machine's bandwidth there; `small_batch_linear.c` reads each weight once. Measured on the linear
-layers of one 350M decode step (2 threads, paired rounds; `ROWS` keeps where the kernel wins):
-  fp32, 2 … 8 rows: 55-70 ms against MKL's 90-105 ms (its GEMM reads at about half the speed of
-      its one-row matrix-vector product);
-  fp32, one row: eight weight rows per call, two accumulators each: 1.08-1.10x MKL's
-      matrix-vector product on the layers (paired, a loaded machine), greedy decoding 1.05x end
-      to end (median of 13 alternating rounds, 0.87-1.29x: the machine's load), same tokens;
-  bf16, 1 … 4 rows: 27-37 ms against 39-60 ms for PyTorch's bf16 path (equal from 8 rows on);
-      one row reads four weight rows per call (two otherwise): 23.9 against 26.6 ms, median of
-      8 alternating rounds.
-The bf16 kernel widens the weights to fp32 exactly, multiplies them with the activations in fp32
-and rounds each output to bf16, as PyTorch's bf16 matmul does.
+machine's bandwidth there; `small_batch_linear.c` reads each weight once (one fp32 row: eight
+weight rows per call, two accumulators each; one bf16 row: four). `ROWS` keeps the row counts
+where it beats PyTorch (benchmarks/README.md has the figures). The bf16 kernel widens the
+weights to fp32 exactly, multiplies them with the activations in fp32 and rounds each output to
+bf16, as PyTorch's bf16 matmul does.
 
 The C source is compiled on first use (see native.py). Where it cannot run — not Linux on
 x86-64, no AVX-512, no compiler, or OPENCODEGEN_CPU_KERNEL=0 — `linear` returns None, callers use

@@ -182,23 +182,6 @@ def finish_checkpoint(
     return final
 
 
-def save_checkpoint(
-    out_dir: str | Path,
-    step: int,
-    write_weights: Callable[[Path], None],
-    trainer_state: dict[str, Any],
-    tokenizer_dir: Path | None,
-    keep_last: int,
-) -> Path:
-    """Write a single-writer checkpoint `step` atomically (see `finish_checkpoint`); returns its path.
-
-    `write_weights(directory)` writes the weights: `model_writer` for a whole model, or a LoRA
-    adapter (`opencodegen.checkpoint.lora.write_adapter`)."""
-    tmp = start_checkpoint(out_dir, step)
-    write_weights(tmp)
-    return finish_checkpoint(tmp, step, trainer_state, tokenizer_dir, keep_last)
-
-
 def is_sharded(path: Path) -> bool:
     """Whether checkpoint `path` holds its model and optimizer state as torch.distributed.checkpoint shards."""
     return (path / SHARDED / ".metadata").is_file()
