@@ -8,7 +8,7 @@
 
 Attention uses interleaved ("rotate every two") rotary embeddings on the first `rotary_dim`
 dimensions of each head of q and k. Internally q, k, v are fused in plain [q; k; v] order
-(`attn.qkv`); the released checkpoints' mp_num=4 Q,V,K layout is converted in checkpoint.py.
+(`attn.qkv`); the released checkpoints' mp_num=4 Q,V,K layout is converted in checkpoint/hf.py.
 
 Top to bottom, as in the diagram: rotary embedding, attention, MLP, block, the model (sized by
 config.py's `CodeGenConfig`), then the KV cache (keys and values kept between decode steps).
@@ -294,7 +294,7 @@ class CodeGenForCausalLM(nn.Module):
             mask = mask | own
         return mask
 
-    # ---- persistence: the HF layout lives in checkpoint.py ----------------------------------------
+    # ---- persistence: the HF layout lives in checkpoint/hf.py ---------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None, **kwargs) -> None:
         from opencodegen.checkpoint import save_model
 
