@@ -9,7 +9,7 @@ install-test:
 	$(PY) -m pip install -q torch==2.13.0 -e ".[test]"
 
 lint:
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks scripts
 
 test: install-test lint
 	$(PY) -m pytest -q tests
