@@ -1,0 +1,66 @@
+"""The command lines of README.md and docs/*.md, for the tests that parse them (test_docs_commands.py)
+and run them (test_docs_run.py)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+SHELL = ("", "bash", "sh", "shell", "console")
+# the words after `opencodegen` (maybe behind VAR=value assignments) or after `-m opencodegen[.cli]`
+_OPENCODEGEN = re.compile(r"^(?:(?:\w+=\S*\s+)*opencodegen|.*-m opencodegen(?:\.cli)?)\s+(.*)$")
+_REDIRECT = re.compile(r"\s*([<>])\s*(\S+)")
+
+
+@dataclass(frozen=True)
+class DocLine:
+    """One command of a shell block: continuation lines joined, whitespace collapsed, without its
+    trailing `# comment`; one side of a `&&`."""
+
+    where: str  # the doc's file name
+    text: str
+
+    @property
+    def is_torchrun(self) -> bool:
+        return self.text.startswith("torchrun ")
+
+    def arguments(self, variables: dict[str, str] | None = None) -> list[str] | None:
+        """The words given to opencodegen, without redirections and a trailing `&`; None when the
+        line does not run opencodegen. `$VAR` / `${VAR}` become `variables[VAR]` when given."""
+        match = _OPENCODEGEN.match(self.text)
+        if match is None:
+            return None
+        words = _REDIRECT.sub("", match.group(1)).strip().rstrip("&;").strip()
+        if variables is not None:
+            words = re.sub(r"\$\{?(\w+)\}?", lambda m: variables[m.group(1)], words)
+        return shlex.split(words)
+
+    def redirect(self, symbol: str) -> str | None:
+        """The file of the line's `<` (stdin) or `>` (stdout) redirection, if any."""
+        return next((path for found, path in _REDIRECT.findall(self.text) if found == symbol), None)
+
+
+def documented_lines() -> list[DocLine]:
+    """Every command of a shell block of README.md and docs/*.md, in the docs' order."""
+    found = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for language, block in FENCE.findall(doc.read_text(encoding="utf-8")):
+            if language not in SHELL:
+                continue
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split("&&"):
+                    text = " ".join(part.split(" #", 1)[0].split())
+                    if text:
+                        found.append(DocLine(doc.name, text))
+    return found
+
+
+def documented_commands() -> list[DocLine]:
+    """The lines that run opencodegen, directly or under torchrun. Lines whose opencodegen
+    arguments hold a `...` placeholder are sketches, not commands, and are left out."""
+    return [line for line in documented_lines()
+            if (match := _OPENCODEGEN.match(line.text)) is not None and "..." not in match.group(1)]
