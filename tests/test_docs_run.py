@@ -115,10 +115,18 @@ def model_dir(out: str, **config) -> Check:
     return check
 
 
-def trained(out: str, steps: int = 2) -> Check:
-    """A finished training run: its exported final model and a train record of its last step."""
+def adapter_dir(out: str) -> Check:
+    """A peft LoRA adapter directory."""
     def check(cwd: Path, printed: str) -> None:
-        model_dir(f"{out}/final")(cwd, printed)
+        assert _json(cwd / out / "adapter_config.json")["peft_type"] == "LORA"
+        assert (cwd / out / "adapter_model.safetensors").is_file() and not (cwd / out / "model.safetensors").exists()
+    return check
+
+
+def trained(out: str, steps: int = 2, final: Callable[[str], Check] = model_dir) -> Check:
+    """A finished training run: its exported final directory and a train record of its last step."""
+    def check(cwd: Path, printed: str) -> None:
+        final(f"{out}/final")(cwd, printed)
         records = _jsonl(cwd / out / "metrics.jsonl")
         assert any(r["split"] == "train" and r["step"] == steps for r in records), records
     return check
@@ -187,7 +195,8 @@ def served(model_name: str) -> Check:
 HUMANEVAL = {"--limit": "2", "--num-samples": "2", "--max-new-tokens": "8"}  # 2 problems, 2 samples, 8 tokens
 TRAIN = ("max_steps=2", "warmup_steps=1", "batch_size=2", "micro_batch_size=1", "eval_every=0", "eval_batches=1",
          "save_every=2", "log_every=1", "tensorboard=false", "threads=1")  # 2 steps of 2 x 64 tokens
-MODEL, CORPUS, DATA, RUN, MTPB = "tiny model", "tiny corpus", "tiny data set", "tiny training run", "one MTPB problem"
+MODEL, CORPUS, DATA, MTPB = "tiny model", "tiny corpus", "tiny data set", "one MTPB problem"
+RUN, LORA = "tiny training run", "LoRA adapters of the tiny model"
 SAMPLES, PROGRAMS, PILE, PARQUET = "2 HumanEval samples", "MTPB programs", "NL JSONL", "code parquet"
 VARIABLES = {"STDLIB": "stdlib"}  # the shell variables the docs set (`STDLIB=$(python -c ...)`)
 
@@ -262,6 +271,13 @@ RUNS: dict[str, Run] = {
     "opencodegen train --config configs/finetune-350M-mono.yaml":
         Run(trained("runs/finetune-350M-mono"), inputs={"ckpt/codegen-350M-mono": MODEL, "runs/my-data": DATA},
             settings=TRAIN),
+    "opencodegen train --config configs/lora-350M-mono.yaml":
+        Run(trained("runs/lora-350M-mono", final=adapter_dir), settings=TRAIN,
+            inputs={"ckpt/codegen-350M-mono": MODEL, "runs/my-data": DATA}),
+    'opencodegen generate --model runs/lora-350M-mono/final --prompt "def fibonacci(n):"':
+        Run(generated, inputs={"runs/lora-350M-mono/final": LORA}, flags={"--max-new-tokens": "16"}),
+    "opencodegen convert merge-lora runs/lora-350M-mono/final --out models/my-350M-merged":
+        Run(model_dir("models/my-350M-merged", n_layer=2), inputs={"runs/lora-350M-mono/final": LORA}),
     "torchrun --nproc_per_node 8 -m opencodegen.cli train --config configs/finetune-350M-mono.yaml strategy=fsdp":
         Run(trained("runs/finetune-350M-mono"), inputs={"ckpt/codegen-350M-mono": MODEL, "runs/my-data": DATA},
             settings=(*TRAIN, "device=cpu"), launcher={"--nproc_per_node": "2", "--master_port": "$PORT"}),
@@ -322,8 +338,9 @@ class Materials:
 
     def __init__(self, root: Path):
         self.root = root
-        self.makers = {MODEL: self._model, CORPUS: self._corpus, DATA: self._data, RUN: self._run, MTPB: self._mtpb,
-                       SAMPLES: self._samples, PROGRAMS: self._programs, PILE: self._pile, PARQUET: self._parquet}
+        self.makers = {MODEL: self._model, CORPUS: self._corpus, DATA: self._data, RUN: self._run, LORA: self._lora,
+                       MTPB: self._mtpb, SAMPLES: self._samples, PROGRAMS: self._programs, PILE: self._pile,
+                       PARQUET: self._parquet}
 
     @cache  # noqa: B019 (one instance per module)
     def get(self, name: str) -> Path:
@@ -361,6 +378,12 @@ class Materials:
         out = self.root / "run"
         assert main(["train", f"init_from={self.get(MODEL)}", f"data={self.get(DATA)}", *TRAIN, f"out_dir={out}"]) == 0
         return out
+
+    def _lora(self) -> Path:
+        out = self.root / "lora"
+        assert main(["train", f"init_from={self.get(MODEL)}", f"data={self.get(DATA)}", "lora.r=4", *TRAIN,
+                     f"out_dir={out}"]) == 0
+        return out / "final"
 
     def _mtpb(self) -> Path:
         out = self.root / "mtpb.jsonl"
