@@ -39,6 +39,16 @@ class DocLine:
             words = re.sub(r"\$\{?(\w+)\}?", lambda m: variables[m.group(1)], words)
         return shlex.split(words)
 
+    def launcher(self) -> list[str] | None:
+        """torchrun's own words (between `torchrun` and `-m`); None when the line is no torchrun
+        launch or leaves them to the reader (`torchrun ... -m opencodegen.cli ...`)."""
+        words = shlex.split(self.text.split(" -m ", 1)[0])[1:] if self.is_torchrun else ["..."]
+        return None if "..." in words else words
+
+    def environment(self) -> dict[str, str]:
+        """The VAR=value assignments in front of `opencodegen`."""
+        return dict(re.findall(r"(\w+)=(\S*)\s", self.text.split("opencodegen", 1)[0]))
+
     def redirect(self, symbol: str) -> str | None:
         """The file of the line's `<` (stdin) or `>` (stdout) redirection, if any."""
         return next((path for found, path in _REDIRECT.findall(self.text) if found == symbol), None)

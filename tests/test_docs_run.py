@@ -57,6 +57,7 @@ class Run:
     flags: dict[str, str] = field(default_factory=dict)  # flag -> its values here (replaced, or added)
     settings: tuple[str, ...] = ()  # train's KEY=VALUE settings (replaced, or added)
     launcher: dict[str, str] = field(default_factory=dict)  # torchrun's own flags, as `flags`
+    # ($PORT in a value: a free port)
     stdin: str | None = None  # what a user types, for a command documented without input
     shards: int = 0  # a `--shard $i/N` loop: this many processes at once, $i = 0 .. shards-1
 
@@ -255,7 +256,7 @@ RUNS: dict[str, Run] = {
     "opencodegen eval mtpb-perplexity --model Salesforce/codegen-16B-mono --dtype float16 --out runs/mtpb-ppl-16B":
         Run(perplexity("runs/mtpb-ppl-16B"), inputs={"~/.cache/opencodegen/mtpb.jsonl": MTPB}),
     "opencodegen serve --model Salesforce/codegen-2B-mono --model-name codegen --dtype float16 --device cuda":
-        Run(served("codegen"), flags={"--device": "cpu"}),
+        Run(served("codegen"), flags={"--device": "cpu", "--port": "$PORT"}),
     "opencodegen init --preset tiny --out runs/tiny-init":
         Run(model_dir("runs/tiny-init", n_layer=2)),
     'opencodegen data build --input "$STDLIB" --languages python --tokenizer runs/tiny-init --out runs/stdlib-data '
@@ -528,11 +529,10 @@ def run_processes(commands: list[tuple[list[str], dict[str, str]]]) -> str:
 
 
 def run_server(words: list[str]) -> str:
-    """Start `serve` on a free port, wait until /health answers (polling, generous timeout), ask one
-    completion, stop it with SIGINT: the two answers as JSON."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "opencodegen.cli", *words, "--port", str(port)],
+    """Start `serve`, wait until /health answers (polling, generous timeout), ask one completion,
+    stop it with SIGINT: the two answers as JSON."""
+    url = f"http://127.0.0.1:{words[words.index('--port') + 1]}"
+    server = subprocess.Popen([sys.executable, "-m", "opencodegen.cli", *words],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + TIMEOUT
@@ -561,17 +561,17 @@ def run_server(words: list[str]) -> str:
 
 def execute(line: DocLine, run: Run, cwd: Path, capsys, monkeypatch) -> str:
     """Run the documented line with the run's changes; what it printed."""
+    port = str(free_port())
     words = with_settings(with_values(line.arguments({**VARIABLES, "i": "$i"}), run.flags), run.settings)
-    words = shell_globs(words, cwd)
-    if line.is_torchrun and "..." not in line.text.split("-m opencodegen")[0]:
-        launcher = shlex.split(line.text.split(" -m opencodegen")[0])[1:]
-        launcher = [word.replace("$PORT", str(free_port())) for word in with_values(launcher, run.launcher)]
+    words = [word.replace("$PORT", port) for word in shell_globs(words, cwd)]
+    launcher = line.launcher()
+    if launcher is not None:
+        launcher = [word.replace("$PORT", port) for word in with_values(launcher, run.launcher)]
         return run_processes([([sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "opencodegen.cli",
                                 *words], {})])
     if run.shards:
-        env = dict(re.findall(r"(\w+)=(\S*)\s", line.text.split("opencodegen", 1)[0]))
         return run_processes([([sys.executable, "-m", "opencodegen.cli", *[w.replace("$i", str(i)) for w in words]],
-                               {key: value.replace("$i", str(i)) for key, value in env.items()})
+                               {key: value.replace("$i", str(i)) for key, value in line.environment().items()})
                               for i in range(run.shards)])
     if words[0] == "serve":
         return run_server(words)
@@ -582,7 +582,15 @@ def execute(line: DocLine, run: Run, cwd: Path, capsys, monkeypatch) -> str:
     return run_in_process(words, cwd / stdin if stdin else None, capsys, monkeypatch)
 
 
-@pytest.mark.parametrize("line", DOCUMENTED, ids=[f"{line.where}:{line.text}" for line in DOCUMENTED])
+def starts_processes(line: DocLine) -> bool:
+    """Whether the line runs in processes of its own (torchrun, the --shard loop, serve): the slow group."""
+    run = RUNS.get(line.text)
+    return run is not None and (line.launcher() is not None or run.shards > 0
+                                or line.arguments({**VARIABLES, "i": "0"})[0] == "serve")
+
+
+@pytest.mark.parametrize("line", [pytest.param(line, marks=[pytest.mark.slow] if starts_processes(line) else [],
+                                               id=f"{line.where}:{line.text}") for line in DOCUMENTED])
 def test_a_documented_command_runs(line, materials, tmp_path, capsys, monkeypatch):
     torch.set_num_threads(1)  # tiny models are latency-bound (restore_threads puts the count back)
     if line.text in SKIPS:
