@@ -210,6 +210,12 @@ RUNS: dict[str, Run] = {
     "opencodegen eval humaneval --model Salesforce/codegen-350M-mono --num-samples 200 --temperature 0.2 0.6 0.8 "
     "--dtype float16 --out runs/he-350M-mono":
         Run(humaneval("runs/he-350M-mono", ("0.2", "0.6", "0.8"), samples=12), flags=HUMANEVAL),
+    "opencodegen eval humaneval --model Salesforce/codegen-350M-mono --protocol codegen-release --num-samples 200 "
+    "--temperature 0.2 0.6 0.8 --dtype float16 --out runs/he-350M-mono-codegen-release":
+        Run(humaneval("runs/he-350M-mono-codegen-release", ("0.2", "0.6", "0.8"), samples=12), flags=HUMANEVAL),
+    "opencodegen eval humaneval --model Salesforce/codegen-350M-mono --protocol bigcode --num-samples 200 "
+    "--temperature 0.2 0.6 0.8 --dtype float16 --out runs/he-350M-mono-bigcode":
+        Run(humaneval("runs/he-350M-mono-bigcode", ("0.2", "0.6", "0.8"), samples=12), flags=HUMANEVAL),
     "torchrun --standalone --nproc-per-node 8 -m opencodegen.cli eval humaneval --model Salesforce/codegen-16B-mono "
     "--num-samples 200 --temperature 0.2 0.6 0.8 --dtype float16 --out runs/he-16B-mono":
         Run(humaneval("runs/he-16B-mono", ("0.2", "0.6", "0.8"), samples=12, ranks=2),
@@ -312,7 +318,8 @@ RUNS: dict[str, Run] = {
 SKIPS: dict[str, str] = {
     "torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint head-node:29500 --rdzv_id codegen-nl "
     "-m opencodegen.cli train --config configs/stage-nl.yaml --resume auto":
-        "needs 4 nodes and a rendezvous host (head-node); the one-node torchrun training line runs on 2 CPU processes",
+        "needs 4 nodes and a rendezvous host (head-node); the one-node torchrun line runs here on 2 CPU processes, "
+        "two agents at a c10d endpoint on 127.0.0.1 in test_training_topologies.py",
     "opencodegen convert jaxformer ckpt/codegen-350M-mono --config jaxformer/config/codegen_350M_mono.json "
     "--out models/350M-from-jaxformer --tokenizer Salesforce/codegen-350M-mono":
         "needs a JAXFORMER TPU checkpoint and its run config from salesforce/jaxformer; test_jaxformer_import.py "
