@@ -54,10 +54,9 @@ class Run:
 
     check: Check
     inputs: dict[str, str] = field(default_factory=dict)  # path the command reads -> material placed there
-    flags: dict[str, str] = field(default_factory=dict)  # flag -> its values here (replaced, or added)
+    flags: dict[str, str] = field(default_factory=dict)  # flag -> its values here (replaced, or added; $PORT: a free port)
     settings: tuple[str, ...] = ()  # train's KEY=VALUE settings (replaced, or added)
     launcher: dict[str, str] = field(default_factory=dict)  # torchrun's own flags, as `flags`
-    # ($PORT in a value: a free port)
     stdin: str | None = None  # what a user types, for a command documented without input
     shards: int = 0  # a `--shard $i/N` loop: this many processes at once, $i = 0 .. shards-1
 
@@ -75,12 +74,13 @@ def _jsonl(path: Path) -> list:
 
 
 def humaneval(out: str, temperatures: tuple[str, ...], samples: int | None = None, pass_at_1: float | None = None,
-              ranks: int = 0) -> Check:
-    """summary.json of an `eval humaneval` run: one result per temperature (and the samples, the
-    pass@1 and the ranks' done files when given)."""
+              ranks: int = 0, **settings) -> Check:
+    """summary.json of an `eval humaneval` run: one result per temperature, the given settings
+    recorded (and the samples, the pass@1 and the ranks' done files when given)."""
     def check(cwd: Path, printed: str) -> None:
         summary = _json(cwd / out / "summary.json")
         assert set(summary["results"]) == set(temperatures) and "pass@1" in summary["best"]
+        assert {key: summary["settings"][key] for key in settings} == settings
         if samples is not None:
             assert len(_jsonl(cwd / out / "samples.jsonl")) == samples
         if pass_at_1 is not None:
@@ -212,17 +212,19 @@ RUNS: dict[str, Run] = {
         Run(humaneval("runs/he-350M-mono", ("0.2", "0.6", "0.8"), samples=12), flags=HUMANEVAL),
     "opencodegen eval humaneval --model Salesforce/codegen-350M-mono --protocol codegen-release --num-samples 200 "
     "--temperature 0.2 0.6 0.8 --dtype float16 --out runs/he-350M-mono-codegen-release":
-        Run(humaneval("runs/he-350M-mono-codegen-release", ("0.2", "0.6", "0.8"), samples=12), flags=HUMANEVAL),
+        Run(humaneval("runs/he-350M-mono-codegen-release", ("0.2", "0.6", "0.8"), samples=12, protocol="codegen-release"),
+            flags=HUMANEVAL),
     "opencodegen eval humaneval --model Salesforce/codegen-350M-mono --protocol bigcode --num-samples 200 "
     "--temperature 0.2 0.6 0.8 --dtype float16 --out runs/he-350M-mono-bigcode":
-        Run(humaneval("runs/he-350M-mono-bigcode", ("0.2", "0.6", "0.8"), samples=12), flags=HUMANEVAL),
+        Run(humaneval("runs/he-350M-mono-bigcode", ("0.2", "0.6", "0.8"), samples=12, protocol="bigcode"),
+            flags=HUMANEVAL),
     "torchrun --standalone --nproc-per-node 8 -m opencodegen.cli eval humaneval --model Salesforce/codegen-16B-mono "
     "--num-samples 200 --temperature 0.2 0.6 0.8 --dtype float16 --out runs/he-16B-mono":
-        Run(humaneval("runs/he-16B-mono", ("0.2", "0.6", "0.8"), samples=12, ranks=2),
+        Run(humaneval("runs/he-16B-mono", ("0.2", "0.6", "0.8"), samples=12, ranks=2, world=2),
             flags={**HUMANEVAL, "--device": "cpu"}, launcher={"--nproc-per-node": "2"}),
     "opencodegen eval humaneval --model Salesforce/codegen-350M-mono --num-samples 20 --temperature 0.2 "
     "--quantize int8 --out runs/he-350M-mono-int8":
-        Run(humaneval("runs/he-350M-mono-int8", ("0.2",), samples=4), flags=HUMANEVAL),
+        Run(humaneval("runs/he-350M-mono-int8", ("0.2",), samples=4, quantize="int8"), flags=HUMANEVAL),
     "opencodegen eval humaneval --samples samples.jsonl --out runs/he-scored":
         Run(humaneval("runs/he-scored", ("samples",), pass_at_1=0.5), inputs={"samples.jsonl": SAMPLES},
             flags={"--limit": "2"}),
@@ -254,7 +256,7 @@ RUNS: dict[str, Run] = {
         Run(printed("n_layer=2", "tokenizer 400 ids")),
     "CUDA_VISIBLE_DEVICES=$i opencodegen eval humaneval --model Salesforce/codegen-16B-mono --num-samples 200 "
     "--temperature 0.2 0.6 0.8 --dtype float16 --shard $i/8 --quiet --out runs/he-16B-mono &":
-        Run(humaneval("runs/he-16B-mono", ("0.2", "0.6", "0.8"), samples=12, ranks=2),
+        Run(humaneval("runs/he-16B-mono", ("0.2", "0.6", "0.8"), samples=12, ranks=2, world=2),
             flags={**HUMANEVAL, "--shard": "$i/2"}, shards=2),
     "opencodegen eval mtpb --model Salesforce/codegen-350M-mono --mode both --num-samples 1 --temperature 0.2 "
     "--dtype float16 --out runs/mtpb-350M-mono":
