@@ -155,7 +155,7 @@ def printed(*texts: str) -> Check:
 
 
 def generated(cwd: Path, out: str) -> None:
-    assert out.strip(), "generate printed nothing"
+    assert out.strip(), "generate printed no completion"
 
 
 def generated_json(count: int) -> Check:
@@ -193,6 +193,7 @@ def served(model_name: str) -> Check:
 
 # --- the commands -------------------------------------------------------------------------------
 
+SAMPLE = {"--max-new-tokens": "16", "--seed": "0"}  # 16 tokens; a fixed seed: the same text every run
 HUMANEVAL = {"--limit": "2", "--num-samples": "2", "--max-new-tokens": "8"}  # 2 problems, 2 samples, 8 tokens
 TRAIN = ("max_steps=2", "warmup_steps=1", "batch_size=2", "micro_batch_size=1", "eval_every=0", "eval_batches=1",
          "save_every=2", "log_every=1", "tensorboard=false", "threads=1")  # 2 steps of 2 x 64 tokens
@@ -243,13 +244,13 @@ RUNS: dict[str, Run] = {
     "opencodegen init --preset tiny --out runs/tiny":
         Run(model_dir("runs/tiny", n_layer=2)),
     "opencodegen generate --model Salesforce/codegen-350M-mono --prompt 'def fibonacci(n):' --truncate codegen":
-        Run(generated, flags={"--max-new-tokens": "16"}),
+        Run(generated, flags=SAMPLE),
     "opencodegen generate --model runs/tiny --prompt 'import os' --temperature 0.8 --stream":
-        Run(generated, inputs={"runs/tiny": MODEL}, flags={"--max-new-tokens": "16"}),
+        Run(generated, inputs={"runs/tiny": MODEL}, flags=SAMPLE),
     "opencodegen generate --model runs/tiny --prompt 'import os' --n 4 --temperature 0.8 --json":
-        Run(generated_json(4), inputs={"runs/tiny": MODEL}, flags={"--max-new-tokens": "16"}),
+        Run(generated_json(4), inputs={"runs/tiny": MODEL}, flags=SAMPLE),
     "opencodegen chat --model Salesforce/codegen-350M-mono":
-        Run(chat_program("prog.py", None, 1), stdin="Assign 1 to x.\n/export prog.py\n", flags={"--max-new-tokens": "16"}),
+        Run(chat_program("prog.py", None, 1), stdin="Assign 1 to x.\n/export prog.py\n", flags=SAMPLE),
     "opencodegen eval humaneval --limit 10 --num-samples 20 --temperature 0.2 --k 1 10 --out runs/smoke":
         Run(humaneval("runs/smoke", ("0.2",), samples=4), flags=HUMANEVAL),
     "opencodegen info Salesforce/codegen-350M-mono":
@@ -273,7 +274,7 @@ RUNS: dict[str, Run] = {
     "opencodegen train --config configs/train-tiny.yaml":
         Run(trained("runs/train-tiny"), inputs={"runs/stdlib-data": DATA}, settings=TRAIN),
     'opencodegen generate --model runs/train-tiny/final --prompt "def fibonacci(n):"':
-        Run(generated, inputs={"runs/train-tiny/final": MODEL}, flags={"--max-new-tokens": "16"}),
+        Run(generated, inputs={"runs/train-tiny/final": MODEL}, flags=SAMPLE),
     "opencodegen data build --input my_repos/ --languages python --tokenizer ckpt/codegen-350M-mono --out runs/my-data "
     "--seq-len 2048":
         Run(data_dir("runs/my-data"), inputs={"my_repos": CORPUS, "ckpt/codegen-350M-mono": MODEL}),
@@ -284,7 +285,7 @@ RUNS: dict[str, Run] = {
         Run(trained("runs/lora-350M-mono", final=adapter_dir), settings=TRAIN,
             inputs={"ckpt/codegen-350M-mono": MODEL, "runs/my-data": DATA}),
     'opencodegen generate --model runs/lora-350M-mono/final --prompt "def fibonacci(n):"':
-        Run(generated, inputs={"runs/lora-350M-mono/final": LORA}, flags={"--max-new-tokens": "16"}),
+        Run(generated, inputs={"runs/lora-350M-mono/final": LORA}, flags=SAMPLE),
     "opencodegen convert merge-lora runs/lora-350M-mono/final --out models/my-350M-merged":
         Run(model_dir("models/my-350M-merged", n_layer=2), inputs={"runs/lora-350M-mono/final": LORA}),
     "torchrun --nproc_per_node 8 -m opencodegen.cli train --config configs/finetune-350M-mono.yaml strategy=fsdp":
@@ -506,6 +507,7 @@ def workspace(cwd: Path, run: Run, materials: Materials, monkeypatch) -> None:
 
 
 def run_in_process(words: list[str], stdin: Path | None, capsys, monkeypatch) -> str:
+    """`opencodegen WORDS < stdin` through the console script's function: its standard output."""
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", stdin.open(encoding="utf-8"))
     capsys.readouterr()
@@ -516,7 +518,7 @@ def run_in_process(words: list[str], stdin: Path | None, capsys, monkeypatch) ->
             sys.stdin.close()
     out, err = capsys.readouterr()
     assert status == 0, f"exit {status}: {err[-3000:]}"
-    return out + err
+    return out
 
 
 def run_processes(commands: list[tuple[list[str], dict[str, str]]]) -> str:
@@ -569,7 +571,7 @@ def run_server(words: list[str]) -> str:
 
 
 def execute(line: DocLine, run: Run, cwd: Path, capsys, monkeypatch) -> str:
-    """Run the documented line with the run's changes; what it printed."""
+    """Run the documented line with the run's changes; what it printed (in this process: its standard output)."""
     port = str(free_port())
     words = with_settings(with_values(line.arguments({**VARIABLES, "i": "$i"}), run.flags), run.settings)
     words = [word.replace("$PORT", port) for word in shell_globs(words, cwd)]
