@@ -1,5 +1,5 @@
-"""The command lines of README.md and docs/*.md, for the tests that parse them (test_docs_commands.py)
-and run them (test_docs_run.py)."""
+"""The command lines and code blocks of README.md and docs/*.md, for the tests that parse them
+(test_docs_commands.py) and run them (test_docs_run.py)."""
 
 from __future__ import annotations
 
@@ -54,18 +54,21 @@ class DocLine:
         return next((path for found, path in _REDIRECT.findall(self.text) if found == symbol), None)
 
 
+def documented_blocks(languages: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(doc file name, text) of every fenced block of README.md and docs/*.md in one of `languages`."""
+    return [(doc.name, block) for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+            for language, block in FENCE.findall(doc.read_text(encoding="utf-8")) if language in languages]
+
+
 def documented_lines() -> list[DocLine]:
     """Every command of a shell block of README.md and docs/*.md, in the docs' order."""
     found = []
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for language, block in FENCE.findall(doc.read_text(encoding="utf-8")):
-            if language not in SHELL:
-                continue
-            for line in block.replace("\\\n", " ").splitlines():
-                for part in line.split("&&"):
-                    text = " ".join(part.split(" #", 1)[0].split())
-                    if text:
-                        found.append(DocLine(doc.name, text))
+    for where, block in documented_blocks(SHELL):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                text = " ".join(part.split(" #", 1)[0].split())
+                if text:
+                    found.append(DocLine(where, text))
     return found
 
 

@@ -11,10 +11,14 @@ process through `opencodegen.cli.main` (the console script's entry point), excep
 free port, asked /health and one completion, stopped). `torchrun ...` sketches whose launcher
 options are left to the reader run their opencodegen command in one process. A documented command
 that is neither in RUNS nor in SKIPS fails the test, and so does a table entry the docs lost.
+
+The docs' Python blocks run too (SNIPPETS), the client examples of serving.md against its serve
+command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -25,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -34,7 +38,7 @@ import httpx
 import pytest
 import torch
 
-from docs_lines import ROOT, DocLine, documented_commands
+from docs_lines import ROOT, DocLine, documented_blocks, documented_commands
 from generation_helpers import make_model_dir
 from mtpb_helpers import mtpb_path
 from opencodegen.cli import main
@@ -483,7 +487,7 @@ def shell_globs(words: list[str], cwd: Path) -> list[str]:
     return out
 
 
-def workspace(cwd: Path, run: Run, materials: Materials, monkeypatch) -> None:
+def workspace(cwd: Path, inputs: dict[str, str], materials: Materials, monkeypatch) -> None:
     """`cwd` as the command's directory: configs/ and examples/, the inputs at the documented
     paths, and the environment (hub cache, opencodegen cache, isolation) pointing at test files."""
     for shared in ("configs", "examples"):
@@ -492,7 +496,7 @@ def workspace(cwd: Path, run: Run, materials: Materials, monkeypatch) -> None:
     (xdg / "opencodegen").mkdir(parents=True)
     if KERNELS.is_dir():
         (xdg / "opencodegen" / "kernels").symlink_to(KERNELS)
-    for path, name in run.inputs.items():
+    for path, name in inputs.items():
         place = xdg / path.removeprefix("~/.cache/") if path.startswith("~/.cache/") else cwd / path
         place.parent.mkdir(parents=True, exist_ok=True)
         place.symlink_to(materials.get(name))
@@ -539,25 +543,24 @@ def run_processes(commands: list[tuple[list[str], dict[str, str]]]) -> str:
     return "".join(outs)
 
 
-def run_server(words: list[str]) -> str:
-    """Start `serve`, wait until /health answers (polling, generous timeout), ask one completion,
-    stop it with SIGINT: the two answers as JSON."""
+@contextlib.contextmanager
+def serving(words: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """`opencodegen WORDS` (a serve command with --port) started, once /health answers (polling,
+    generous timeout): its URL; stopped with SIGINT after, which must end it with status 0."""
     url = f"http://127.0.0.1:{words[words.index('--port') + 1]}"
-    server = subprocess.Popen([sys.executable, "-m", "opencodegen.cli", *words],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "opencodegen.cli", *words], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + TIMEOUT
         while True:
             assert server.poll() is None, f"serve exited {server.returncode}: {server.stdout.read()[-3000:]}"
             try:
-                health = httpx.get(url + "/health", timeout=10).json()
+                httpx.get(url + "/health", timeout=10).raise_for_status()
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "serve never answered /health"
                 time.sleep(0.2)
-        completion = httpx.post(url + "/v1/completions", json={"prompt": "def add(a, b):", "max_tokens": 4},
-                                timeout=60)
-        assert completion.status_code == 200, completion.text
+        yield url
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -567,14 +570,29 @@ def run_server(words: list[str]) -> str:
                 server.kill()
                 server.wait()
     assert server.returncode == 0, server.stdout.read()[-3000:]
+
+
+def run_server(words: list[str]) -> str:
+    """The serve command started, asked /health and one completion, stopped: the answers as JSON."""
+    with serving(words) as url:
+        health = httpx.get(url + "/health", timeout=10).json()
+        completion = httpx.post(url + "/v1/completions", json={"prompt": "def add(a, b):", "max_tokens": 4},
+                                timeout=60)
+        assert completion.status_code == 200, completion.text
     return json.dumps({"health": health, "completion": completion.json()})
+
+
+def command_words(line: DocLine, run: Run, cwd: Path, port: str) -> list[str]:
+    """The documented opencodegen words with the run's flags and settings, the shell's globs
+    expanded and $PORT = `port` (`$i` of a --shard loop is left to the caller)."""
+    words = with_settings(with_values(line.arguments({**VARIABLES, "i": "$i"}), run.flags), run.settings)
+    return [word.replace("$PORT", port) for word in shell_globs(words, cwd)]
 
 
 def execute(line: DocLine, run: Run, cwd: Path, capsys, monkeypatch) -> str:
     """Run the documented line with the run's changes; what it printed (in this process: its standard output)."""
     port = str(free_port())
-    words = with_settings(with_values(line.arguments({**VARIABLES, "i": "$i"}), run.flags), run.settings)
-    words = [word.replace("$PORT", port) for word in shell_globs(words, cwd)]
+    words = command_words(line, run, cwd, port)
     launcher = line.launcher()
     if launcher is not None:
         launcher = [word.replace("$PORT", port) for word in with_values(launcher, run.launcher)]
@@ -593,11 +611,14 @@ def execute(line: DocLine, run: Run, cwd: Path, capsys, monkeypatch) -> str:
     return run_in_process(words, cwd / stdin if stdin else None, capsys, monkeypatch)
 
 
+def subcommand(line: DocLine) -> str:
+    return line.arguments({**VARIABLES, "i": "0"})[0]
+
+
 def starts_processes(line: DocLine) -> bool:
     """Whether the line runs in processes of its own (torchrun, the --shard loop, serve): the slow group."""
     run = RUNS.get(line.text)
-    return run is not None and (line.launcher() is not None or run.shards > 0
-                                or line.arguments({**VARIABLES, "i": "0"})[0] == "serve")
+    return run is not None and (line.launcher() is not None or run.shards > 0 or subcommand(line) == "serve")
 
 
 @pytest.mark.parametrize("line", [pytest.param(line, marks=[pytest.mark.slow] if starts_processes(line) else [],
@@ -609,5 +630,85 @@ def test_a_documented_command_runs(line, materials, tmp_path, capsys, monkeypatc
     run = RUNS[line.text]
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    workspace(cwd, run, materials, monkeypatch)
+    workspace(cwd, run.inputs, materials, monkeypatch)
     run.check(cwd, execute(line, run, cwd, capsys, monkeypatch))
+
+
+# --- Python snippets ----------------------------------------------------------------------------
+
+SnippetCheck = Callable[[dict, str], None]  # (the snippet's globals after it ran, what it printed) -> asserts
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """How a documented Python block runs here (in this process, in its own directory)."""
+
+    check: SnippetCheck
+    inputs: dict[str, str] = field(default_factory=dict)  # as Run.inputs
+    server: bool = False  # serving.md's `opencodegen serve` runs (as RUNS runs it) at the URL the snippet names
+
+
+def logits_of_the_tiny_model(names: dict, out: str) -> None:
+    assert names["logits"].shape[0] == 1 and names["logits"].shape[-1] == 1024  # the tiny model's embedding rows
+
+
+def two_completions(names: dict, out: str) -> None:
+    assert len(names["completions"]) == 2 and out.startswith("[")
+
+
+def a_chat_turn_run_in_the_sandbox(names: dict, out: str) -> None:
+    reply = names["reply"]
+    assert isinstance(reply.choices[0].message.content, str) and len(reply.model_extra["history_execution"]) == 1
+    assert set(reply.choices[0].model_extra["execution"]) >= {"status", "stdout", "stderr"}
+
+
+def completions_plain_and_streamed(names: dict, out: str) -> None:
+    assert isinstance(names["reply"].choices[0].text, str) and names["chunk"].choices[0].text is not None
+
+
+SNIPPETS: dict[str, Snippet] = {  # "doc: the block's last line" -> how it runs
+    'README.md: logits = model(torch.tensor([tokenizer.encode("def hello():")])).logits   # [batch, seq, 51200]':
+        Snippet(logits_of_the_tiny_model),
+    "quickstart.md: print([c.text for c in completions])":
+        Snippet(two_completions, inputs={"runs/tiny": MODEL}),
+    'serving.md: print(reply.model_extra["history_execution"], reply.choices[0].model_extra["execution"]["stdout"])':
+        Snippet(a_chat_turn_run_in_the_sandbox, server=True),
+    'serving.md: print(chunk.choices[0].text, end="", flush=True)':
+        Snippet(completions_plain_and_streamed, server=True),
+}
+SERVE_LINE = next(line for line in DOCUMENTED if subcommand(line) == "serve")
+DOCUMENTED_URL = "http://127.0.0.1:8000"
+BLOCKS = [(f"{where}: {code.strip().splitlines()[-1].strip()}", code) for where, code in documented_blocks(("python",))]
+
+
+def test_every_documented_python_block_is_run():
+    keys = [key for key, _ in BLOCKS]
+    assert sorted(keys) == sorted(SNIPPETS), "add the docs' new Python blocks to SNIPPETS, drop the ones they lost"
+
+
+@pytest.fixture(scope="module")
+def docs_server(materials, tmp_path_factory) -> Iterator[str]:
+    """serving.md's serve command, run as RUNS runs it, for the blocks that talk to it: its URL."""
+    cwd = tmp_path_factory.mktemp("server")
+    with contextlib.ExitStack() as stack:
+        with pytest.MonkeyPatch.context() as patch:  # the server takes the environment when it starts
+            workspace(cwd, {}, materials, patch)
+            url = stack.enter_context(serving(command_words(SERVE_LINE, RUNS[SERVE_LINE.text], cwd, str(free_port()))))
+        yield url
+
+
+@pytest.mark.parametrize(("key", "code"), [pytest.param(key, code, id=key, marks=[pytest.mark.slow] * SNIPPETS[key].server
+                                                        if key in SNIPPETS else []) for key, code in BLOCKS])
+def test_a_documented_python_block_runs(key, code, materials, tmp_path, capsys, monkeypatch, request):
+    torch.set_num_threads(1)
+    snippet = SNIPPETS[key]
+    if snippet.server:
+        assert DOCUMENTED_URL in code, f"{key}: the block does not name {DOCUMENTED_URL}"
+        code = code.replace(DOCUMENTED_URL, request.getfixturevalue("docs_server"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    workspace(cwd, snippet.inputs, materials, monkeypatch)
+    names = {"__name__": "__main__"}
+    capsys.readouterr()
+    exec(compile(code, key, "exec"), names)
+    snippet.check(names, capsys.readouterr().out)
