@@ -333,7 +333,10 @@ SKIPS: dict[str, str] = {
         "converts a synthetic one through the same command",
 }
 
-DOCUMENTED = list({line.text: line for line in reversed(documented_commands())}.values())[::-1]  # each line once
+FIRST: dict[str, DocLine] = {}
+for _line in documented_commands():
+    FIRST.setdefault(_line.text, _line)
+DOCUMENTED = list(FIRST.values())  # each command once, where the docs first show it
 
 
 def test_every_documented_command_is_run_or_skipped_with_a_reason():
