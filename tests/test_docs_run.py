@@ -619,14 +619,27 @@ def subcommand(line: DocLine) -> str:
 
 
 def starts_processes(line: DocLine) -> bool:
-    """Whether the line runs in processes of its own (torchrun, the --shard loop, serve): the slow group."""
+    """Whether the line runs in processes of its own (torchrun, the --shard loop, serve)."""
     run = RUNS.get(line.text)
     return run is not None and (line.launcher() is not None or run.shards > 0 or subcommand(line) == "serve")
 
 
-@pytest.mark.parametrize("line", [pytest.param(line, marks=[pytest.mark.slow] if starts_processes(line) else [],
-                                               id=f"{line.where}:{line.text}") for line in DOCUMENTED])
+IN_THIS_PROCESS = [line for line in DOCUMENTED if not starts_processes(line)]
+IN_PROCESSES = [line for line in DOCUMENTED if starts_processes(line)]
+
+
+@pytest.mark.parametrize("line", IN_THIS_PROCESS, ids=[f"{line.where}:{line.text}" for line in IN_THIS_PROCESS])
 def test_a_documented_command_runs(line, materials, tmp_path, capsys, monkeypatch):
+    run_documented(line, materials, tmp_path, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("line", IN_PROCESSES, ids=[f"{line.where}:{line.text}" for line in IN_PROCESSES])
+def test_a_documented_command_runs_in_processes_of_its_own(line, materials, tmp_path, capsys, monkeypatch):
+    """The expensive group: 2 torchrun ranks, 2 shard processes or a server each."""
+    run_documented(line, materials, tmp_path, capsys, monkeypatch)
+
+
+def run_documented(line: DocLine, materials: Materials, tmp_path: Path, capsys, monkeypatch) -> None:
     torch.set_num_threads(1)  # tiny models are latency-bound (restore_threads puts the count back)
     if line.text in SKIPS:
         pytest.skip(f"{line.where}: {SKIPS[line.text]}")
@@ -700,8 +713,7 @@ def docs_server(materials, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-@pytest.mark.parametrize(("key", "code"), [pytest.param(key, code, id=key, marks=[pytest.mark.slow] * SNIPPETS[key].server
-                                                        if key in SNIPPETS else []) for key, code in BLOCKS])
+@pytest.mark.parametrize(("key", "code"), BLOCKS, ids=[key for key, _ in BLOCKS])
 def test_a_documented_python_block_runs(key, code, materials, tmp_path, capsys, monkeypatch, request):
     torch.set_num_threads(1)
     snippet = SNIPPETS[key]
