@@ -497,8 +497,8 @@ def workspace(cwd: Path, inputs: dict[str, str], materials: Materials, monkeypat
         (cwd / shared).symlink_to(ROOT / shared)
     xdg = cwd / ".cache"
     (xdg / "opencodegen").mkdir(parents=True)
-    if KERNELS.is_dir():
-        (xdg / "opencodegen" / "kernels").symlink_to(KERNELS)
+    KERNELS.mkdir(parents=True, exist_ok=True)  # compiled once, not once per command
+    (xdg / "opencodegen" / "kernels").symlink_to(KERNELS)
     for path, name in inputs.items():
         place = xdg / path.removeprefix("~/.cache/") if path.startswith("~/.cache/") else cwd / path
         place.parent.mkdir(parents=True, exist_ok=True)
