@@ -31,7 +31,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import httpx
@@ -359,10 +358,12 @@ class Materials:
         self.makers = {MODEL: self._model, CORPUS: self._corpus, DATA: self._data, RUN: self._run, LORA: self._lora,
                        MTPB: self._mtpb, SAMPLES: self._samples, PROGRAMS: self._programs, PILE: self._pile,
                        PARQUET: self._parquet}
+        self.made: dict[str, Path] = {}
 
-    @cache  # noqa: B019 (one instance per module)
     def get(self, name: str) -> Path:
-        return self.makers[name]()
+        if name not in self.made:
+            self.made[name] = self.makers[name]()
+        return self.made[name]
 
     def hf_home(self) -> Path:
         """A Hugging Face cache in which every hub id of the docs is the tiny model."""
