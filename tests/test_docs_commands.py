@@ -1,66 +1,35 @@
 """Every `opencodegen` command line in README.md and docs/ parses with today's CLI, so the docs
-cannot drift from the flags (the documented torchrun run itself: test_docs_torchrun.py)."""
+cannot drift from the flags (running them: test_docs_run.py)."""
 
 from __future__ import annotations
 
-import re
 import shlex
-from pathlib import Path
+from collections import defaultdict
 
 import pytest
 
+from docs_lines import documented_commands, documented_lines
 from opencodegen.cli import build_parser
 
-ROOT = Path(__file__).resolve().parents[1]
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
-
-
-def documented_lines() -> list[tuple[str, str]]:
-    """(where, line) for each line of a shell block of the docs, continuations joined."""
-    found = []
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for language, block in FENCE.findall(doc.read_text()):
-            if language not in ("", "bash", "sh", "shell", "console"):
-                continue
-            for line in block.replace("\\\n", " ").splitlines():
-                found.extend((doc.name, part.split(" #", 1)[0].strip()) for part in line.split("&&"))
-    return found
-
-
-def documented_commands() -> list[tuple[str, str]]:
-    """(where, arguments) of each opencodegen invocation; lines with a `...` placeholder are
-    sketches, not commands, and are left out."""
-    found = [(where, _opencodegen_args(line)) for where, line in documented_lines()]
-    return [(where, command) for where, command in found if command is not None and "..." not in command]
-
-
-def _opencodegen_args(text: str) -> str | None:
-    """The arguments after `opencodegen` / `-m opencodegen.cli`, without redirection or `&`."""
-    match = re.match(r"^(?:(?:\w+=\S*\s+)*opencodegen|.*-m opencodegen(?:\.cli)?)\s+(.*)$", text)
-    if match is None:
-        return None
-    command = re.sub(r"\s*[<>]\s*\S+", "", match.group(1)).strip().rstrip("&;").strip()
-    return re.sub(r"\$\{?\w+\}?", "0", command)  # a loop's or the user's shell variable: any value
-
-
-COMMANDS = documented_commands()
+COMMANDS = [(line.where, line.arguments(defaultdict(lambda: "0"))) for line in documented_commands()]
+# a loop's or the user's shell variable ($i, $STDLIB) stands for any value: 0
 
 
 def test_the_docs_hold_the_commands_users_copy():
-    commands = {command.split()[0] for _, command in COMMANDS}
+    commands = {words[0] for _, words in COMMANDS}
     assert {"generate", "chat", "eval", "serve", "train", "data", "convert", "init", "info"} <= commands
 
 
-@pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[f"{w}:{c[:50]}" for w, c in COMMANDS])
-def test_a_documented_command_parses(where, command, capsys):
+@pytest.mark.parametrize(("where", "words"), COMMANDS, ids=[f"{w}:{' '.join(c)[:50]}" for w, c in COMMANDS])
+def test_a_documented_command_parses(where, words, capsys):
     try:
-        build_parser().parse_args(shlex.split(command))
+        build_parser().parse_args(words)
     except SystemExit as stop:
-        pytest.fail(f"{where}: `opencodegen {command}` does not parse: {capsys.readouterr().err.strip()}"
+        pytest.fail(f"{where}: `opencodegen {shlex.join(words)}` does not parse: {capsys.readouterr().err.strip()}"
                     f" (exit {stop.code})")
 
 
-TORCHRUN = [(where, line) for where, line in documented_lines() if line.startswith("torchrun ") and "..." not in line]
+TORCHRUN = [(line.where, line.text) for line in documented_lines() if line.is_torchrun and "..." not in line.text]
 
 
 @pytest.mark.parametrize(("where", "line"), TORCHRUN, ids=[f"{w}:{line[:50]}" for w, line in TORCHRUN])

@@ -194,6 +194,16 @@ def test_tiny_model_overfits_one_batch(tmp_path):
     assert (tmp_path / "overfit" / "loss.png").stat().st_size > 1000
 
 
+def test_sequences_longer_than_the_context_are_refused_before_training(tmp_path):
+    config = TrainConfig(model="tiny", batch_size=2, micro_batch_size=2, max_steps=1, eval_every=0, save_every=0,
+                         export_final=False, tensorboard=False, threads=1, out_dir=str(tmp_path / "long"))
+    rows = torch.zeros((2, 514), dtype=torch.long)  # 513 tokens per sequence; the tiny preset's context is 512
+    with pytest.raises(ConfigError, match=r"513-token sequences but the model's context is n_positions=512: "
+                                          r"rebuild it with `opencodegen data build --seq-len 512`"):
+        Trainer(config, train_dataset=InMemorySequences(rows))
+    assert not (tmp_path / "long" / "metrics.jsonl").exists()
+
+
 def test_small_model_lowers_validation_loss_on_the_stdlib(corpus, tmp_path):
     settings = run_settings(corpus, tmp_path / "small", model="small", model_overrides={"vocab_size": 640},
                             batch_size=8, micro_batch_size=8, lr=3e-3, warmup_steps=5, max_steps=30,

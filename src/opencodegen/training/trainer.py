@@ -98,7 +98,7 @@ class Trainer:
         if model_dir is None and self.tokenizer_dir is not None:
             self._adopt_special_tokens(model.config)
         self.model_config: CodeGenConfig = model.config
-        self._check_vocab()
+        self._check_data_fits_model()
         if self.lora is not None:
             lora.apply_lora(model, self.lora)
             if resume_from is not None:
@@ -248,7 +248,13 @@ class Trainer:
             raise ConfigError(f"model_overrides: {exc}") from None
         return CodeGenForCausalLM(config), None
 
-    def _check_vocab(self) -> None:
+    def _check_data_fits_model(self) -> None:
+        """Refuse data the model cannot take: more token ids than embedding rows, or sequences
+        longer than its context (otherwise a traceback from the first forward pass)."""
+        if self.seq_len > self.model_config.n_positions:
+            raise ConfigError(f"the data holds {self.seq_len}-token sequences but the model's context is "
+                              f"n_positions={self.model_config.n_positions}: rebuild it with `opencodegen data build "
+                              f"--seq-len {self.model_config.n_positions}` (or less)")
         vocab = self.model_config.vocab_size
         manifest = getattr(self.train_dataset, "manifest", None)
         data_vocab = manifest.get("tokenizer", {}).get("vocab_size") if manifest else None
