@@ -1,0 +1,36 @@
+"""benchmarks/gpu_check.py, the one script of issue 22's GPU Must-show, runs end to end on the CPU in
+its --smoke mode: every check passes, every throughput setting and the grid report their figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_gpu_check_smoke_on_cpu(tmp_path):
+    summary_file = tmp_path / "summary.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--device", "cpu",
+                           "--budget-s", "3600", "--json", str(summary_file)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(summary_file.read_text())
+    assert summary["passed"] and not summary["skipped"]
+    assert {c["check"] for c in summary["checks"]} >= {"greedy-fp32", "greedy-eager-fp32", "greedy-eager-bf16"}
+    assert [(t["shape"], t["n"]) for t in summary["throughput"]] == [("base", 3), ("base", 2), ("demo", 3), ("demo", 2)]
+    for setting in summary["throughput"]:
+        metrics = {r["metric"]: r for r in setting["records"]}
+        for side in ("ours", "transformers"):
+            assert metrics[f"{side}_samples_per_s"]["value"] > 0 and metrics[f"{side}_tokens_per_s"]["unit"] == "tokens/s"
+        assert metrics["ours_samples_per_s"]["ratio"] > 0 and metrics["bound_tokens_per_s"]["value"] > 0
+        assert all(set(r) == {"benchmark", "setting", "metric", "value", "unit", "ratio", "date", "commit", "machine"}
+                   for r in setting["records"])
+    [grid] = summary["grid"]
+    assert grid["measured"] and grid["samples"] == 2 * 3 * 2 and grid["problems_done"] == 2
+    assert "GOAL" in proc.stdout and "PASS greedy-eager-bf16" in proc.stdout
