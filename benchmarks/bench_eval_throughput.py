@@ -20,8 +20,9 @@ that stops is finished (its later positions are padding); then every row's text 
 cut at its first stop string, inside the timed region as our side's decoding is. The default
 --hf-batch-size is the largest the memory rule of `eval humaneval` allows for a KV cache of the
 longest prompt + budget plus sampling buffers (80 % of the free memory after both models
-loaded), without our 64-row cap, and at most every row of the workload; on CUDA an out-of-memory
-batch is halved and the round run again (the note says so).
+loaded; its prefill's fp32 attention scores counted too), without our 64-row cap, and at most
+every row of the workload; on CUDA an out-of-memory batch is halved and the round run again (the
+note says so).
 
 Both sides run in --rounds paired rounds whose order alternates (ours first in odd rounds), after
 an untimed warm-up of each. Reported: wall time, samples/s and completion tokens/s (the tokens of
@@ -246,16 +247,20 @@ def run_transformers(models: Models, problems: Sequence[Any], work: Workload, ba
 
 
 def hf_batch_for_memory(models: Models, problems: Sequence[Any], work: Workload) -> tuple[int, str]:
-    """The memory rule of `eval humaneval` for transformers' batches, without our 64-row cap."""
+    """The memory rule of `eval humaneval` for transformers' batches, without our 64-row cap, and with
+    the fp32 attention scores its prefill materializes (scores and their softmax, every head)."""
     from opencodegen.evaluation import planning
 
+    config = models.ours.config
     longest = max(len(ids) for ids in models.tokenizer.encode_batch([p.prompt for p in problems]))
     rows = len(problems) * work.n
     element = torch.empty((), dtype=DTYPES[models.dtype]).element_size()
     free = planning.free_memory(models.device)
-    batch = planning.batch_for_memory(models.ours.config, longest + work.max_new_tokens, element, free, cap=rows)
-    return batch, (f"memory rule: KV cache of {longest} + {work.max_new_tokens} positions and sampling buffers per "
-                   f"row in {planning.MEMORY_FRACTION:.0%} of {free / 2**30:.1f} GiB free, at most the {rows} rows")
+    row = planning.bytes_per_row(config, longest + work.max_new_tokens, element) + 2 * config.n_head * longest**2 * 4
+    batch = max(1, min(rows, int(free * planning.MEMORY_FRACTION) // row))
+    return batch, (f"memory rule: KV cache of {longest} + {work.max_new_tokens} positions, sampling buffers and "
+                   f"prefill attention scores per row in {planning.MEMORY_FRACTION:.0%} of {free / 2**30:.1f} GiB "
+                   f"free, at most the {rows} rows")
 
 
 def run_with_oom_retry(models: Models, problems: Sequence[Any], work: Workload, batch: int,
@@ -267,9 +272,9 @@ def run_with_oom_retry(models: Models, problems: Sequence[Any], work: Workload, 
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise
-            torch.cuda.empty_cache()
-            notes.append(f"transformers: out of memory at batch {batch}, halved")
-            batch = max(1, batch // 2)
+        torch.cuda.empty_cache()  # here, once the failed call's tensors are freed with its exception
+        notes.append(f"transformers: out of memory at batch {batch}, halved")
+        batch //= 2
 
 
 # ----------------------------------------------------------------------------- bounds
