@@ -22,7 +22,8 @@ cut at its first stop string, inside the timed region as our side's decoding is.
 longest prompt + budget plus sampling buffers (80 % of the free memory after both models
 loaded; its prefill's fp32 attention scores counted too), without our 64-row cap, and at most
 every row of the workload; on CUDA an out-of-memory batch is halved and the round run again (the
-note says so).
+note says so). The largest batch is not always transformers' fastest (every row of a call runs
+until its last row stops, and its cache grows by concatenation): compare with --hf-batch-size n.
 
 Both sides run in --rounds paired rounds whose order alternates (ours first in odd rounds), after
 an untimed warm-up of each. Reported: wall time, samples/s and completion tokens/s (the tokens of
@@ -32,7 +33,7 @@ step at batch B reads the weights (all but the embedding) plus B rows of KV cach
 context (prompt + half the mean completion) and computes 2 x parameters x B flops plus attention;
 against --bandwidth-gbs and --peak-tflops (defaults: the card's data-sheet figures for
 H100 SXM/PCIe and H200, else measured here: a large copy's read + write rate and a matmul's rate).
---json-out writes flat records (benchmark, setting, metric, value, unit, ratio, date, commit, machine).
+--json-out writes a JSON list of records in the shape of benchmarks/records.py's (one per metric).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -64,7 +67,7 @@ CARDS = {
     "H100 PCIe": (2000, {"bf16": 756, "fp16": 756, "fp32": 51}),
     "H100": (3350, {"bf16": 989, "fp16": 989, "fp32": 67}),
 }
-BENCHMARK = "eval_throughput"
+BENCHMARK = "bench_eval_throughput"
 
 
 @dataclasses.dataclass
@@ -383,37 +386,60 @@ def mean_context(models: Models, problems: Sequence[Any], result: Measurement) -
 # ----------------------------------------------------------------------------- reports
 
 
-def machine_name(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
-    return f"{platform.node()} {name}"
+def device_label(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """The record's machine: CPU model, cores, torch, the GPU when one ran, the 1-minute load average."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count() or "unknown", "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    info["load"] = round(os.getloadavg()[0], 1)
+    return info
 
 
 def git_commit() -> str:
+    """Short commit of this checkout, '+dirty' with uncommitted changes, or 'unknown'."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).parent).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        head = git("rev-parse", "--short", "HEAD")
+        return (head + ("+dirty" if git("status", "--porcelain") else "")) if head else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def records(setting: str, result: Measurement, bound: dict[str, float] | None, device: torch.device
-            ) -> list[dict[str, Any]]:
-    """Flat records (benchmark, setting, metric, value, unit, ratio, date, commit, machine); the ratio
-    of an `ours_*` metric is the median of the per-round ratios ours / transformers (higher: ours faster)."""
-    common = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "commit": git_commit(), "machine": machine_name(device)}
+def records(setting: dict[str, Any], result: Measurement, bound: dict[str, float], device: torch.device,
+            command: str) -> list[dict[str, Any]]:
+    """One record per metric (benchmark, setting, metric, value, unit, statistic, reference,
+    reference_value, ratio, date, commit, machine, command): ours the value, transformers' the
+    reference; ratio: the median of the rounds' ratios, over 1 when ours is faster."""
+    common = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+              "commit": git_commit(), "machine": machine(device), "command": command}
+    rounds = len(result.ours)
     out = []
-    for metric, unit, better in (("tokens_per_s", "tokens/s", 1), ("samples_per_s", "samples/s", 1),
-                                 ("wall_s", "s", -1)):
-        paired = statistics.median(x ** better for x in result.ratios(metric))
-        for side, name in (("ours", "ours"), ("theirs", "transformers")):
-            out.append({"benchmark": BENCHMARK, "setting": setting, "metric": f"{name}_{metric}",
-                        "value": result.median(side, metric), "unit": unit,
-                        "ratio": paired if side == "ours" else None, **common})
-    if bound is not None:
-        out.append({"benchmark": BENCHMARK, "setting": setting, "metric": "bound_tokens_per_s",
-                    "value": bound["tokens_per_s"], "unit": "tokens/s",
-                    "ratio": result.median("ours", "tokens_per_s") / bound["tokens_per_s"], **common})
+    for metric, attribute, unit in (("tokens/s", "tokens_per_s", "tokens/s"), ("samples/s", "samples_per_s", "samples/s"),
+                                    ("wall time", "wall_s", "s")):
+        ratios = result.ratios(attribute)
+        out.append({"benchmark": BENCHMARK, "setting": setting, "metric": metric,
+                    "value": result.median("ours", attribute), "unit": unit,
+                    "statistic": f"median of {rounds} paired round{'s' if rounds != 1 else ''}",
+                    "reference": f"transformers generate, batch {result.theirs[-1].batch}",
+                    "reference_value": result.median("theirs", attribute),
+                    "ratio": statistics.median(1 / x if attribute == "wall_s" else x for x in ratios), **common})
+    out.append({"benchmark": BENCHMARK, "setting": setting, "metric": "decode bound at our batch",
+                "value": bound["tokens_per_s"], "unit": "tokens/s",
+                "note": f"batch {bound['batch']}, mean context {bound['context']:.0f}; ours reached "
+                        f"{result.median('ours', 'tokens_per_s') / bound['tokens_per_s']:.0%} of it", **common})
     return out
 
 
@@ -449,9 +475,10 @@ def describe_bound(models: Models, result: Measurement, problems: Sequence[Any],
     return lines, ours_bound
 
 
-def setting_name(models: Models, count: int, source: str, work: Workload) -> str:
-    return (f"shape={models.shape} dtype={models.dtype} device={models.device.type} problems={count} n={work.n} "
-            f"T={work.temperature} max_new_tokens={work.max_new_tokens} prompts={source.split()[0]}")
+def setting_of(models: Models, count: int, source: str, work: Workload) -> dict[str, Any]:
+    return {"shape": models.shape, "dtype": models.dtype, "device": models.device.type, "problems": count,
+            "n": work.n, "temperature": work.temperature, "max_new_tokens": work.max_new_tokens,
+            "prompts": source.split()[0], **({"threads": torch.get_num_threads()} if models.device.type == "cpu" else {})}
 
 
 def benchmark(models: Models, count: int, work: Workload, rounds: int, hf_batch: int | None = None,
@@ -461,10 +488,10 @@ def benchmark(models: Models, count: int, work: Workload, rounds: int, hf_batch:
     problems, source = workload_problems(count)
     result = measure(models, problems, work, rounds, hf_batch, deadline)
     bandwidth, peak, sources = device_figures(models.device, models.dtype, bandwidth_gbs, peak_tflops)
-    setting = setting_name(models, len(problems), source, work)
+    setting = setting_of(models, len(problems), source, work)
     bound_lines, bound = describe_bound(models, result, problems, bandwidth, peak, sources)
-    lines = describe(setting, result) + bound_lines
-    return lines, records(setting, result, bound, models.device), result
+    lines = describe(" ".join(f"{k}={v}" for k, v in setting.items()), result) + bound_lines
+    return lines, records(setting, result, bound, models.device, "python " + shlex.join(sys.argv)), result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     models = load_models(args.shape, device, dtype, args.seed)
-    print(f"{args.shape}: {models.ours.num_parameters() / 1e6:.1f}M parameters, {machine_name(device)}, {dtype}, "
+    print(f"{args.shape}: {models.ours.num_parameters() / 1e6:.1f}M parameters, {device_label(device)}, {dtype}, "
           f"torch {torch.__version__}, transformers {transformers.__version__} (loaded in "
           f"{time.perf_counter() - started:.1f}s)", flush=True)
     lines, recs, _ = benchmark(models, args.problems, work, args.rounds, args.hf_batch_size, args.bandwidth_gbs,
