@@ -28,8 +28,9 @@ Part 3, the grid: 350M random weights, all 164 problems x 3 temperatures (0.2 0.
   samples, 128-token budget, through humaneval.generate_samples in slices of problems until its
   time share is spent; the time of the whole grid is measured, or projected from the slices done
   (goal: under 10 minutes; sampling only, the programs are not run).
-Every section has a share of --budget-s and starts only when its minimum still fits; a section
-that runs out of time stops after its current round or slice, and says so. --smoke: the
+Every section has a share of --budget-s and starts only when MIN_SECTION_S of the budget is left;
+a section starts a next round or slice only when one as long as the last still fits its share
+(the grid then projects its whole time from the slices done). --smoke: the
 embedded demo model and a random "base"-preset model instead of 350M / 2B, a few problems,
 samples and tokens (on the CPU: the test suite runs it).
 Exit status 1 when a check fails (goals are reported, not enforced). Checks are independent: an
@@ -333,13 +334,13 @@ def run_grid(models, count: int, n: int, slice_problems: int, budget: int, deadl
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "samples.jsonl", he.KEY)
         for start in range(0, len(problems), slice_problems):
-            part = problems[start:start + slice_problems]
+            part, slice_started = problems[start:start + slice_problems], time.monotonic()
             he.generate_samples(generator, part, store, n=n, temperatures=temperatures,
                                 top_p=HUMAN_EVAL.top_p, max_new_tokens=budget, seed=0, batch_size=batch,
                                 progress=False, protocol=HUMAN_EVAL, top_k=HUMAN_EVAL.top_k)
             synchronize(models.device)
             done += len(part)
-            if time.monotonic() > deadline:
+            if 2 * time.monotonic() - slice_started > deadline:  # the next slice, as long as this one, would not fit
                 break
         samples = len(store.records)
     elapsed = time.perf_counter() - started
