@@ -178,6 +178,18 @@ def test_spec_facts_mono(mono: CodeGenTokenizer) -> None:
     assert mono.decode([50284, ret, 50256], skip_special_tokens=True) == "    return"
 
 
+def test_padding_to_the_embedding_rows_keeps_every_id(mono: CodeGenTokenizer) -> None:
+    """Placeholders follow the real tokens in order (CodeGen: 905 of them, up to 51200 rows); the real
+    ids, the added whitespace tokens and EOS keep theirs, and text encodes as before."""
+    padded = mono.padded_to(51200)
+    assert len(padded) == 51200 and padded.added_tokens[: len(WHITESPACE_TOKENS)] == WHITESPACE_TOKENS
+    assert [padded.token_to_id(f"<|extratoken_{i}|>") for i in (1, 905)] == [50295, 51199]
+    assert all(padded.id_to_token(i) == mono.id_to_token(i) for i in range(len(mono)))
+    text = "def f(x):\n" + " " * 8 + "return x<|endoftext|>\t\t<|extratoken_7|>"
+    assert padded.encode(text)[:-1] == mono.encode(text.removesuffix("<|extratoken_7|>"))
+    assert padded.encode("<|extratoken_7|>") == [50295 + 6] and padded.eos_token_id == 50256
+
+
 def test_nl_has_no_whitespace_tokens(nl: CodeGenTokenizer, mono: CodeGenTokenizer) -> None:
     assert (len(nl), nl.vocab_size, nl.added_tokens, nl.eos_token_id) == (50257, 50257, (), 50256)
     ids = nl.encode("    return")

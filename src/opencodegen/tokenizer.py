@@ -15,6 +15,7 @@ whitespace tokens exist is read from these files, never guessed from the model n
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import logging
 import os
@@ -110,9 +111,11 @@ class CodeGenTokenizer:
         tok = Tokenizer(BPE(vocab=self._vocab, merges=self._merges, fuse_unk=False))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
         tok.decoder = decoders.ByteLevel()
-        for content in self._extra:  # one at a time: each takes the next free id
-            added = AddedToken(content, normalized=False, special=content in specials)
-            (tok.add_special_tokens if content in specials else tok.add_tokens)([added])
+        # in id order, each run of plain or special tokens in one call (each call rebuilds the
+        # added-token matcher, so one call per token is quadratic in a padded vocabulary)
+        for special, run in itertools.groupby(self._extra, key=lambda content: content in specials):
+            added = [AddedToken(content, normalized=False, special=special) for content in run]
+            (tok.add_special_tokens if special else tok.add_tokens)(added)
         tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials if t in vocab])
         self._tok = tok
 

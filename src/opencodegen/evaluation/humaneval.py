@@ -13,9 +13,9 @@ skips what is done and loses nothing):
 * ``per_problem.jsonl``: n, correct and pass@k of every problem at every temperature.
 * ``summary.json`` and ``passk_vs_temperature.png``.
 
-With several ranks (``--shard i/N`` or torchrun's RANK/WORLD_SIZE), rank r takes every N-th
-problem and writes ``samples.rank{r}.jsonl`` / ``results.rank{r}.jsonl``; rank 0 (or a later
-``--merge``) waits for all ranks and writes the merged files and the summary.
+With several ranks (``--shard i/N`` or torchrun's RANK/WORLD_SIZE), rank r takes its share of the
+problems, balanced by estimated work (`sharding.py`), and writes ``samples.rank{r}.jsonl`` /
+``results.rank{r}.jsonl``; rank 0 (or a later ``--merge``) waits for all ranks and writes the merged files and the summary.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opencodegen.errors import DataError
-from opencodegen.evaluation import run_record
+from opencodegen.evaluation import run_record, sharding
 from opencodegen.evaluation.passk import estimate, pass_at_k
 from opencodegen.evaluation.protocols import HUMAN_EVAL, Protocol, get_protocol
 from opencodegen.io import ResultStore, read_jsonl, write_atomic
@@ -515,7 +515,8 @@ def run_with_generator(
     check_settings(out, settings)
     protocol = get_protocol(settings.protocol or HUMAN_EVAL.name)
     # the model continues the protocol's prompt, and that prompt starts the program it is scored on
-    mine = [dataclasses.replace(p, prompt=protocol.prompt(p.prompt)) for p in problems][options.rank :: options.world]
+    prompted = [dataclasses.replace(p, prompt=protocol.prompt(p.prompt)) for p in problems]
+    mine = rank_share(generator, prompted, settings, options.rank, options.world)
     suffix = _suffix(options.rank, options.world)
     samples = ResultStore(out / f"samples{suffix}.jsonl", KEY)
     generate_samples(generator, mine, samples, n=settings.n, temperatures=settings.temperatures,
@@ -526,6 +527,17 @@ def run_with_generator(
     execute_samples(samples.records, mine, results, timeout=settings.timeout, workers=options.workers,
                     progress=options.progress, isolation=options.isolation)
     return _finish(problems, settings, options)
+
+
+def rank_share(generator: Any, problems: Sequence[Problem], settings: Settings, rank: int, world: int) -> list[Problem]:
+    """The problems rank `rank` of `world` samples, in file order: shares balanced by estimated work
+    (`sharding.balanced_assignment`), the same on every rank and on every resume of the run."""
+    if world == 1:
+        return list(problems)
+    tokens = [len(ids) for ids in generator.encode([p.prompt for p in problems])]
+    costs = sharding.sample_costs(tokens, settings.n * len(settings.temperatures), settings.max_new_tokens,
+                                  settings.max_total_tokens)
+    return [problems[i] for i in sharding.balanced_assignment(costs, world)[rank]]
 
 
 def run_samples_file(
