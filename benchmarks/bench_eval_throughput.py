@@ -113,7 +113,8 @@ def load_models(shape: str, device: torch.device, dtype: str, seed: int = 0) -> 
     import transformers
 
     from opencodegen import default_model
-    from opencodegen.checkpoint import load_model, released_state_dict
+    from opencodegen.checkpoint import load_model
+    from opencodegen.checkpoint.hf import released_state_dict
     from opencodegen.config import CodeGenConfig
     from opencodegen.model import CodeGenForCausalLM
     from opencodegen.tokenizer import CodeGenTokenizer
