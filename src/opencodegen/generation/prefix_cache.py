@@ -5,8 +5,7 @@ to the longest (P tokens), are stored once per layer as [G, H, P, D]; each row s
 tokens generated after it joined (`offset` = P). A decode step attends to a prompt with one matmul
 for all of its rows' queries, so the prompt is read once per step instead of once per row — the
 step's memory traffic for the cache drops from rows × (P + t) to G × P + rows × t tokens, and so
-does the cache's size. Prompts continued by one row are read with one batched matmul for all such
-rows. Rows may join later (new prompts are appended, the rows' own tokens are copied over) and
+does the cache's size. Rows may join later (new prompts are appended, the rows' own tokens are copied over) and
 leave (`compact`); prompts no row continues any more are dropped when rows next join.
 """
 
@@ -65,19 +64,16 @@ class SharedPrefixCache(KVCache):
         self._row_groups = [renumber[g] for g in previous._row_groups]
 
     def _plan(self) -> None:
-        """The runs of several rows continuing one prompt (group, first row, end row), and the
-        rows that continue a prompt alone with their groups (index tensors, or None)."""
-        runs: list[tuple[int, int, int]] = []
-        for row, g in enumerate(self._row_groups):
-            if runs and runs[-1][0] == g:
-                runs[-1] = (g, runs[-1][1], row + 1)
-            else:
-                runs.append((g, row, row + 1))
-        self._runs = [run for run in runs if run[2] - run[1] > 1]
-        alone = [(r0, g) for g, r0, r1 in runs if r1 - r0 == 1]
+        """Where each row's query goes in the [prompts, rows per prompt] layout of the prompt matmuls:
+        (prompt, place among the rows continuing it) per row, and how many places a prompt has."""
+        places, previous, place = [], None, 0
+        for g in self._row_groups:  # a prompt's rows are contiguous
+            place = place + 1 if g == previous else 0
+            places.append(place)
+            previous = g
         device = self.keys[0].device
-        self._alone = (None if not alone else
-                       tuple(torch.tensor(column, device=device) for column in zip(*alone)))
+        self._places = (torch.tensor(self._row_groups, device=device), torch.tensor(places, device=device))
+        self._width_rows = max(places, default=0) + 1
 
     def compact(self, rows: list[int]) -> SharedPrefixCache:
         super().compact(rows)
@@ -88,29 +84,24 @@ class SharedPrefixCache(KVCache):
     def attend(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """One decode step: scores over [prompt | own tokens], one softmax, then both value sums."""
+        """One decode step: scores over [prompt | own tokens], one softmax, then both value sums. The
+        queries of a prompt's rows are the rows of one matmul with its keys, all prompts in one
+        batched matmul (a prompt continued by fewer rows than the most has padding rows)."""
         own_keys, own_values = self.update(layer, k, v)
         q = q.float()  # [B, H, 1, D]
-        prefix_keys, prefix_values = self.prefix_keys[layer], self.prefix_values[layer]
-        width = prefix_keys.shape[2]
-        prefix_scores = q.new_empty(q.shape[0], q.shape[1], 1, width)
-        for g, r0, r1 in self._runs:  # the run's queries as the rows of one matmul per head
-            queries = q[r0:r1, :, 0].transpose(0, 1)  # [H, rows, D]
-            scores = torch.matmul(queries, prefix_keys[g].float().transpose(-1, -2))  # [H, rows, P]
-            prefix_scores[r0:r1, :, 0] = scores.transpose(0, 1)
-        if self._alone is not None:
-            rows, groups = self._alone
-            prefix_scores[rows] = torch.matmul(q[rows], prefix_keys[groups].float().transpose(-1, -2))
+        prefix_keys, prefix_values = self.prefix_keys[layer].float(), self.prefix_values[layer].float()
+        groups, heads, width = prefix_keys.shape[0], q.shape[1], prefix_keys.shape[2]
+        prompt, place = self._places
+        queries = q.new_zeros(groups, self._width_rows, heads, q.shape[-1])
+        queries[prompt, place] = q[:, :, 0]
+        prefix_scores = torch.matmul(queries.transpose(1, 2), prefix_keys.transpose(-1, -2))  # [G, H, R, P]
         own_scores = torch.matmul(q, own_keys.float().transpose(-1, -2))
-        scores = torch.cat((prefix_scores, own_scores), -1) * q.shape[-1] ** -0.5
+        scores = torch.cat((prefix_scores[prompt, :, place][:, :, None], own_scores), -1) * q.shape[-1] ** -0.5
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = scores.softmax(-1)
+        weights = probs.new_zeros(groups, heads, self._width_rows, width)
+        weights[prompt, :, place] = probs[:, :, 0, :width]
         out = torch.matmul(probs[..., width:], own_values.float())
-        for g, r0, r1 in self._runs:
-            weights = probs[r0:r1, :, 0, :width].transpose(0, 1)  # [H, rows, P]
-            out[r0:r1, :, 0] += torch.matmul(weights, prefix_values[g].float()).transpose(0, 1)
-        if self._alone is not None:
-            rows, groups = self._alone
-            out[rows] += torch.matmul(probs[rows, :, :, :width], prefix_values[groups].float())
+        out[:, :, 0] += torch.matmul(weights, prefix_values)[prompt, :, place]
         return out
