@@ -243,6 +243,8 @@ class Generator:
                                   "give each prompt its own key or disjoint sample indices")
         order = sorted(range(len(work)), key=lambda p: len(prompts[p]))
         queue = deque((p, j) for p in order for j in range(len(work[p].samples)))
+        if not work:
+            return
         rows_params = [params if b == params.max_new_tokens else dataclasses.replace(params, max_new_tokens=b)
                        for b in budgets]
         decode = _Decode(self, prompts, rows_params, work, resolve_seed(params.seed))
@@ -294,8 +296,8 @@ class _Decode:
         seed: int,
     ) -> None:
         self.generator, self.prompts, self.params, self.work, self.seed = generator, prompts, params, work, seed
-        self.base = params[0] if params else None
-        self.width = max((p.max_new_tokens for p in params), default=1)  # uniform draws kept per row
+        self.base = params[0]  # the call's sampler settings (the params differ in their budgets only)
+        self.width = max(p.max_new_tokens for p in params)  # uniform draws kept per row
         many = any(len(w.samples) > 1 for w in work)
         self.batch = RunningBatch(generator.model, share_prefix=many and generator.share_prefix)
         self.prefixes: dict[int, Prefilled] = {}  # prompts whose rows have not all joined yet
@@ -305,10 +307,10 @@ class _Decode:
         device = self.generator.model.device
         vocab = self.generator.vocab_limit
         logits: torch.Tensor | None = None  # [B, V]: the next token's logits of every row
-        greedy = self.base is None or self.base.greedy
+        greedy = self.base.greedy
         uniforms = None if greedy else torch.empty(0, self.width, dtype=torch.float64, device=device)
         taken = torch.zeros(0, dtype=torch.long, device=device)  # tokens each row has drawn
-        sampler = TokenSampler(self.base) if self.base is not None else None
+        sampler = TokenSampler(self.base)
         while queue or self.batch.rows:
             joined = None
             if queue and (not self.batch.rows or self.batch_free() >= min(self.join_at, len(queue))):

@@ -75,6 +75,11 @@ class SharedPrefixCache(KVCache):
         self._places = (torch.tensor(self._row_groups, device=device), torch.tensor(places, device=device))
         self._width_rows = max(places, default=0) + 1
 
+    @property
+    def prompts(self) -> int:
+        """How many prompts the rows continue (prompts no row continues any more are not counted)."""
+        return len(set(self._row_groups))
+
     def compact(self, rows: list[int]) -> SharedPrefixCache:
         super().compact(rows)
         self._row_groups = [self._row_groups[r] for r in rows]

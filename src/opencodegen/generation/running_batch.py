@@ -98,7 +98,7 @@ class RunningBatch:
         cache = self.cache if self.rows else None
         if self._will_share([n for _, n in prompts]):
             if isinstance(cache, SharedPrefixCache):
-                prompts_kept = len(set(cache._row_groups)) + len(prompts)
+                prompts_kept = cache.prompts + len(prompts)
                 return prompts_kept * max(cache.offset, *lengths) + rows * (cache.length - cache.offset + room)
             alone = len(self.rows)  # rows running before the switch keep their cache as their prompt
             return (alone + len(prompts)) * max([*lengths] + ([cache.length] if cache else [])) + rows * room
