@@ -284,7 +284,7 @@ class Generator:
 
 #: Rows that finished make room for waiting ones once this share of the row cap is free: every join
 #: copies the running rows' caches once, so joins are gathered rather than made row by row.
-JOIN_FRACTION = 8
+JOIN_FRACTION = 3
 
 
 class _Decode:
