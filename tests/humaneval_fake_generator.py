@@ -25,27 +25,36 @@ class FakeCompletion:
     finish_reason: str = "stop"
 
 
+@dataclass
+class FakeEvent:
+    prompt_index: int
+    index: int
+    completion: FakeCompletion
+
+
 class FakeGenerator:
+    """Token ids are the prompts' indices among the problems; `delay` seconds pass before each completion."""
+
     def __init__(self, problems: list[he.Problem], delay: float = 0.0):
-        self.by_prompt = {p.prompt: p for p in problems}
+        self.problems = problems
+        self.by_prompt = {p.prompt: i for i, p in enumerate(problems)}
         self.delay = delay
         self.calls = 0
+        self.drawn = 0
 
     def encode(self, prompts):
-        return [prompt.split() for prompt in prompts]  # one "token" per word: enough to weigh the shards
+        # the problem's index, then one "token" per word: enough to weigh the shards
+        return [[self.by_prompt[prompt], *prompt.split()] for prompt in prompts]
 
-    def generate(self, prompts, params, progress=None, *, keys, first_sample=0):
+    def stream_work(self, work, params):
         self.calls += 1
-        time.sleep(self.delay)
-        (prompt,), (key,) = prompts, keys
-        problem = self.by_prompt[prompt]
-        completions = []
-        for j in range(first_sample, first_sample + params.n):
-            draw = hashlib.sha256(f"{params.seed}-{key}-{j}".encode()).digest()[0]
-            completions.append(FakeCompletion(problem.canonical_solution if draw % 3 else WRONG))
-            if progress is not None:
-                progress(1)
-        return [completions]
+        for p, item in enumerate(work):
+            problem = self.problems[item.ids[0]]
+            for index, j in enumerate(item.samples):
+                time.sleep(self.delay)
+                self.drawn += 1
+                draw = hashlib.sha256(f"{params.seed}-{item.key}-{j}".encode()).digest()[0]
+                yield FakeEvent(p, index, FakeCompletion(problem.canonical_solution if draw % 3 else WRONG))
 
 
 def settings_for(problems: list[he.Problem], *, n: int, temperatures: list[float], seed: int, limit: int,

@@ -79,7 +79,7 @@ def test_humaneval_prints_the_plan_and_warns_before_sampling(tiny, tmp_path, cap
     assert plan[0] == "plan: 2 problems x 2 temperatures (0.0, 0.5) x 3 samples = 12 completions"
     assert plan[1] == "plan: token budget 5 new tokens per completion: at most 60 generated tokens"
     assert plan[2].startswith("warning: T = 0 is greedy decoding: its 3 samples per problem will be identical")
-    assert plan[3].startswith("plan: batch 3 rows (memory rule:") and "capped at 64 and at the 3 rows" in plan[3]
+    assert plan[3].startswith("plan: batch 6 rows (memory rule:") and "capped at 64 and at the 6 rows" in plan[3]
     assert plan[4].startswith("plan: estimate from a warm-up (") and "of sampling" in plan[4]
     assert sum(1 for _ in (tmp_path / "out" / "samples.jsonl").open()) == 12  # the warm-up wrote nothing
 

@@ -174,16 +174,38 @@ def test_release_sampler_at_t_0_2_on_fixed_logits():
 # ----------------------------------------------------------------------------- HumanEval
 
 
+class Encoded(list):
+    """A prompt's "token ids" (its words, or the prompt itself) that remember the prompt."""
+
+    def __init__(self, prompt, ids):
+        super().__init__(ids)
+        self.prompt = prompt
+
+
+@dataclasses.dataclass
+class Event:
+    prompt_index: int
+    index: int
+    completion: FakeCompletion
+
+
 class RecordingGenerator:
-    """Returns `text` for every sample and records the prompts and params it was asked for."""
+    """Returns `text` for every sample and records, per prompt, the prompt and the params (with its
+    budget and number of samples) it was asked for."""
 
     def __init__(self, text, tokenizer=None):
         self.text, self.tokenizer, self.calls = text, tokenizer, []
 
-    def generate(self, prompts, params, progress=None, **streams):
-        self.calls.append((list(prompts), params))
-        return [[FakeCompletion(self.text(p) if callable(self.text) else self.text) for _ in range(params.n)]
-                for p in prompts]
+    def encode(self, prompts):
+        return [Encoded(p, self.tokenizer.encode(p) if self.tokenizer else [p]) for p in prompts]
+
+    def stream_work(self, work, params):
+        for i, item in enumerate(work):
+            prompt = item.ids.prompt
+            self.calls.append(([prompt], dataclasses.replace(params, n=len(item.samples),
+                                                             max_new_tokens=item.max_new_tokens)))
+            for index, _ in enumerate(item.samples):
+                yield Event(i, index, FakeCompletion(self.text(prompt) if callable(self.text) else self.text))
 
 
 class WordCounter:
@@ -202,7 +224,7 @@ def problems():
 def sample_with(protocol, problems, tmp_path, generator, **budget):
     store = ResultStore(tmp_path / f"{protocol.name}.jsonl", he.KEY)
     he.generate_samples(generator, problems, store, n=2, temperatures=[0.2], top_p=protocol.top_p,
-                        max_new_tokens=budget.get("max_new_tokens", protocol.new_tokens), seed=0, batch_size=2,
+                        max_new_tokens=budget.get("max_new_tokens", protocol.new_tokens), seed=0,
                         progress=False, protocol=protocol, top_k=protocol.top_k,
                         max_total_tokens=budget.get("max_total_tokens", protocol.total_tokens))
     return store.records
@@ -288,9 +310,9 @@ def test_mtpb_histories_carry_the_release_clean_up(tmp_path):
     problem = load_mtpb(mtpb_path()).by_id()["3"]
     code = "x = ' '.join(['a', 'b'])\nprint(x)"
     for protocol, expected in ((CODEGEN_RELEASE, "x =''.join(['a', 'b'])\nprint(x)"), (HUMAN_EVAL, code), (None, code)):
-        records = generate_multi_turn(ScriptedGenerator(lambda p, params, k: code), problem, FakeParams(n=1), protocol)
+        records = generate_multi_turn(ScriptedGenerator(lambda p, params, k: code), [problem], FakeParams(n=1), protocol)
         assert all(r["completions"] == [expected] * problem.n_turns and expected in r["program"] for r in records)
-        single = generate_single_turn(ScriptedGenerator(lambda p, params, k: code), problem, FakeParams(n=1), protocol)
+        single = generate_single_turn(ScriptedGenerator(lambda p, params, k: code), [problem], FakeParams(n=1), protocol)
         assert all(r["completions"] == [expected] for r in single)
 
 

@@ -9,7 +9,8 @@ import torch
 from generation_helpers import make_model_dir, one_thread  # noqa: F401 (fixture)
 from opencodegen import load
 from opencodegen.errors import GenerationError
-from opencodegen.generation import Generator, SamplingParams, truncate_codegen
+from opencodegen.generation import Generator, SamplingParams, Work, truncate_codegen
+from opencodegen.generation.running_batch import RunningBatch
 from opencodegen.generation.sampling import penalize
 
 PROMPTS = ["def add(a, b):\n    ", "import numpy as np\n", "class Point:\n", "x"]
@@ -247,3 +248,49 @@ def test_left_truncation_of_long_prompts(gen):
 def test_bad_input_raises_generation_error(gen, call, message):
     with pytest.raises(GenerationError, match=message):
         call(gen)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rows_joining_a_running_batch_give_what_a_batch_at_once_gives(loaded, monkeypatch, share_prefix, temperature):
+    """Rows stopping early make room for waiting ones, which join between steps (into a batch whose
+    prompts are shared, on CPU by default): every completion equals the one drawn with all rows at once
+    and the one drawn alone."""
+    params = SamplingParams(n=3, max_new_tokens=20, temperature=temperature, seed=21, stop=("\n", "e"))
+    many = [PROMPTS[i % 4] + " " * (i // 4) for i in range(6)]
+
+    def completions(**options):
+        gen = Generator(*loaded, share_prefix=share_prefix, **options)
+        joins = []
+        original = RunningBatch.add
+        monkeypatch.setattr(RunningBatch, "add", lambda self, *a: joins.append(len(self)) or original(self, *a))
+        out = gen.generate(many, params)
+        monkeypatch.setattr(RunningBatch, "add", original)
+        return [[(c.token_ids, c.finish_reason) for c in row] for row in out], joins
+
+    at_once, joins = completions()
+    assert joins == [0]
+    streamed, joins = completions(max_batch_size=4)
+    assert streamed == at_once and any(rows > 0 for rows in joins)  # rows joined a running batch
+    assert completions(max_batch_size=1)[0] == at_once
+    assert any(reason == "stop" for row in at_once for _, reason in row)
+
+
+def test_work_with_its_own_budget_and_samples(gen):
+    """`stream_work`: each prompt with its own sample indices and token budget, all in one batch, gives
+    what one call per prompt gives."""
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=4, ignore_eos=True)
+    ids = gen.encode(PROMPTS[:3])
+    work = [Work(ids[0], "a", [3, 0], 5), Work(ids[1], "b", [1]), Work(ids[2], "a", [1, 2], 9)]
+    got: dict[tuple[int, int], list[int]] = {}
+    for event in gen.stream_work(work, params):
+        if event.completion is not None:
+            got[event.prompt_index, event.index] = event.completion.token_ids
+    for p, w in enumerate(work):
+        budget = w.max_new_tokens or params.max_new_tokens
+        for index, sample in enumerate(w.samples):
+            alone = gen.generate_ids([w.ids], dataclasses.replace(params, max_new_tokens=budget), keys=[w.key],
+                                     first_sample=sample)[0][0]
+            assert got[p, index] == alone.token_ids and len(alone.token_ids) == budget
+    with pytest.raises(GenerationError, match="share a random stream"):
+        list(gen.stream_work([Work(ids[0], "a", [1]), Work(ids[1], "a", [1])], params))

@@ -93,12 +93,65 @@ def test_rows_continuing_one_prompt_compute_what_they_compute_alone(loaded, shar
             alone = decode_alone(model, prompts[owner[r]], feed[r][: step + 1])[-1]
             torch.testing.assert_close(got[step][i], alone, atol=1e-4, rtol=1e-4)
     late = joining(prefill(model, [prompts[0]]), [1])
-    if share_prefix:  # a shared batch only shrinks
-        with pytest.raises(ValueError, match="shared"):
-            batch.add(late, ["late"], room=2)
-    else:
-        batch.add(late, ["late"], room=2)
-        assert batch.rows == [1, 2, 4, "late"] and batch.mask.shape == (4, batch.cache.length)
+    batch.add(late, ["late"], room=2)
+    assert batch.rows == [1, 2, 4, "late"] and batch.mask.shape == (4, batch.cache.length)
+    assert batch.shared == share_prefix
+
+
+class Rows:
+    """Drives a batch: each row feeds its own token sequence; every step's logits are checked against
+    the row decoded alone after its prompt."""
+
+    def __init__(self, model, batch):
+        self.model, self.batch, self.fed = model, batch, []
+
+    def join(self, prompts, repeats, room=12):
+        parts = [prefill(self.model, [ids]) for ids in prompts]
+        rows = [(ids, [(7 * len(self.fed) + 3 * i + 1) % 50 + 2 for i in range(12)], [])
+                for ids, n in zip(prompts, repeats) for _ in range(n)]
+        self.batch.add([(p.cache, p.mask, [n]) for p, n in zip(parts, repeats)], rows, room)
+        self.fed += rows
+
+    def step(self):
+        tokens = torch.tensor([feed[len(done)] for _, feed, done in self.batch.rows])
+        logits = self.batch.step(tokens)
+        for (ids, feed, done), got in zip(self.batch.rows, logits):
+            done.append(int(feed[len(done)]))
+            torch.testing.assert_close(got, decode_alone(self.model, ids, done)[-1], atol=1e-4, rtol=1e-4)
+
+    def leave(self, *positions):
+        self.batch.keep([i for i in range(len(self.batch)) if i not in positions])
+
+
+@torch.inference_mode()
+def test_rows_join_and_leave_a_shared_prefix_batch(loaded):
+    model, tok = loaded
+    short, long, other = tok.encode("x"), tok.encode("import numpy as np\n\nx = np.arange(10)\n"), tok.encode("def f")
+    rows = Rows(model, RunningBatch(model, share_prefix=True))
+    rows.join([short], [1])  # one row per prompt: nothing to share yet
+    assert not rows.batch.shared
+    rows.step()
+    rows.join([other], [3])  # three rows of one prompt: the running row keeps its cache as its own prompt
+    assert rows.batch.shared and rows.batch.cache.offset == max(len(short) + 1, len(other))
+    rows.step()
+    rows.step()
+    rows.join([long, short], [2, 1])  # a longer prompt: every kept prompt is padded on the left
+    assert rows.batch.cache.offset == len(long) and len(rows.batch) == 7
+    for _ in range(2):
+        rows.step()
+    rows.leave(0, 2)  # the first running row and one row of `other` leave: their own columns stay as long as used
+    rows.step()
+    rows.leave(0, 1)  # `other` is continued by no row any more
+    length = rows.batch.cache.length - rows.batch.cache.offset
+    assert length == 3 and bool(rows.batch.mask[:, rows.batch.cache.offset].any())  # unused own columns were cut
+    rows.join([other], [2])
+    assert sorted(set(rows.batch.cache._row_groups)) == [0, 1, 2] and rows.batch.cache.prefix_keys[0].shape[0] == 3
+    for _ in range(3):
+        rows.step()
+    for t in (*rows.batch.cache.keys, *rows.batch.cache.values):
+        assert bool(t[:, :, : rows.batch.cache.length - rows.batch.cache.offset].isfinite().all())
+    rows.leave(*range(len(rows.batch)))
+    assert len(rows.batch) == 0 and rows.batch.cache is None
 
 
 def test_bad_joins_are_refused(loaded):

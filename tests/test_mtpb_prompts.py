@@ -16,7 +16,7 @@ def _fake_code(prompt, params, k):
 def test_problem_1_multi_turn_program_is_byte_identical_to_the_reference_format():
     problem = load_mtpb(mtpb_path()).by_id()["1"]
     generator = ScriptedGenerator(_fake_code)
-    records = generate_multi_turn(generator, problem, FakeParams(n=2))
+    records = generate_multi_turn(generator, [problem], FakeParams(n=2))
     program = next(r["program"] for r in records if r["test"] == 0 and r["sample"] == 1)
     assert program == (
         "# Import libraries.\n\nimport numpy as np\n\n"
@@ -46,7 +46,7 @@ def _reference_history(problem, test, complete):
 def test_every_problem_matches_the_reference_loop_and_batches_each_turn_in_one_call():
     for problem in load_mtpb(mtpb_path()).problems:
         generator = ScriptedGenerator(lambda prompt, params, k: f"x = {len(prompt)} + {k}")
-        records = generate_multi_turn(generator, problem, FakeParams(n=2, seed=7))
+        records = generate_multi_turn(generator, [problem], FakeParams(n=2, seed=7))
         assert len(records) == 2 * len(problem.tests)
         for r in records:
             # samples fork at turn 1 (k = sample); later turns draw one completion per history (k = 0)
@@ -82,7 +82,7 @@ def test_problem_17_multi_line_prompt_is_kept_verbatim():
 def test_single_turn_concatenates_the_prompts_with_the_summed_budget():
     problem = load_mtpb(mtpb_path()).by_id()["3"]
     generator = ScriptedGenerator(lambda prompt, params, k: "print(1)")
-    records = generate_single_turn(generator, problem, FakeParams(n=3))
+    records = generate_single_turn(generator, [problem], FakeParams(n=3))
     [(prompts, params)] = generator.calls
     assert params.max_new_tokens == 3 * 128 and params.truncate is None and params.n == 3
     assert prompts[1] == (

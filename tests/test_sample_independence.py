@@ -79,31 +79,101 @@ def test_a_resumed_mtpb_run_redraws_the_samples_it_lost(generator, tmp_path):
         assert _records(cut) == _records(tmp_path / "full" / f"samples_{mode}.jsonl")
 
 
-def _humaneval_samples(generator, problems, out, batch_size, seed=7):
+def _humaneval_samples(generator, problems, out, cap, seed=7):
+    """The samples of a run with at most `cap` rows in the running batch."""
     store = ResultStore(out / "samples.jsonl", he.KEY)
-    he.generate_samples(generator, problems, store, n=4, temperatures=[0.8, 1.0], top_p=0.95, max_new_tokens=8,
-                        seed=seed, batch_size=batch_size, progress=False)
+    default, generator.max_batch_size = generator.max_batch_size, cap
+    try:
+        he.generate_samples(generator, problems, store, n=4, temperatures=[0.8, 1.0], top_p=0.95, max_new_tokens=8,
+                            seed=seed, progress=False)
+    finally:
+        generator.max_batch_size = default
     return sorted(store.records, key=lambda r: (r["task_id"], r["temperature"], r["sample"]))
 
 
+TOY = [he.Problem(f"Toy/{i}", prompt, "", "f") for i, prompt in
+       enumerate(["def add(a, b):\n    ", "import numpy as np\n", "def add(a, b):\n    "])]
+
+
 def test_humaneval_samples_are_reproducible_whatever_the_batch_size(generator, tmp_path):
-    problems = [he.Problem(f"Toy/{i}", prompt, "", "f") for i, prompt in
-                enumerate(["def add(a, b):\n    ", "import numpy as np\n", "def add(a, b):\n    "])]
-    whole = _humaneval_samples(generator, problems, tmp_path / "whole", batch_size=4)
-    assert _humaneval_samples(generator, problems, tmp_path / "again", batch_size=4) == whole
-    assert _humaneval_samples(generator, problems, tmp_path / "split", batch_size=3) == whole
-    assert _humaneval_samples(generator, problems, tmp_path / "ones", batch_size=1) == whole
+    whole = _humaneval_samples(generator, TOY, tmp_path / "whole", cap=64)
+    assert _humaneval_samples(generator, TOY, tmp_path / "again", cap=64) == whole
+    assert _humaneval_samples(generator, TOY, tmp_path / "split", cap=3) == whole
+    assert _humaneval_samples(generator, TOY, tmp_path / "ones", cap=1) == whole
     # identical prompts under different task ids, and the two temperatures, draw different samples
     texts = defaultdict(list)
     for r in whole:
         texts[r["task_id"], r["temperature"]].append(r["completion"])
     assert texts[("Toy/0", 1.0)] != texts[("Toy/2", 1.0)]
     assert texts[("Toy/0", 0.8)] != texts[("Toy/0", 1.0)] and len(set(texts[("Toy/0", 1.0)])) > 1
-    other = _humaneval_samples(generator, problems, tmp_path / "other", batch_size=4, seed=8)
+    other = _humaneval_samples(generator, TOY, tmp_path / "other", cap=64, seed=8)
     assert [r["completion"] for r in other] != [r["completion"] for r in whole]
     # a resumed run redraws what it lost: keep every third sample, resume
     cut = tmp_path / "cut" / "samples.jsonl"
     cut.parent.mkdir()
     cut.write_text("".join(line for i, line in enumerate((tmp_path / "whole" / "samples.jsonl").read_text()
                                                          .splitlines(keepends=True)) if i % 3 == 0))
-    assert _humaneval_samples(generator, problems, tmp_path / "cut", batch_size=2) == whole
+    assert _humaneval_samples(generator, TOY, tmp_path / "cut", cap=2) == whole
+
+
+class Killed(Exception):
+    pass
+
+
+class DiesAfter:
+    """The real engine, killed after `limit` completions of one run; counts the rows each run draws."""
+
+    def __init__(self, engine: Generator, limit: int | None):
+        self.engine, self.tokenizer, self.limit, self.drawn = engine, engine.tokenizer, limit, 0
+        self.encode = engine.encode
+
+    @property
+    def max_batch_size(self):
+        return self.engine.max_batch_size
+
+    @max_batch_size.setter
+    def max_batch_size(self, value):
+        self.engine.max_batch_size = value
+
+    def stream_work(self, work, params):
+        self.drawn += sum(len(w.samples) for w in work)
+        for event in self.engine.stream_work(work, params):
+            if event.completion is not None and self.limit is not None:
+                self.limit -= 1
+                if self.limit < 0:
+                    raise Killed
+            yield event
+
+
+def test_a_humaneval_run_killed_mid_batch_resumes_with_only_the_missing_samples(generator, tmp_path):
+    whole = _humaneval_samples(generator, TOY, tmp_path / "whole", cap=5)
+    dying = DiesAfter(generator, limit=7)
+    with pytest.raises(Killed):
+        _humaneval_samples(dying, TOY, tmp_path / "killed", cap=5)
+    kept = (tmp_path / "killed" / "samples.jsonl").read_text().splitlines()
+    assert len(kept) == 7  # written as they completed, while the batch still held other rows
+    resumed = DiesAfter(generator, limit=None)
+    assert _humaneval_samples(resumed, TOY, tmp_path / "killed", cap=5) == whole
+    assert resumed.drawn == len(whole) - 7
+
+
+def test_mtpb_samples_are_the_same_whatever_the_window_and_batch(generator, tmp_path):
+    """Problems generated together (one call per turn and budget, rows streaming through one batch)
+    give the samples each problem gives alone in a batch of one row."""
+    by_id = load_mtpb(mtpb_path()).by_id()
+    problems = [by_id["3"], by_id["1"]]  # three and five turns
+    # no nucleus cut: a batch's float rounding could move a token across it (the tiny model's long,
+    # nearly flat distributions make that likely over many turns; it is no property of the batching)
+    params = SamplingParams(n=2, temperature=0.8, top_p=1.0, seed=6)
+    default = generator.max_batch_size
+    try:
+        for mode in ("multi", "single"):
+            generator.max_batch_size = 64  # one window: both problems at every turn
+            together = mtpb_run.generate(problems, generator, params, mode, tmp_path / "together")
+            generator.max_batch_size = 1  # one problem per window, one row per batch
+            mtpb_run.generate(problems, generator, params, mode, tmp_path / "alone")
+            assert len(together) == 2 * 5 * 2
+            assert _records(tmp_path / "together" / f"samples_{mode}.jsonl") == _records(
+                tmp_path / "alone" / f"samples_{mode}.jsonl")
+    finally:
+        generator.max_batch_size = default

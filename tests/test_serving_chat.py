@@ -73,7 +73,7 @@ def mtpb_prompts(problem: Problem) -> tuple[list[str], list[str]]:
     """The prompt `eval mtpb` builds for every turn of test case 0, and the code it got back."""
     codes = iter(f"v{k} = {k} * 2\nprint(v{k})" for k in range(100))
     generator = ScriptedGenerator(lambda prompt, params, k: next(codes))
-    [record, *_] = generate_multi_turn(generator, problem, FakeParams(n=1))
+    [record, *_] = generate_multi_turn(generator, [problem], FakeParams(n=1))
     return [prompts[0] for prompts, _ in generator.calls], record["completions"]
 
 

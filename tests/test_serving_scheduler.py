@@ -161,3 +161,35 @@ def test_stop_fails_what_is_left(loaded):
     queued_event, running_event = run(scenario())
     assert isinstance(queued_event, Failed) and "shutting down" in queued_event.message
     assert isinstance(running_event, Failed)
+
+
+def test_rows_of_one_prompt_share_its_cache_and_give_what_copies_give(loaded):
+    """On CPU a request with n > 1 joining a busy batch turns it into one that keeps each prompt once;
+    every choice is what the batch of copied prompts gives."""
+    model, tok = loaded
+    requests = [([tok.encode("class Point:\n")], SamplingParams(max_new_tokens=40, temperature=0.0, ignore_eos=True)),
+                ([tok.encode("def add(a, b):\n"), tok.encode("x")], SamplingParams(n=3, max_new_tokens=24,
+                                                                                    temperature=1.0, seed=8)),
+                ([tok.encode("for i")], SamplingParams(n=2, max_new_tokens=16, temperature=0.7, seed=9, logprobs=1))]
+
+    def outputs(share_prefix):
+        scheduler = Scheduler(model, tok, max_batch=8, share_prefix=share_prefix)
+        shared, admitted = [], asyncio.Event()
+        scheduler.step_hook = lambda: shared.append(scheduler._batch.shared)
+
+        async def scenario():
+            scheduler.start()
+            first = scheduler.submit(*requests[0], stream=True)
+            texts = [asyncio.ensure_future(collect(first, lambda event: admitted.set()))]
+            await admitted.wait()  # the first request is decoding: the others join its batch
+            texts += [asyncio.ensure_future(collect(scheduler.submit(*r))) for r in requests[1:]]
+            return [await t for t in texts]
+
+        try:
+            return run(scenario()), shared
+        finally:
+            scheduler.stop()
+
+    copied, never = outputs(False)
+    kept, shared = outputs(True)
+    assert kept == copied and not any(never) and any(shared)

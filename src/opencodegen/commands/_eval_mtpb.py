@@ -174,7 +174,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
         if stored is not None:
             completions = stored.get(problem.id, {})
         else:
-            records = generate_multi_turn(generator, problem, params)
+            records = generate_multi_turn(generator, [problem], params)
             completions = {r["test"]: r["completions"] for r in records}
         store.append({"id": problem.id, **problem_perplexity(model, tokenizer, problem, completions)})
     ids = {p.id for p in problems}

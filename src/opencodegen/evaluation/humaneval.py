@@ -312,8 +312,8 @@ def sampling_params(
     top_p: float, max_new_tokens: int | None, seed: int, protocol: Protocol = HUMAN_EVAL, top_k: int = 0,
     max_total_tokens: int | None = None,
 ) -> SamplingParams:
-    """The sampler of a model run with its protocol's stops and truncation; each batch sets its n and
-    temperature, and its budget too when the protocol counts the prompt in it (`max_total_tokens`)."""
+    """The sampler of a model run with its protocol's stops and truncation; each call sets its
+    temperature, and each prompt its budget when the protocol counts the prompt in it (`max_total_tokens`)."""
     from opencodegen.generation import SamplingParams
 
     return SamplingParams(max_new_tokens=max_new_tokens or max_total_tokens, top_p=top_p, top_k=top_k, seed=seed,
@@ -339,7 +339,6 @@ def generate_samples(
     top_p: float,
     max_new_tokens: int | None,
     seed: int,
-    batch_size: int,
     progress: bool = True,
     protocol: Protocol = HUMAN_EVAL,
     top_k: int = 0,
@@ -347,42 +346,69 @@ def generate_samples(
 ) -> None:
     """Sample n completions per problem and temperature into `store`, skipping those present.
 
-    Sample i of a problem at a temperature draws from the stream of (seed, problem, temperature, i),
-    so a batch regenerated after a kill gives the same completions (only the missing ones are
-    written), and `batch_size` does not change which samples are drawn. `protocol` gives the stop
+    The missing samples of all problems at one temperature stream through the generator's running
+    batch in one call (`stream_work`), each written as it completes. Sample i of a problem at a
+    temperature draws from the stream of (seed, problem, temperature, i), so it never depends on its
+    batch, and a killed run resumes by drawing only the samples it lacks. `protocol` gives the stop
     strings, truncation and text clean-up; the budget is `max_new_tokens`, or `max_total_tokens`
     minus the prompt's tokens (an empty completion when nothing fits, as bigcode's harness gives).
     """
+    from opencodegen.generation import Work
+
     base = sampling_params(top_p, max_new_tokens, seed, protocol, top_k, max_total_tokens)
-    plan = [(p, t, start) for p in problems for t in temperatures for start in range(0, n, batch_size)]
-    total = len(problems) * len(temperatures) * n
-    with _progress(total, "sampling", "sample", progress) as bar:
-        for problem, temperature, start in plan:
-            indices = range(start, min(start + batch_size, n))
-            missing = [i for i in indices if (problem.task_id, temperature, i) not in store]
-            if not missing:
-                bar.update(len(indices))
-                continue
-            budget = max_new_tokens
-            if max_total_tokens is not None:
-                budget = max_total_tokens - len(generator.tokenizer.encode(problem.prompt))
-            done = bar.n
-            if budget < 1:
-                texts = [("", "length")] * len(indices)
-            else:
-                params = dataclasses.replace(base, n=len(indices), temperature=temperature, max_new_tokens=budget)
-                (completions,) = generator.generate([problem.prompt], params, progress=bar.update,
-                                                    keys=[sample_key(problem.task_id, temperature)],
-                                                    first_sample=start)
-                if len(completions) != len(indices):
-                    raise DataError(f"the generator returned {len(completions)} completions, {len(indices)} asked")
-                texts = [(protocol.finish(c.text, protocol.truncate), c.finish_reason) for c in completions]
-            store.extend(
-                {"task_id": problem.task_id, "temperature": temperature, "sample": i, "completion": text,
-                 "finish_reason": reason}
-                for i, (text, reason) in zip(indices, texts) if i in missing
-            )
-            bar.update(done + len(indices) - bar.n)  # exact, whatever the generator reported
+    prompt_ids = generator.encode([p.prompt for p in problems])
+    with _progress(len(problems) * len(temperatures) * n, "sampling", "sample", progress) as bar, \
+            _Appender(store) as out:
+        for temperature in temperatures:
+            work: list[Work] = []
+            owners: list[Problem] = []
+            for problem, ids in zip(problems, prompt_ids):
+                missing = [i for i in range(n) if (problem.task_id, temperature, i) not in store]
+                bar.update(n - len(missing))
+                budget = max_new_tokens if max_total_tokens is None else max_total_tokens - len(ids)
+                if missing and budget < 1:
+                    for i in missing:
+                        out.add(_sample_record(problem, temperature, i, "", "length"))
+                    bar.update(len(missing))
+                elif missing:
+                    work.append(Work(ids, sample_key(problem.task_id, temperature), missing, budget))
+                    owners.append(problem)
+            params = dataclasses.replace(base, temperature=temperature)
+            for event in generator.stream_work(work, params):
+                if event.completion is not None:
+                    completion, problem = event.completion, owners[event.prompt_index]
+                    text = protocol.finish(completion.text, protocol.truncate)
+                    sample = work[event.prompt_index].samples[event.index]
+                    out.add(_sample_record(problem, temperature, sample, text, completion.finish_reason))
+                    bar.update(1)
+
+
+def _sample_record(problem: Problem, temperature: float, sample: int, completion: str, reason: str) -> dict[str, Any]:
+    return {"task_id": problem.task_id, "temperature": temperature, "sample": sample, "completion": completion,
+            "finish_reason": reason}
+
+
+class _Appender:
+    """Appends records to a store in groups (FLUSH_EVERY of them, or what a second brought), so that
+    fsyncs stay few while a killed run loses at most the last group; the rest is written on exit."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self.store, self.pending, self.flushed = store, [], time.monotonic()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.pending.append(record)
+        if len(self.pending) >= FLUSH_EVERY or time.monotonic() - self.flushed > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.extend(self.pending)
+        self.pending, self.flushed = [], time.monotonic()
+
+    def __enter__(self) -> _Appender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
 
 
 # ----------------------------------------------------------------------------- execution
@@ -415,18 +441,12 @@ def execute_samples(
     if not todo:
         return
     jobs = ({"source": checked(by_id[s["task_id"]], code(by_id[s["task_id"]], s)), "timeout": timeout} for s in todo)
-    pending: list[dict[str, Any]] = []
-    last_flush = time.monotonic()
-    with ExecutionPool(workers=workers, isolation=isolation) as pool, _progress(len(todo), "executing", "program", progress) as bar:
+    with ExecutionPool(workers=workers, isolation=isolation) as pool, \
+            _progress(len(todo), "executing", "program", progress) as bar, _Appender(store) as out:
         for sample, result in zip(todo, pool.map(jobs)):
             syntax_valid = is_valid_python(code(by_id[sample["task_id"]], sample))
-            pending.append({**sample, "result": result_text(result), "passed": result.passed,
-                            "syntax_valid": syntax_valid})
+            out.add({**sample, "result": result_text(result), "passed": result.passed, "syntax_valid": syntax_valid})
             bar.update(1)
-            if len(pending) >= FLUSH_EVERY or time.monotonic() - last_flush > 1.0:
-                store.extend(pending)
-                pending, last_flush = [], time.monotonic()
-        store.extend(pending)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -521,7 +541,7 @@ def run_with_generator(
     samples = ResultStore(out / f"samples{suffix}.jsonl", KEY)
     generate_samples(generator, mine, samples, n=settings.n, temperatures=settings.temperatures,
                      top_p=settings.top_p, max_new_tokens=settings.max_new_tokens, seed=settings.seed,
-                     batch_size=settings.batch_size, progress=options.progress, protocol=protocol,
+                     progress=options.progress, protocol=protocol,
                      top_k=settings.top_k, max_total_tokens=settings.max_total_tokens)
     results = ResultStore(out / f"results{suffix}.jsonl", KEY)
     execute_samples(samples.records, mine, results, timeout=settings.timeout, workers=options.workers,

@@ -203,20 +203,23 @@ def humaneval_batch(
     generator: Any, prompts: Sequence[str], n: int, temperatures: Sequence[float], max_new_tokens: int,
     batch_size: int | None, world: int, show: bool,
 ) -> int:
-    """The batch of a HumanEval run (`batch_size`, or the memory rule's), and, when `show`, the
-    batch choice and the time estimate of this rank's share."""
+    """The row cap of a HumanEval run's running batch (`batch_size`, or the memory rule's), applied
+    to `generator`, and, when `show`, the batch choice and the time estimate of this rank's share.
+    One call streams the samples of every problem at a temperature, so the cap is at most those rows."""
+    mine = math.ceil(len(prompts) / world)
+    rows = mine * n
     if batch_size is None:
         longest = max(len(ids) for ids in generator.encode(list(prompts)))
-        choice = choose_batch(generator, longest + max_new_tokens, n)
+        choice = choose_batch(generator, longest + max_new_tokens, rows)
         batch, text = choice.batch, choice.describe(generator.model.device) + "; --batch-size overrides it"
     else:
         batch, text = batch_size, f"batch {batch_size} (--batch-size)"
+        generator.max_batch_size = batch_size
     if show:
         say(text)
-        mine = math.ceil(len(prompts) / world)
-        calls = mine * len(temperatures) * math.ceil(n / batch)
-        speed = warm_up(generator, prompts[0], min(batch, n), max(temperatures))
-        say(describe_speed(speed, speed.seconds(calls, calls * max_new_tokens)))
+        prefills, steps = mine * len(temperatures), len(temperatures) * math.ceil(rows / batch) * max_new_tokens
+        speed = warm_up(generator, prompts[0], min(batch, rows), max(temperatures))
+        say(describe_speed(speed, speed.seconds(prefills, steps)))
     return batch
 
 
@@ -239,22 +242,23 @@ def print_mtpb_work(problems: Sequence[Any], modes: Sequence[str], n: int, tempe
 
 def mtpb_batch(generator: Any, problems: Sequence[Any], modes: Sequence[str], n: int, temperature: float) -> int:
     """Apply the memory rule to `generator` (rows of a whole context each) and print it with the
-    time estimate of the generation (every prompt prefilled, every budget used up)."""
+    time estimate of the generation (every prompt prefilled, every budget used up, full batches:
+    the problems' rows stream through one running batch)."""
     from opencodegen.evaluation.mtpb.data import single_turn_budget
     from opencodegen.synthesis.history import PREFIX
 
     context = generator.model.config.n_positions
-    choice = choose_batch(generator, context, max((len(p.tests) for p in problems), default=1) * n)
+    choice = choose_batch(generator, context, max(1, sum(len(p.tests) for p in problems) * n))
     say(choice.describe(generator.model.device))
     speed = warm_up(generator, PREFIX, choice.batch, temperature)
-    prefills = steps = 0
+    prefills = row_steps = 0
     for p in problems:
-        rows, batches = len(p.tests) * n, math.ceil(len(p.tests) * n / choice.batch)
+        rows = len(p.tests) * n
         if "multi" in modes:
             prefills += p.n_turns * rows
-            steps += p.n_turns * batches * p.max_gen_length
+            row_steps += p.n_turns * rows * p.max_gen_length
         if "single" in modes:
             prefills += rows
-            steps += batches * min(single_turn_budget(p), context)
-    say(describe_speed(speed, speed.seconds(prefills, steps)))
+            row_steps += rows * min(single_turn_budget(p), context)
+    say(describe_speed(speed, speed.seconds(prefills, math.ceil(row_steps / choice.batch))))
     return choice.batch

@@ -1,6 +1,6 @@
 """Text generation with CodeGen models: sampling, stopping/truncation, the batched KV-cache engine."""
 
-from opencodegen.generation.engine import Completion, Generator, StreamEvent, TokenLogprob
+from opencodegen.generation.engine import Completion, Generator, StreamEvent, TokenLogprob, Work
 from opencodegen.generation.sampling import SamplingParams
 from opencodegen.generation.stopping import HUMANEVAL_STOPS, truncate_codegen
 
@@ -11,5 +11,6 @@ __all__ = [
     "SamplingParams",
     "StreamEvent",
     "TokenLogprob",
+    "Work",
     "truncate_codegen",
 ]

@@ -1,16 +1,18 @@
 """The generation engine: prefill, incremental decode with a KV cache, n samples per prompt.
 
 Every prompt is prefilled once, alone (no padding, so its cache and first-token logits never
-depend on the rest of the batch); its cache is then copied into the rows of a left-padded batch
-cache, once per sample — n samples share ONE prefill. Decoding runs all rows together, one token
-per step in the decode core shared with the server (`running_batch.py`); rows that finish leave
-the batch when that pays for the copy (`worth_compacting`).
-Large requests are cut into batches that fit `max_cache_bytes`.
+depend on the rest of the batch); its cache then serves every row continuing it — n samples share
+ONE prefill. All rows of a call stream through one running batch (the decode core shared with the
+server, `running_batch.py`), shortest prompts first: rows decode together, one token per step;
+rows that finish leave when that pays for moving the others (`worth_compacting`) or frees room for
+waiting rows, which then join between two steps, as many as the row cap (`max_batch_size`) and
+the cache budget (`max_cache_bytes`) allow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -71,15 +73,14 @@ class StreamEvent:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Streams:
-    """Where the random draws of one call come from: its seed and each prompt's (key, first sample index)."""
+class Work:
+    """One prompt to continue (token ids), the sample indices of its rows, which with the call's seed
+    and `key` fix each row's random stream, and its token budget (None: the call's)."""
 
-    seed: int
-    rows: list[tuple[str, int]]
-
-    def uniforms(self, prompt: int, sample: int, steps: int) -> torch.Tensor:
-        key, first = self.rows[prompt]
-        return sequence_uniforms(self.seed, key, first + sample, steps)
+    ids: Sequence[int]
+    key: str
+    samples: Sequence[int]
+    max_new_tokens: int | None = None
 
 
 class SequenceState:
@@ -127,6 +128,7 @@ class Generator:
     matrix is usable and text features (stop strings, truncation, text) are unavailable.
     Otherwise ids from len(tokenizer) up (never-trained embedding rows) are never sampled.
 
+    At most `max_batch_size` rows decode together, with caches of at most `max_cache_bytes`.
     `share_prefix`: the n samples of a prompt attend to one copy of its cache (`SharedPrefixCache`)
     instead of a copy per row. It saves memory traffic where decoding is bandwidth-bound (CPU);
     on a GPU, where small decode steps are bound by kernel launches, its extra kernels cost more,
@@ -218,28 +220,38 @@ class Generator:
         keys: Sequence[str] | None = None,
         first_sample: int | Sequence[int] = 0,
     ) -> Iterator[StreamEvent]:
-        """Events of every sequence of every prompt as they happen (prompts of similar length are batched).
+        """Events of every sequence of every prompt as they happen.
         `keys` and `first_sample` choose the random streams, as in `generate`."""
-        prompts = [self._check_prompt(i, ids, params) for i, ids in enumerate(prompt_ids)]
-        streams = _Streams(resolve_seed(params.seed), row_streams(len(prompts), params.n, keys, first_sample))
-        order = sorted(range(len(prompts)), key=lambda p: len(prompts[p]))
-        jobs = [(p, j) for p in order for j in range(params.n)]
-        prefixes: dict[int, Prefilled] = {}
-        start = 0
-        while start < len(jobs):
-            end = self._batch_end(jobs, start, prompts, params)
-            batch = jobs[start:end]
-            for p in dict.fromkeys(p for p, _ in batch):
-                if p not in prefixes:
-                    prefixes[p] = self._prefill(prompts[p])
-            yield from self._decode(batch, prefixes, params, streams)
-            for p, _ in batch:  # a prompt's samples are contiguous: drop prefixes no later batch needs
-                if end == len(jobs) or jobs[end][0] != p:
-                    prefixes.pop(p, None)
-            start = end
+        streams = row_streams(len(prompt_ids), params.n, keys, first_sample)
+        work = [Work(ids, key, range(first, first + params.n)) for ids, (key, first) in zip(prompt_ids, streams)]
+        yield from self.stream_work(work, params)
+
+    @torch.inference_mode()
+    def stream_work(self, work: Sequence[Work], params: SamplingParams) -> Iterator[StreamEvent]:
+        """Events of the rows of every piece of `work` as they happen: all of them stream through one
+        running batch, shortest prompts first; rows that finish leave and waiting rows join.
+
+        An event's `prompt_index` is the index in `work`, its `index` the position in that work's
+        `samples`; `params.n` is not used (each work names its samples) and `params.max_new_tokens`
+        is the budget of work that sets none.
+        """
+        budgets = [params.max_new_tokens if w.max_new_tokens is None else w.max_new_tokens for w in work]
+        prompts = [self._check_prompt(i, w.ids, budget, params) for i, (w, budget) in enumerate(zip(work, budgets))]
+        rows = [(w.key, sample) for w in work for sample in w.samples]
+        if len(set(rows)) != len(rows):
+            raise GenerationError("two rows would share a random stream (the same key and sample index): "
+                                  "give each prompt its own key or disjoint sample indices")
+        order = sorted(range(len(work)), key=lambda p: len(prompts[p]))
+        queue = deque((p, j) for p in order for j in range(len(work[p].samples)))
+        if not work:
+            return
+        rows_params = [params if b == params.max_new_tokens else dataclasses.replace(params, max_new_tokens=b)
+                       for b in budgets]
+        decode = _Decode(self, prompts, rows_params, work, resolve_seed(params.seed))
+        yield from decode.run(queue)
 
     # ---- internals -------------------------------------------------------------------------------
-    def _check_prompt(self, i: int, ids: Sequence[int], params: SamplingParams) -> list[int]:
+    def _check_prompt(self, i: int, ids: Sequence[int], budget: int, params: SamplingParams) -> list[int]:
         if self.tokenizer is None and (params.stop_strings or params.truncate):
             raise GenerationError("stop strings and truncation need a tokenizer")
         ids = [int(t) for t in ids]
@@ -252,77 +264,134 @@ class Generator:
         if bad:
             raise GenerationError(f"prompt {i} holds token id {bad[0]}, outside the model's {vocab} embedding rows")
         context = self.model.config.n_positions
-        room = context - params.max_new_tokens
+        room = context - budget
         if room < 1:
-            raise GenerationError(f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt "
+            raise GenerationError(f"max_new_tokens={budget} leaves no room for a prompt "
                                   f"in the model's context of {context} tokens")
         if len(ids) > room:
             if not params.truncate_prompt:
                 raise GenerationError(
-                    f"prompt {i} has {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it needs "
-                    f"{len(ids) + params.max_new_tokens} positions, more than the model's context of {context}. "
+                    f"prompt {i} has {len(ids)} tokens; with max_new_tokens={budget} it needs "
+                    f"{len(ids) + budget} positions, more than the model's context of {context}. "
                     "Shorten the prompt, lower max_new_tokens or allow left truncation (truncate_prompt)."
                 )
             ids = ids[-room:]
         return ids
 
-    def _batch_end(self, jobs: list[tuple[int, int]], start: int, prompts: list[list[int]], params: SamplingParams) -> int:
-        """End of the largest batch from `start` within max_batch_size rows and the cache budget."""
-        longest, groups, end = 0, 0, start
-        while end < len(jobs) and end - start < self.max_batch_size:
-            prompt = jobs[end][0]
-            new_group = end == start or jobs[end - 1][0] != prompt
-            longest_with = max(longest, len(prompts[prompt]))
-            rows = end - start + 1
-            if params.n > 1 and self.share_prefix:  # each prompt once, each row its own tokens
-                tokens = (groups + new_group) * longest_with + rows * params.max_new_tokens
-            else:
-                tokens = rows * (longest_with + params.max_new_tokens)
-            if rows > 1 and tokens * self._cache_bytes_per_token > self.max_cache_bytes:
-                break
-            longest, groups, end = longest_with, groups + new_group, end + 1
-        return end
-
     def _prefill(self, ids: list[int]) -> Prefilled:
         return prefill(self.model, [ids])
 
-    def _decode(
-        self, batch: list[tuple[int, int]], prefixes: dict[int, Prefilled], params: SamplingParams, streams: _Streams
-    ) -> Iterator[StreamEvent]:
-        max_new = params.max_new_tokens
-        groups: list[tuple[Prefilled, int]] = []  # runs of rows continuing one prompt
-        for p, _ in batch:
-            if groups and groups[-1][0] is prefixes[p]:
-                groups[-1] = (prefixes[p], groups[-1][1] + 1)
-            else:
-                groups.append((prefixes[p], 1))
-        running = RunningBatch(self.model, share_prefix=params.n > 1 and self.share_prefix)
-        running.add([(prefix.cache, prefix.mask, [n]) for prefix, n in groups],
-                    [SequenceState(p, j, self, params) for p, j in batch], max_new)
-        logits = torch.cat([prefix.next_logits.expand(n, -1) for prefix, n in groups])
-        uniforms = None
-        if not params.greedy:
-            uniforms = torch.stack([streams.uniforms(p, j, max_new) for p, j in batch]).to(self.model.device)
-        sampler = TokenSampler(params)
 
-        for step in range(max_new):
-            active: list[SequenceState] = running.rows
-            scores = logits[:, : self.vocab_limit]
-            chosen_from = penalize(scores, [seq.token_ids for seq in active], params)
-            tokens = sampler(chosen_from, None if uniforms is None else uniforms[:, step])
-            logprobs = None if params.logprobs is None else token_logprobs(scores, tokens, params.logprobs)
+#: Rows that finished make room for waiting ones once this share of the row cap is free: every join
+#: copies the running rows' caches once, so joins are gathered rather than made row by row.
+JOIN_FRACTION = 3
+
+
+class _Decode:
+    """One `stream_work` call: its waiting rows (prompt, position in its samples) join one running
+    batch between decode steps, within the generator's row cap and cache budget."""
+
+    def __init__(
+        self, generator: Generator, prompts: list[list[int]], params: list[SamplingParams], work: Sequence[Work],
+        seed: int,
+    ) -> None:
+        self.generator, self.prompts, self.params, self.work, self.seed = generator, prompts, params, work, seed
+        self.base = params[0]  # the call's sampler settings (the params differ in their budgets only)
+        self.width = max(p.max_new_tokens for p in params)  # uniform draws kept per row
+        many = any(len(w.samples) > 1 for w in work)
+        self.batch = RunningBatch(generator.model, share_prefix=many and generator.share_prefix)
+        self.prefixes: dict[int, Prefilled] = {}  # prompts whose rows have not all joined yet
+        self.join_at = max(1, generator.max_batch_size // JOIN_FRACTION)
+
+    def run(self, queue: deque[tuple[int, int]]) -> Iterator[StreamEvent]:
+        device = self.generator.model.device
+        vocab = self.generator.vocab_limit
+        logits: torch.Tensor | None = None  # [B, V]: the next token's logits of every row
+        greedy = self.base.greedy
+        uniforms = None if greedy else torch.empty(0, self.width, dtype=torch.float64, device=device)
+        taken = torch.zeros(0, dtype=torch.long, device=device)  # tokens each row has drawn
+        sampler = TokenSampler(self.base)
+        while queue or self.batch.rows:
+            joined = None
+            if queue and (not self.batch.rows or self.batch_free() >= min(self.join_at, len(queue))):
+                joined = self.join(queue)
+            if joined is not None:
+                new_logits, new_uniforms = joined
+                logits = new_logits if logits is None else torch.cat((logits, new_logits))
+                uniforms = None if greedy else torch.cat((uniforms, new_uniforms))
+                taken = torch.cat((taken, torch.zeros(len(new_logits), dtype=torch.long, device=device)))
+            active: list[SequenceState] = self.batch.rows
+            scores = logits[:, :vocab]
+            chosen_from = penalize(scores, [seq.token_ids for seq in active], self.base)
+            draws = None if greedy else uniforms.gather(1, taken.clamp(max=self.width - 1)[:, None])[:, 0]
+            tokens = sampler(chosen_from, draws)
+            taken += 1
+            logprobs = None if self.base.logprobs is None else token_logprobs(scores, tokens, self.base.logprobs)
             for row, (seq, token) in enumerate(zip(active, tokens.tolist())):
                 if seq.completion is None:
                     event = seq.advance(token, None if logprobs is None else logprobs[row])
                     if event is not None:
                         yield event
-            finished = sum(seq.completion is not None for seq in active)
-            if finished == len(active):
+            running = [row for row, seq in enumerate(active) if seq.completion is None]
+            if not running and not queue:
                 return
-            if worth_compacting(finished, len(active), max_new - step - 1):
-                keep = [row for row, seq in enumerate(active) if seq.completion is None]
-                running.keep(keep)
-                index = torch.tensor(keep, device=tokens.device)
-                tokens = tokens[index]
-                uniforms = None if uniforms is None else uniforms[index]
-            logits = running.step(tokens)
+            if self.should_leave(len(active), running, queue):
+                self.batch.keep(running)
+                index = torch.tensor(running, dtype=torch.long, device=device)
+                tokens, taken = tokens[index], taken[index]
+                uniforms = None if greedy else uniforms[index]
+            logits = self.batch.step(tokens) if self.batch.rows else None
+
+    def batch_free(self) -> int:
+        """Row slots free for waiting rows once the finished ones leave."""
+        return self.generator.max_batch_size - sum(seq.completion is None for seq in self.batch.rows)
+
+    def should_leave(self, rows: int, running: list[int], queue: deque) -> bool:
+        """Whether the finished rows leave now: to make room for waiting rows, or when carrying them
+        would cost more than moving the others (`worth_compacting`)."""
+        finished = rows - len(running)
+        if not finished:
+            return False
+        if not running or (queue and self.batch_free() >= min(self.join_at, len(queue))):
+            return True
+        steps_left = max(self.batch.rows[r].params.max_new_tokens - len(self.batch.rows[r].token_ids) for r in running)
+        return worth_compacting(finished, rows, steps_left)
+
+    def join(self, queue: deque[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Waiting rows join while the row cap and the cache budget allow (at least one row into an
+        empty batch): their prompts are prefilled once each; returns their first logits and their
+        uniform draws, or None when none fits."""
+        generator, batch = self.generator, self.batch
+        live_room = max((seq.params.max_new_tokens - len(seq.token_ids) for seq in batch.rows), default=0)
+        joined: list[tuple[int, int]] = []
+        groups: list[tuple[int, int]] = []  # (prompt, rows joining now) in joining order
+        while queue and len(batch) + len(joined) < generator.max_batch_size:
+            p = queue[0][0]
+            trial = groups[:-1] + [(p, groups[-1][1] + 1)] if groups and groups[-1][0] == p else groups + [(p, 1)]
+            room = max(live_room, *(self.params[q].max_new_tokens for q, _ in trial))
+            tokens = batch.tokens_after([(len(self.prompts[q]), n) for q, n in trial], room)
+            if (batch.rows or joined) and tokens * generator._cache_bytes_per_token > generator.max_cache_bytes:
+                break
+            groups = trial
+            joined.append(queue.popleft())
+        if not joined:
+            return None
+        room = max(live_room, *(self.params[p].max_new_tokens for p, _ in groups))
+        for p, _ in groups:
+            if p not in self.prefixes:
+                self.prefixes[p] = generator._prefill(self.prompts[p])
+        prefixes = [self.prefixes[p] for p, _ in groups]
+        for p, _ in groups:  # a prompt's rows wait together: its prefill is needed no longer
+            if not queue or queue[0][0] != p:
+                del self.prefixes[p]
+        batch.add([(prefix.cache, prefix.mask, [n]) for prefix, (_, n) in zip(prefixes, groups)],
+                  [SequenceState(p, j, generator, self.params[p]) for p, j in joined], room)
+        logits = torch.cat([prefix.next_logits.expand(n, -1) for prefix, (_, n) in zip(prefixes, groups)])
+        if self.base.greedy:
+            return logits, None
+        draws = torch.zeros(len(joined), self.width, dtype=torch.float64)
+        for row, (p, j) in enumerate(joined):
+            work = self.work[p]
+            draws[row, : self.params[p].max_new_tokens] = sequence_uniforms(
+                self.seed, work.key, work.samples[j], self.params[p].max_new_tokens)
+        return logits, draws.to(logits.device)

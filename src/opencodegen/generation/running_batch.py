@@ -61,8 +61,9 @@ Joining = tuple[KVCache, torch.Tensor, Sequence[int]]
 class RunningBatch:
     """Cache, attention mask, next position and one caller-owned object per row.
 
-    `share_prefix`: rows continuing one prompt attend to a single copy of it when the batch is
-    formed by one `add`; such a batch only shrinks afterwards (no rows can join it).
+    `share_prefix`: rows continuing one prompt attend to a single copy of it (`SharedPrefixCache`)
+    from the first join of a prompt continued by several rows on, until the batch empties; rows
+    already running then keep their whole cache so far as a prompt of their own.
     """
 
     def __init__(self, model: CodeGenForCausalLM, *, share_prefix: bool = False) -> None:
@@ -81,6 +82,28 @@ class RunningBatch:
         """[B, cache.length]: which cached columns are real tokens of each row."""
         return None if self._mask is None else self._mask[:, : self.cache.length]
 
+    @property
+    def shared(self) -> bool:
+        """Whether the rows' prompts are kept once each (a `SharedPrefixCache`)."""
+        return isinstance(self.cache, SharedPrefixCache)
+
+    def _will_share(self, repeats: Sequence[int]) -> bool:
+        return self.shared or (self.share_prefix and any(n > 1 for n in repeats))
+
+    def tokens_after(self, prompts: Sequence[tuple[int, int]], room: int) -> int:
+        """Token slots the cache holds after rows continuing prompts of these (length, rows) join with
+        `room` more tokens each: what keeps the batch within a memory budget."""
+        lengths = [length for length, _ in prompts]
+        rows = len(self.rows) + sum(n for _, n in prompts)
+        cache = self.cache if self.rows else None
+        if self._will_share([n for _, n in prompts]):
+            if isinstance(cache, SharedPrefixCache):
+                prompts_kept = cache.prompts + len(prompts)
+                return prompts_kept * max(cache.offset, *lengths) + rows * (cache.length - cache.offset + room)
+            alone = len(self.rows)  # rows running before the switch keep their cache as their prompt
+            return (alone + len(prompts)) * max([*lengths] + ([cache.length] if cache else [])) + rows * room
+        return rows * (max([*lengths] + ([cache.length] if cache else [])) + room)
+
     def add(self, joining: Sequence[Joining], rows: Sequence[Any], room: int) -> None:
         """Rows join, continuing the prompts of `joining` in order; afterwards every row has room
         for at least `room` more tokens."""
@@ -88,23 +111,23 @@ class RunningBatch:
             raise ValueError("one caller object per joining row is needed")
         if not rows:
             return
-        if isinstance(self.cache, SharedPrefixCache) and self.rows:
-            raise ValueError("rows cannot join a batch whose prompts are shared; build it with one add()")
         parts = list(joining)
-        if self.rows:
-            parts.insert(0, (self.cache, self.mask, [1] * len(self.rows)))
-        width = max(cache.length for cache, _, _ in parts)
-        shared = self.share_prefix and not self.rows and any(n > 1 for _, _, repeats in parts for n in repeats)
-        reuse = not self.rows and len(parts) == 1 and all(n == 1 for n in parts[0][2])
-        if shared:
+        old_mask, previous = self.mask, self.cache if self.shared and self.rows else None
+        if self.rows and previous is None:  # running rows join the new cache like prompts
+            parts.insert(0, (self.cache, old_mask, [1] * len(self.rows)))
+        if self._will_share([n for _, _, repeats in parts for n in repeats]):
             groups = [(cache, row, n) for cache, _, repeats in parts for row, n in enumerate(repeats) if n]
-            self.cache = SharedPrefixCache(self.model, groups, room)
-        elif reuse and parts[0][0].max_len - width >= room:
-            self.cache = parts[0][0]
+            self.cache = SharedPrefixCache(self.model, groups, room, previous)
+            aligned = self.cache.offset  # prompts end here, the rows' own tokens follow
         else:
-            self.cache = self._merged(parts, width, room)
-        self._mask = self._merged_mask(parts, width, self.cache.offset + self.cache.max_len)
-        self._positions = self._mask[:, :width].sum(1)
+            aligned = max(cache.length for cache, _, _ in parts)
+            single = len(parts) == 1 and all(n == 1 for n in parts[0][2])
+            if single and not self.rows and parts[0][0].max_len - aligned >= room:
+                self.cache = parts[0][0]
+            else:
+                self.cache = self._merged(parts, aligned, room)
+        self._mask = self._joined_mask(parts, old_mask if previous is not None else None, aligned)
+        self._positions = self.mask.sum(1)
         self.rows += rows
 
     def _merged(self, parts: list[Joining], width: int, room: int) -> KVCache:
@@ -124,19 +147,24 @@ class RunningBatch:
         merged.length = width
         return merged
 
-    def _merged_mask(self, parts: list[Joining], width: int, capacity: int) -> torch.Tensor:
+    def _joined_mask(self, parts: list[Joining], kept: torch.Tensor | None, aligned: int) -> torch.Tensor:
+        """The mask after a join: `kept` rows (of a shared cache that stays) with their prompt columns
+        padded on the left to `aligned`; each part's rows with their prompt ending at `aligned` and
+        the own columns the kept rows have generated masked out."""
+        capacity, own = self.cache.offset + self.cache.max_len, self.cache.length - aligned
         masks = []
-        for cache, part_mask, repeats in parts:
-            pad, device = width - cache.length, part_mask.device
+        if kept is not None:
+            masks.append(_placed(kept, aligned + own - kept.shape[1], capacity))
+        for _, part_mask, repeats in parts:
+            device = part_mask.device
             index = torch.arange(len(repeats), device=device).repeat_interleave(torch.tensor(repeats, device=device))
-            mask = torch.ones(len(index), capacity, dtype=torch.bool, device=device)
-            mask[:, :pad] = False
-            mask[:, pad:width] = part_mask[index]
+            mask = _placed(part_mask[index], aligned - part_mask.shape[1], capacity)
+            mask[:, aligned : aligned + own] = False
             masks.append(mask)
         return torch.cat(masks)
 
     def keep(self, indices: Sequence[int]) -> None:
-        """Keep only these rows (ascending indices) and cut the columns that are padding in all of them."""
+        """Keep only these rows (ascending indices) and cut the stored columns that are padding in all of them."""
         if len(indices) == len(self.rows):
             return
         if not indices:
@@ -145,9 +173,11 @@ class RunningBatch:
         index = torch.tensor(indices, device=self._mask.device)
         self._mask, self._positions = self._mask[index], self._positions[index]
         cache = self.cache
-        first = int(self.mask.any(0).int().argmax()) if cache.offset == 0 else 0  # first column still used
+        start = cache.offset  # columns from here on are stored per row
+        used = self._mask[:, start : cache.length].any(0)
+        first = int(used.int().argmax()) if bool(used.any()) else cache.length - start  # first column still used
         if first:
-            self._mask = self._mask[:, first:]
+            self._mask = torch.cat((self._mask[:, :start], self._mask[:, start + first :]), 1)
             cache.keys = [k[:, :, first:] for k in cache.keys]
             cache.values = [v[:, :, first:] for v in cache.values]
             cache.length -= first
@@ -165,3 +195,11 @@ class RunningBatch:
         )
         self._positions += 1
         return out.logits[:, -1]
+
+
+def _placed(mask: torch.Tensor, start: int, capacity: int) -> torch.Tensor:
+    """Rows of `mask` [B, W] as columns start … start + W of a [B, capacity] mask: False before, True after."""
+    placed = torch.ones(mask.shape[0], capacity, dtype=torch.bool, device=mask.device)
+    placed[:, :start] = False
+    placed[:, start : start + mask.shape[1]] = mask
+    return placed

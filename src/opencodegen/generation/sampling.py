@@ -127,7 +127,7 @@ def row_streams(
     """(row key, first sample index) of each of `count` prompts with `n` samples each.
 
     `keys` default to the prompts' indices in the call; `first_sample` is one index for all prompts
-    or one per prompt. No two rows may share a stream: a repeated (key, sample index) is an error.
+    or one per prompt.
     """
     keys = [str(i) for i in range(count)] if keys is None else list(keys)
     if len(keys) != count or not all(isinstance(k, str) for k in keys):
@@ -135,10 +135,6 @@ def row_streams(
     firsts = [first_sample] * count if isinstance(first_sample, int) else list(first_sample)
     if len(firsts) != count or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in firsts):
         raise GenerationError(f"first_sample must be an integer >= 0 or one per prompt, got {first_sample!r:.200}")
-    streams = {(key, first + j) for key, first in zip(keys, firsts) for j in range(n)}
-    if len(streams) != count * n:
-        raise GenerationError("two rows would share a random stream (the same key and sample index): "
-                              "give each prompt its own key or disjoint sample indices")
     return list(zip(keys, firsts))
 
 

@@ -1,8 +1,8 @@
 """Continuous batching: one model thread decodes every running sequence together, step by step.
 
 Between two decode steps, waiting requests are prefilled (one prefill per prompt, its KV rows
-repeated for the n samples) and merged into the running batch, and finished or cancelled
-sequences leave it. Admission is round-robin between requests: each waiting request in turn
+repeated for the n samples, or on CPU kept once for them: `RunningBatch`'s shared prefixes) and
+merged into the running batch, and finished or cancelled sequences leave it. Admission is round-robin between requests: each waiting request in turn
 gets one prompt admitted, so a small request is not starved by one with many prompts that
 arrived first. Sampling, stop strings and logprobs are the generation engine's
 (`opencodegen.generation.sampling` / `.stopping`); each sequence draws its random numbers from
@@ -215,7 +215,7 @@ class _Row:
 
 
 class Scheduler:
-    """Owns the model thread, the waiting queue and the running batch.
+    """Owns the model thread, the waiting queue and the running batch (`share_prefix` as `Generator`'s).
 
     `step_hook` (called by the model thread before each step) and `finish_hook` (called with
     each job whose last choice finished) let tests and instrumentation follow the steps.
@@ -229,22 +229,29 @@ class Scheduler:
         max_batch: int = 16,
         max_queue: int = 256,
         metrics: Metrics | None = None,
+        share_prefix: bool | None = None,
     ):
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.metrics = metrics or Metrics()
-        self.generator = Generator(model, tokenizer)  # its per-sequence state and limits are ours too
+        # its per-sequence state and limits are ours too, and its rule for sharing prompts (None: on CPU)
+        self.generator = Generator(model, tokenizer, share_prefix=share_prefix)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()  # jobs with a group still waiting, in admission order
         self._cancelled: set[Job] = set()
-        self._batch = RunningBatch(model)
+        self._batch = self._new_batch()
         self._outbox: list[tuple[Job, Any]] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.step_hook: Callable[[], None] | None = None
         self.finish_hook: Callable[[Job], None] | None = None
+
+    def _new_batch(self) -> RunningBatch:
+        """An empty running batch; rows of one prompt (n > 1) share its cache where the engine's
+        rule says that pays (`Generator.share_prefix`)."""
+        return RunningBatch(self.model, share_prefix=self.generator.share_prefix)
 
     # ------------------------------------------------------------------ asyncio side
 
@@ -327,13 +334,13 @@ class Scheduler:
                 except Exception as exc:  # a model failure must not kill the server
                     log.exception("generation step failed")
                     self._fail({g.job for g in groups} | {s.job for s in self._batch.rows}, f"generation failed: {exc}")
-                    self._batch = RunningBatch(self.model)
+                    self._batch = self._new_batch()
                 self.metrics.set_load(len(self._waiting), len(self._batch))
                 self._flush()
         with self._cond:
             left = set(self._waiting) | {s.job for s in self._batch.rows}
             self._waiting.clear()
-        self._batch = RunningBatch(self.model)
+        self._batch = self._new_batch()
         self._fail(left, "the server is shutting down")
         self._flush()
 

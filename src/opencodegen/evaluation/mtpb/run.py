@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from opencodegen.io import ResultStore, read_jsonl
 KEY = ("id", "test", "sample")
 SCORE_CHUNK = 32  # programs scored between two appends to the results file
 SCORE_PRELOAD = ("numpy", "pandas")  # imported once per sandbox worker, not once per program
+WINDOW_BATCHES = 4  # problems are generated together until their samples fill this many running batches
 
 
 def _key(record: dict[str, Any]) -> tuple[str, int, int]:
@@ -53,16 +54,32 @@ def generate(
     problems: Sequence[Problem], generator: Any, params: Any, mode: str, out: Path, protocol: Protocol | None = None
 ) -> list[dict[str, Any]]:
     """Generated programs of `mode` for `problems` (texts handled as `protocol` says), resuming
-    from OUT/samples_<mode>.jsonl."""
+    from OUT/samples_<mode>.jsonl. Problems lacking samples are generated a window at a time
+    (`windows`), whose records are written when the window is done."""
     store = ResultStore(out / f"samples_{mode}.jsonl", KEY)
-    for problem in tqdm(problems, desc=f"MTPB {mode}-turn generation", unit="problem"):
-        wanted = [(problem.id, t, s) for t in problem.tests for s in range(params.n)]
-        if all(key in store for key in wanted):
-            continue
-        records = GENERATORS[mode](generator, problem, params, protocol)
-        store.extend(r for r in records if _key(r) not in store)
+    todo = [p for p in problems if not all((p.id, t, s) in store for t in p.tests for s in range(params.n))]
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"MTPB {mode}-turn generation",
+               unit="problem")
+    with bar:
+        for window in windows(todo, params.n, WINDOW_BATCHES * getattr(generator, "max_batch_size", 1)):
+            records = GENERATORS[mode](generator, window, params, protocol)
+            store.extend(r for r in records if _key(r) not in store)
+            bar.update(len(window))
     ids = {p.id for p in problems}
     return [r for r in store.records if r["id"] in ids]
+
+
+def windows(problems: Sequence[Problem], n: int, rows: int) -> Iterator[list[Problem]]:
+    """Runs of consecutive problems with at least `rows` samples of a turn together (the last may
+    have fewer): enough work to keep the running batch full, little to lose to a kill."""
+    window: list[Problem] = []
+    for problem in problems:
+        window.append(problem)
+        if sum(len(p.tests) for p in window) * n >= rows:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def load_programs(path: str | Path, problems: dict[str, Problem]) -> list[dict[str, Any]]:
