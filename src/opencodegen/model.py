@@ -325,6 +325,10 @@ class KVCache:
         self.offset = 0
 
     @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
     def max_len(self) -> int:
         return self.keys[0].shape[2]
 
