@@ -103,3 +103,19 @@ def test_generation_is_the_same_with_and_without_the_kernel(monkeypatch, dtype):
         assert a[0].token_ids == b[0].token_ids
         torch.testing.assert_close([p.logprob for p in a[0].logprobs], [p.logprob for p in b[0].logprobs],
                                    rtol=tolerance, atol=tolerance)
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 8, 64])
+def test_every_decode_step_of_a_copied_batch_takes_the_kernel(monkeypatch, rows):
+    """fp32 batches of 4-64 rows get their qkv from a transposed product (a non-contiguous view):
+    the kernel must still run every layer of every step."""
+    torch.manual_seed(0)
+    model = CodeGenForCausalLM(CodeGenConfig.from_preset("tiny")).eval()
+    taken = []
+    attend = decode_attention.attend
+    monkeypatch.setattr(decode_attention, "attend", lambda *args: taken.append(attend(*args) is not None) or None)
+    params = SamplingParams(n=rows, temperature=0.8, max_new_tokens=6, ignore_eos=True, seed=0)
+    Generator(model, share_prefix=False).generate_ids([[5, 9, 11, 300, 2]], params)
+    steps = params.max_new_tokens - 1  # the first token comes from the prefill
+    assert taken == [True] * (steps * model.config.n_layer)

@@ -132,7 +132,8 @@ class Generator:
     `share_prefix`: the n samples of a prompt attend to one copy of its cache (`SharedPrefixCache`)
     instead of a copy per row. It saves memory traffic where decoding is bandwidth-bound (CPU);
     on a GPU, where small decode steps are bound by kernel launches, its extra kernels cost more,
-    so the default (None) shares on CPU only.
+    so the default (None) shares on CPU only, and there only for prompts of `SHARE_MIN_PROMPT`
+    tokens on average (shorter ones decode faster as copies, through the native attention kernel).
     """
 
     def __init__(
@@ -152,6 +153,7 @@ class Generator:
         self.max_batch_size = max_batch_size
         self.max_cache_bytes = max_cache_bytes
         self.share_prefix = model.device.type == "cpu" if share_prefix is None else share_prefix
+        self.share_min_prompt = SHARE_MIN_PROMPT if share_prefix is None else 0
         if model.device.type == "cpu" and model.dtype in small_batch_linear.ROWS:
             small_batch_linear.status()  # build or load the kernels now, not inside the first request
         if model.device.type == "cpu" and model.dtype == torch.float32:
@@ -282,6 +284,10 @@ class Generator:
         return prefill(self.model, [ids])
 
 
+#: Mean prompt length (tokens) from which the default CPU engine keeps a prompt continued by several
+#: rows once for all of them (below it, a copy per row decodes faster: benchmarks/README.md).
+SHARE_MIN_PROMPT = 192
+
 #: Rows that finished make room for waiting ones once this share of the row cap is free: every join
 #: copies the running rows' caches once, so joins are gathered rather than made row by row.
 JOIN_FRACTION = 3
@@ -298,8 +304,9 @@ class _Decode:
         self.generator, self.prompts, self.params, self.work, self.seed = generator, prompts, params, work, seed
         self.base = params[0]  # the call's sampler settings (the params differ in their budgets only)
         self.width = max(p.max_new_tokens for p in params)  # uniform draws kept per row
-        many = any(len(w.samples) > 1 for w in work)
-        self.batch = RunningBatch(generator.model, share_prefix=many and generator.share_prefix)
+        repeated = [len(ids) for ids, w in zip(prompts, work) if len(w.samples) > 1]
+        share = bool(repeated) and sum(repeated) >= generator.share_min_prompt * len(repeated)
+        self.batch = RunningBatch(generator.model, share_prefix=share and generator.share_prefix)
         self.prefixes: dict[int, Prefilled] = {}  # prompts whose rows have not all joined yet
         self.join_at = max(1, generator.max_batch_size // JOIN_FRACTION)
 

@@ -46,4 +46,6 @@ def attention(
     """
     if cache.offset:
         return None
+    # `linear`'s transposed product hands back a transposed view; the kernel reads rows in place
+    qkv = qkv.contiguous()
     return decode_attention.attend(qkv, *rotary, cache.keys[layer], cache.values[layer], cache.length, mask)
