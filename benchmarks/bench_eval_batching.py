@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from records import Recorder, add_json_out, over
+
 WORKER = r"""
 import hashlib, inspect, json, sys, tempfile, time
 from pathlib import Path
@@ -77,7 +79,10 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--old-label", default="the tree before continuous batching",
+                        help="what --old is, for the records (e.g. a commit)")
     parser.add_argument("--json", help="write the measurements here")
+    add_json_out(parser, "bench_eval_batching")
     args = parser.parse_args()
     spec = {"problems": args.problems, "n": args.n, "max_new_tokens": args.max_new_tokens, "cap": args.cap,
             "threads": args.threads}
@@ -96,6 +101,16 @@ def main() -> None:
     tokens = statistics.median((o["new"]["tokens"] / o["new"]["seconds"]) / (o["old"]["tokens"] / o["old"]["seconds"])
                                for o in rounds)
     print(f"median paired ratio new/old: samples/s {samples:.2f}x, tokens/s {tokens:.2f}x")
+    recorder = Recorder("bench_eval_batching", args.json_out)
+    setting = {"model": "demo", "problems": args.problems, "n": args.n, "temperature": 0.8,
+               "max_new_tokens": args.max_new_tokens, "row cap": args.cap, "threads": args.threads}
+    for metric, unit, key in (("samples/s", "samples/s", "samples"), ("tokens/s", "tokens/s", "tokens")):
+        ours = statistics.median(o["new"][key] / o["new"]["seconds"] for o in rounds)
+        old = statistics.median(o["old"][key] / o["old"]["seconds"] for o in rounds)
+        recorder.add(metric, round(ours, 2), unit, setting, statistic=over("median", len(rounds), "paired round"),
+                     reference=args.old_label, reference_value=round(old, 2),
+                     ratio=round(samples if key == "samples" else tokens, 3))
+    recorder.write()
     if args.json:
         Path(args.json).write_text(json.dumps({"spec": spec, "rounds": rounds, "samples_ratio": samples,
                                                "tokens_ratio": tokens}, indent=2) + "\n")

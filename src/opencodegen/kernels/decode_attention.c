@@ -58,11 +58,13 @@ static inline float f32_to_f32(float x) { return x; }
                 V[start * D + i] = v[i];                                                          \
             }                                                                                     \
             float best = -INFINITY;                                                               \
+            const uint8_t *live = mask ? mask + b * S : NULL; /* masked positions are never read */ \
             for (long p = 0; p < S; p++) {                                                        \
+                if (live && !live[p]) { weights[p] = -INFINITY; continue; }                       \
                 __m512 acc = _mm512_setzero_ps();                                                 \
                 for (long i = 0; i < D; i += 16)                                                  \
                     acc = _mm512_fmadd_ps(_mm512_loadu_ps(rotated + i), LOAD16(K + p * D + i), acc); \
-                weights[p] = (mask && !mask[b * S + p]) ? -INFINITY : _mm512_reduce_add_ps(acc) * scale; \
+                weights[p] = _mm512_reduce_add_ps(acc) * scale;                                   \
                 best = weights[p] > best ? weights[p] : best;                                     \
             }                                                                                     \
             for (long p = S; p < padded; p++) weights[p] = -INFINITY;                             \
@@ -77,6 +79,7 @@ static inline float f32_to_f32(float x) { return x; }
             long chunks = D / 16;                                                                 \
             for (long j = 0; j < chunks; j++) acc[j] = _mm512_setzero_ps();                       \
             for (long p = 0; p < S; p++) {                                                        \
+                if (live && !live[p]) continue; /* its weight is 0: skipping it changes no bit */ \
                 __m512 w = _mm512_set1_ps(weights[p] / total);                                    \
                 for (long j = 0; j < chunks; j++)                                                 \
                     acc[j] = _mm512_fmadd_ps(w, LOAD16(V + p * D + 16 * j), acc[j]);              \
