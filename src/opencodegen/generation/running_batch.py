@@ -62,13 +62,14 @@ class RunningBatch:
     """Cache, attention mask, next position and one caller-owned object per row.
 
     `share_prefix`: rows continuing one prompt attend to a single copy of it (`SharedPrefixCache`)
-    from the first join of a prompt continued by several rows on, until the batch empties; rows
-    already running then keep their whole cache so far as a prompt of their own.
+    from the first join of a prompt of `share_min_prompt` tokens or more continued by several rows
+    on, until the batch empties; rows already running then keep their whole cache so far as a
+    prompt of their own.
     """
 
-    def __init__(self, model: CodeGenForCausalLM, *, share_prefix: bool = False) -> None:
+    def __init__(self, model: CodeGenForCausalLM, *, share_prefix: bool = False, share_min_prompt: int = 0) -> None:
         self.model = model
-        self.share_prefix = share_prefix
+        self.share_prefix, self.share_min_prompt = share_prefix, share_min_prompt
         self.cache: KVCache | None = None
         self.rows: list[Any] = []
         self._mask: torch.Tensor | None = None  # [B, cache capacity]: the cached columns, then all True
@@ -87,8 +88,10 @@ class RunningBatch:
         """Whether the rows' prompts are kept once each (a `SharedPrefixCache`)."""
         return isinstance(self.cache, SharedPrefixCache)
 
-    def _will_share(self, repeats: Sequence[int]) -> bool:
-        return self.shared or (self.share_prefix and any(n > 1 for n in repeats))
+    def _will_share(self, prompts: Sequence[tuple[int, int]]) -> bool:
+        """Whether the batch keeps prompts once after prompts of these (length, rows) join."""
+        return self.shared or (self.share_prefix and any(n > 1 and length >= self.share_min_prompt
+                                                          for length, n in prompts))
 
     def tokens_after(self, prompts: Sequence[tuple[int, int]], room: int) -> int:
         """Token slots the cache holds after rows continuing prompts of these (length, rows) join with
@@ -96,7 +99,7 @@ class RunningBatch:
         lengths = [length for length, _ in prompts]
         rows = len(self.rows) + sum(n for _, n in prompts)
         cache = self.cache if self.rows else None
-        if self._will_share([n for _, n in prompts]):
+        if self._will_share(prompts):
             if isinstance(cache, SharedPrefixCache):
                 prompts_kept = cache.prompts + len(prompts)
                 return prompts_kept * max(cache.offset, *lengths) + rows * (cache.length - cache.offset + room)
@@ -115,7 +118,7 @@ class RunningBatch:
         old_mask, previous = self.mask, self.cache if self.shared and self.rows else None
         if self.rows and previous is None:  # running rows join the new cache like prompts
             parts.insert(0, (self.cache, old_mask, [1] * len(self.rows)))
-        if self._will_share([n for _, _, repeats in parts for n in repeats]):
+        if self._will_share([(cache.length, n) for cache, _, repeats in parts for n in repeats]):
             groups = [(cache, row, n) for cache, _, repeats in parts for row, n in enumerate(repeats) if n]
             self.cache = SharedPrefixCache(self.model, groups, room, previous)
             aligned = self.cache.offset  # prompts end here, the rows' own tokens follow

@@ -251,7 +251,8 @@ class Scheduler:
     def _new_batch(self) -> RunningBatch:
         """An empty running batch; rows of one prompt (n > 1) share its cache where the engine's
         rule says that pays (`Generator.share_prefix`)."""
-        return RunningBatch(self.model, share_prefix=self.generator.share_prefix)
+        return RunningBatch(self.model, share_prefix=self.generator.share_prefix,
+                            share_min_prompt=self.generator.share_min_prompt)
 
     # ------------------------------------------------------------------ asyncio side
 
