@@ -62,7 +62,7 @@ def main() -> None:
             store = ResultStore(Path(tmp) / "samples.jsonl", he.KEY)
             start = time.perf_counter()
             he.generate_samples(generator, problems, store, n=args.n, temperatures=[args.temperature], top_p=0.95,
-                                max_new_tokens=args.max_new_tokens, seed=round_, batch_size=batch, progress=False)
+                                max_new_tokens=args.max_new_tokens, seed=round_, progress=False)
             real_s = time.perf_counter() - start
         ratios["full budget"].append(full_s / estimate)
         ratios["real run"].append(real_s / estimate)

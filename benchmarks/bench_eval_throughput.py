@@ -185,7 +185,7 @@ def run_ours(models: Models, problems: Sequence[Any], work: Workload) -> SideRun
         store = ResultStore(Path(tmp) / "samples.jsonl", he.KEY)
         wall = timed(lambda: he.generate_samples(
             generator, problems, store, n=work.n, temperatures=[work.temperature], top_p=HUMAN_EVAL.top_p,
-            max_new_tokens=work.max_new_tokens, seed=work.seed, batch_size=batch, progress=False,
+            max_new_tokens=work.max_new_tokens, seed=work.seed, progress=False,
             protocol=HUMAN_EVAL, top_k=HUMAN_EVAL.top_k), models.device)
         records = store.records
     tokens = sum(len(ids) for ids in models.tokenizer.encode_batch([r["completion"] for r in records]))

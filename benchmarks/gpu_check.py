@@ -329,15 +329,15 @@ def run_grid(models, count: int, n: int, slice_problems: int, budget: int, deadl
     problems, source = bench.workload_problems(count)
     generator = Generator(models.ours, models.tokenizer)
     temperatures = list(GRID_TEMPERATURES)
-    batch = planning.humaneval_batch(generator, [p.prompt for p in problems], n, temperatures,
-                                     budget, None, world=1, show=False)
+    planning.humaneval_batch(generator, [p.prompt for p in problems], n, temperatures,
+                             budget, None, world=1, show=False)
     done, started = 0, time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "samples.jsonl", he.KEY)
         for start in range(0, len(problems), slice_problems):
             part, slice_started = problems[start:start + slice_problems], time.monotonic()
             he.generate_samples(generator, part, store, n=n, temperatures=temperatures,
-                                top_p=HUMAN_EVAL.top_p, max_new_tokens=budget, seed=0, batch_size=batch,
+                                top_p=HUMAN_EVAL.top_p, max_new_tokens=budget, seed=0,
                                 progress=False, protocol=HUMAN_EVAL, top_k=HUMAN_EVAL.top_k)
             synchronize(models.device)
             done += len(part)
