@@ -285,7 +285,7 @@ class Generator:
 
 
 #: Mean prompt length (tokens) from which the default CPU engine keeps a prompt continued by several
-#: rows once for all of them (below it, a copy per row decodes faster: benchmarks/README.md).
+#: rows once for all of them (below it, a copy per row decodes faster: benchmarks/bench_share_prefix.py).
 SHARE_MIN_PROMPT = 192
 
 #: Rows that finished make room for waiting ones once this share of the row cap is free: every join
