@@ -38,8 +38,3 @@ def sample_costs(prompt_tokens: Sequence[int], samples: int, max_new_tokens: int
     if max_total_tokens is not None:
         return [samples * max(n, max_total_tokens) for n in prompt_tokens]
     return [samples * (n + (max_new_tokens or 0)) for n in prompt_tokens]
-
-
-def loads(costs: Sequence[float], shards: Sequence[Sequence[int]]) -> list[float]:
-    """The summed cost of each shard."""
-    return [sum(costs[i] for i in shard) for shard in shards]
