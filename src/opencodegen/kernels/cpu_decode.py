@@ -44,7 +44,7 @@ def attention(
     The kernel reads one layer's `keys`/`values` only, so a cache holding some positions elsewhere
     (`offset` > 0: a shared prompt) is left to PyTorch.
     """
-    if cache.offset:
+    if qkv.device.type != "cpu" or cache.offset:
         return None
     # `linear`'s transposed product hands back a transposed view; the kernel reads rows in place
     qkv = qkv.contiguous()
