@@ -112,6 +112,25 @@ def test_sigterm_in_one_process_keeps_the_last_checkpoint_and_resumes(corpus, tm
     assert [r[1] for r in trajectory(out) if r[0] == "train"] == list(range(1, 9))
 
 
+def test_sigterm_inside_a_sharded_save_is_a_stop_not_a_crash(corpus, tmp_path, capsys, monkeypatch):
+    """torch.distributed.checkpoint wraps what its writer raised: a SIGTERM that lands while shards are
+    written must still end the run as a stop (its message, its exit status), not as a failure."""
+    import torch.distributed.checkpoint.filesystem as dcp_files
+
+    out = tmp_path / "run"
+    settings = run_settings(corpus, out, max_steps=8, save_every=2, eval_every=0, checkpoint_format="sharded")
+    config = write_config(tmp_path / "run.yaml", settings)
+    write_item = dcp_files._write_item
+
+    def terminated_while_writing(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises inside the writer, as a real SIGTERM would
+        return write_item(*args, **kwargs)
+
+    monkeypatch.setattr(dcp_files, "_write_item", terminated_while_writing)
+    assert main(["train", "--config", str(config)]) == EXIT_STATUS
+    assert "stopped by signal SIGTERM; the run did not finish" in capsys.readouterr().err
+
+
 def test_terminate_as_exception_restores_the_handler():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated, match="SIGTERM"):

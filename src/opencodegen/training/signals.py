@@ -33,3 +33,18 @@ def terminate_as_exception() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def stop_through_checkpoint_io() -> Iterator[None]:
+    """torch.distributed.checkpoint hands what a rank raised back wrapped in a CheckpointException:
+    a SIGTERM that landed inside a sharded save or load leaves the block as the `Terminated` it was."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as exc:
+        stop = next((e for e, _ in exc.failures.values() if isinstance(e, Terminated)), None)
+        if stop is None:
+            raise
+        raise stop from exc

@@ -38,7 +38,7 @@ from opencodegen.training.config import TrainConfig
 from opencodegen.training.loss import lm_loss
 from opencodegen.training.metrics import MetricsLog, flops_per_token, peak_flops, plot_losses
 from opencodegen.training.optim import WarmupCosine, build_optimizer
-from opencodegen.training.signals import terminate_as_exception
+from opencodegen.training.signals import stop_through_checkpoint_io, terminate_as_exception
 
 
 class TokenDataset(Protocol):
@@ -433,7 +433,7 @@ class Trainer:
                                           self.env)
         hashed: dict[str, Any] = {}
         if sharded:
-            with contextlib.nullcontext() if self.env.active else ckpt.single_process_dcp():
+            with stop_through_checkpoint_io(), contextlib.nullcontext() if self.env.active else ckpt.single_process_dcp():
                 dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / ckpt.SHARDED,
                          no_dist=not self.env.active)
             mine = ckpt.file_entries(tmp, ckpt.shard_files(tmp, self.env.rank))
@@ -472,7 +472,7 @@ class Trainer:
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
         state = {"model": model_state, "optim": optim_state}
         try:
-            with contextlib.nullcontext() if self.env.active else ckpt.single_process_dcp():
+            with stop_through_checkpoint_io(), contextlib.nullcontext() if self.env.active else ckpt.single_process_dcp():
                 dcp.load(state, checkpoint_id=path / ckpt.SHARDED, no_dist=not self.env.active)
         except Exception as exc:
             raise CheckpointError(f"{path / ckpt.SHARDED}: cannot load ({type(exc).__name__}: {exc})") from None
